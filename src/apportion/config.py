@@ -1,0 +1,92 @@
+"""Settings: defaults, then a TOML file, then APPORTION_* environment variables.
+
+Pydantic lives here, at the edge; the rest of the package passes the resulting
+`Settings` object down explicitly (nothing reads configuration from globals mid-request).
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field, ValidationError
+
+from apportion.errors import UsageError
+
+DEFAULT_MODEL = "qwen2.5-coder-0.5b"
+LARGE_MODEL = "qwen2.5-coder-1.5b"
+
+
+class HardwareProfile(BaseModel):
+    """What local compute costs. Defaults describe a small 2-core cloud VM."""
+
+    name: str = "cpu-2core-vm"
+    # Average package power while generating; used when RAPL counters are unreadable.
+    active_watts: float = Field(default=25.0, gt=0)
+    # Power attributed to one busy core for tool calls (solver, sandbox) per CPU-second.
+    watts_per_core: float = Field(default=10.0, gt=0)
+    # Rental price of the machine, charged per wall-second of local model time.
+    usd_per_hour: float = Field(default=0.10, ge=0)
+
+
+class RemoteEngineConfig(BaseModel):
+    """An OpenAI-compatible endpoint (vLLM, SGLang, llama.cpp server, Ollama, a hosted API)."""
+
+    id: str
+    base_url: str
+    model: str
+    api_key_env: str | None = None
+    params: float = Field(gt=0, description="parameter count, for FLOPs")
+    n_layers: int | None = None
+    d_model: int | None = None
+    context: int = 4096
+    usd_per_m_prompt: float = 0.0
+    usd_per_m_completion: float = 0.0
+    # Energy per FLOP when the server's power is not visible to us (about an H100 at 40% MFU).
+    joules_per_flop: float = 2.5e-12
+    timeout_s: float = 120.0
+
+
+class Settings(BaseModel):
+    home: Path = Field(default_factory=lambda: Path("~/.cache/apportion").expanduser())
+    default_model: str = DEFAULT_MODEL
+    large_model: str = LARGE_MODEL
+    threads: int | None = Field(default=None, ge=1, description="None: pick from free cores")
+    n_ctx: int = Field(default=4096, ge=256)
+    max_tokens: int = Field(default=512, ge=1)
+    hardware: HardwareProfile = Field(default_factory=HardwareProfile)
+    engines: list[RemoteEngineConfig] = Field(default_factory=list)
+
+    @property
+    def models_dir(self) -> Path:
+        return self.home / "models"
+
+    @classmethod
+    def load(cls, path: Path | None = None, env: dict[str, str] | None = None) -> Settings:
+        """Defaults ← TOML file (explicit path, else $APPORTION_CONFIG if set) ← environment."""
+        env = dict(os.environ) if env is None else env
+        data: dict[str, Any] = {}
+        config_path = path or (
+            Path(env["APPORTION_CONFIG"]) if env.get("APPORTION_CONFIG") else None
+        )
+        if config_path is not None:
+            try:
+                data = tomllib.loads(config_path.read_text())
+            except FileNotFoundError as e:
+                raise UsageError(f"config file not found: {config_path}") from e
+            except tomllib.TOMLDecodeError as e:
+                raise UsageError(f"config file {config_path} is not valid TOML: {e}") from e
+        if env.get("APPORTION_HOME"):
+            data["home"] = env["APPORTION_HOME"]
+        if env.get("APPORTION_THREADS"):
+            data["threads"] = env["APPORTION_THREADS"]
+        if env.get("APPORTION_MODEL"):
+            data["default_model"] = env["APPORTION_MODEL"]
+        try:
+            settings = cls.model_validate(data)
+        except ValidationError as e:
+            raise UsageError(f"invalid configuration: {e}") from e
+        settings.home = settings.home.expanduser()
+        return settings

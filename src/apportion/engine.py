@@ -1,0 +1,188 @@
+"""The public entry point: route → plan → execute → Answer.
+
+>>> from apportion import Engine
+>>> engine = Engine.from_config()
+>>> answer = engine.ask("What is 17*23+5?")
+>>> answer.answer, answer.strategy
+('396', 'symbolic')
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from apportion.config import Settings
+from apportion.engines import catalogue
+from apportion.errors import BudgetExceededError, UnknownNameError, UsageError
+from apportion.ledger import Ledger
+from apportion.router.features import Features, extract_features
+from apportion.router.policy import Plan, RulePolicy, Step
+from apportion.strategies.base import CompletionCache, RunContext
+from apportion.strategies.registry import StrategyRegistry, default_registry
+from apportion.types import Answer, AnswerKind, Attempt, Budget, Query
+
+if TYPE_CHECKING:
+    from apportion.engines.base import TextEngine
+
+# Far beyond any context window we serve; rejects pathological input before tokenizing it.
+MAX_QUESTION_CHARS = 200_000
+AUTO = "auto"
+
+
+@dataclass
+class Engine:
+    """Holds loaded models (each loaded once per Engine), the strategy registry and the policy."""
+
+    settings: Settings = field(default_factory=Settings)
+    registry: StrategyRegistry = field(default_factory=default_registry)
+    policy: RulePolicy = field(default_factory=RulePolicy)
+    pull_progress: catalogue.PullProgress | None = None
+    _engines: dict[str, TextEngine] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def from_config(cls, path: Path | str | None = None, **overrides: object) -> Engine:
+        """Settings from a TOML file and APPORTION_* variables, then keyword overrides."""
+        settings = Settings.load(Path(path) if path else None)
+        if overrides:
+            settings = settings.model_copy(update=overrides)
+        return cls(settings=settings)
+
+    # -- models -----------------------------------------------------------------------------
+
+    def model_ids(self) -> list[str]:
+        return [*catalogue.CATALOGUE, *(e.id for e in self.settings.engines)]
+
+    def check_model(self, model_id: str) -> None:
+        if model_id in self._engines or model_id in self.model_ids():
+            return
+        if catalogue.is_local_file(model_id) and Path(model_id).expanduser().is_file():
+            return
+        raise UnknownNameError("model", model_id, [*self.model_ids(), "<path/to/file.gguf>"])
+
+    def engine_for(self, model_id: str) -> TextEngine:
+        """The engine serving `model_id`, loaded on first use and kept for this Engine's life."""
+        if model_id in self._engines:
+            return self._engines[model_id]
+        remote = next((e for e in self.settings.engines if e.id == model_id), None)
+        engine: TextEngine
+        if remote is not None:
+            from apportion.engines.openai_http import OpenAIHttpEngine
+
+            engine = OpenAIHttpEngine(remote)
+        else:
+            from apportion.engines.llamacpp import LlamaCppEngine
+
+            path = catalogue.resolve(
+                model_id, self.settings.models_dir, progress=self.pull_progress
+            )
+            engine = LlamaCppEngine(
+                model_id, path, n_ctx=self.settings.n_ctx, threads=self.settings.threads
+            )
+        self._engines[model_id] = engine
+        return engine
+
+    def close(self) -> None:
+        for engine in self._engines.values():
+            engine.close()
+        self._engines.clear()
+
+    # -- answering --------------------------------------------------------------------------
+
+    def plan(self, features: Features, strategy: str, budget: Budget) -> Plan:
+        if strategy == AUTO:
+            return self.policy.plan(features, budget)
+        self.registry.build(strategy)  # validate the name and parameters before any work
+        return Plan((Step(strategy, 0.0),), f"strategy {strategy!r} requested")
+
+    def ask(
+        self,
+        question: str,
+        *,
+        strategy: str = AUTO,
+        model: str | None = None,
+        max_tokens: int | None = None,
+        budget: Budget | None = None,
+        kind: AnswerKind | None = None,
+        choices: Sequence[str] = (),
+        seed: int = 0,
+        cache: CompletionCache | None = None,
+    ) -> Answer:
+        if not question or not question.strip():
+            raise UsageError("the question is empty", "pass the question as text")
+        if len(question) > MAX_QUESTION_CHARS:
+            raise UsageError(
+                f"the question has {len(question):,} characters; the limit is "
+                f"{MAX_QUESTION_CHARS:,}"
+            )
+        if max_tokens is not None and max_tokens < 1:
+            raise UsageError(f"max_tokens must be at least 1, got {max_tokens}")
+        model = model or self.settings.default_model
+        self.check_model(model)
+        budget = budget or Budget()
+        query = Query(question.strip(), kind=kind, choices=tuple(choices))
+        features = extract_features(query.text)
+        plan = self.plan(features, strategy, budget)
+        ledger = Ledger(hardware=self.settings.hardware, budget=budget)
+        ctx = RunContext(
+            engine_for=self.engine_for,
+            default_model=model,
+            ledger=ledger,
+            max_tokens=max_tokens or self.settings.max_tokens,
+            seed=seed,
+            cache=cache,
+        )
+        return execute(plan, query, ctx, self.registry, intent=features.intent)
+
+
+def execute(
+    plan: Plan, query: Query, ctx: RunContext, registry: StrategyRegistry, *, intent: str | None
+) -> Answer:
+    """Run the ladder: stop at the first attempt whose confidence clears its step's bar; if none
+    does, answer with the most confident attempt that produced anything."""
+    attempts: list[Attempt] = []
+    stopped_for_budget = False
+    chosen: Attempt | None = None
+    for step in plan.steps:
+        strategy = registry.build(step.strategy)
+        try:
+            attempt = strategy.run(query, ctx)
+        except BudgetExceededError as e:
+            attempts.append(Attempt(step.strategy, None, 0.0, error=f"budget: {e.message}"))
+            stopped_for_budget = True
+            break
+        attempt = Attempt(
+            step.strategy, attempt.answer, attempt.confidence, attempt.candidates,
+            attempt.rationale, attempt.error, attempt.citations,
+        )  # fmt: skip
+        attempts.append(attempt)
+        if attempt.ok and attempt.confidence >= step.stop_at:
+            chosen = attempt
+            break
+    if chosen is None:
+        usable = [a for a in attempts if a.ok]
+        chosen = max(usable, key=lambda a: a.confidence) if usable else None
+    totals = ctx.ledger.totals()
+    if chosen is None:
+        last_error = attempts[-1].error if attempts else "no strategy ran"
+        return Answer(
+            answer="",
+            strategy=attempts[-1].strategy if attempts else "none",
+            intent=intent,
+            confidence=0.0,
+            ledger=totals,
+            attempts=tuple(attempts),
+            stopped_for_budget=stopped_for_budget,
+            error=last_error,
+        )
+    return Answer(
+        answer=chosen.answer or "",
+        strategy=chosen.strategy,
+        intent=intent,
+        confidence=chosen.confidence,
+        ledger=totals,
+        attempts=tuple(attempts),
+        stopped_for_budget=stopped_for_budget,
+    )

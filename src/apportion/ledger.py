@@ -1,0 +1,189 @@
+"""The ledger and the cost model: the one place that turns a call into FLOPs, joules and dollars.
+
+FLOPs of one model call (decoder-only transformer, forward pass only, Kaplan et al. 2020):
+
+    flops = 2·N·T  +  2·L·d·Σ_{t=1..T} t   =   2·N·T  +  L·d·T·(T+1)
+
+where N is the parameter count, T = prompt + completion tokens, L the number of layers and d the
+attention width (n_heads·head_dim, = d_model for these models). The first term is the weight
+matmuls (one multiply-add per parameter per token); the second is attention over the context,
+where token t attends to t positions (QKᵀ and A·V, each L·d·t multiply-adds). Prompt tokens are
+charged in full even when the engine reuses a cached prefix: the figure is the compute the
+request implies, comparable across engines. Unknown L or d drop the attention term.
+
+Energy: measured from RAPL (`/sys/class/powercap/intel-rapl:*/energy_uj`) when readable,
+otherwise estimated as the hardware profile's active watts × wall time for local models,
+joules-per-FLOP × FLOPs for remote ones, and watts-per-core × CPU-seconds for tools.
+Each charge says which (`energy_source`).
+
+Money: local hardware costs its $/hour × wall time (the whole machine is busy generating); a tool
+costs its share of one core, $/hour ÷ cores × CPU time; remote models cost $/1M tokens.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from apportion.config import HardwareProfile
+from apportion.errors import BudgetExceededError
+from apportion.types import Budget, Charge, LedgerTotals
+
+
+@dataclass(frozen=True)
+class ModelCost:
+    """What the cost model needs to know about a model."""
+
+    model_id: str
+    params: float
+    n_layers: int | None = None
+    d_model: int | None = None
+    local: bool = True
+    usd_per_m_prompt: float = 0.0
+    usd_per_m_completion: float = 0.0
+    joules_per_flop: float = 2.5e-12
+
+
+def model_flops(
+    params: float,
+    prompt_tokens: int,
+    completion_tokens: int,
+    n_layers: int | None = None,
+    d_model: int | None = None,
+) -> float:
+    """Forward-pass FLOPs of one call; see the module docstring for the formula."""
+    if params < 0 or prompt_tokens < 0 or completion_tokens < 0:
+        raise ValueError("params and token counts must be non-negative")
+    tokens = prompt_tokens + completion_tokens
+    dense = 2.0 * params * tokens
+    attention = float(n_layers * d_model * tokens * (tokens + 1)) if n_layers and d_model else 0.0
+    return dense + attention
+
+
+class RaplMeter:
+    """Reads the CPU package energy counter when the kernel exposes it (often root-only)."""
+
+    def __init__(self, root: Path = Path("/sys/class/powercap")) -> None:
+        self._files = sorted(root.glob("intel-rapl:[0-9]*/energy_uj")) if root.exists() else []
+        self._files = [f for f in self._files if os.access(f, os.R_OK)]
+
+    @property
+    def available(self) -> bool:
+        return bool(self._files)
+
+    def read_j(self) -> float | None:
+        if not self._files:
+            return None
+        try:
+            return sum(int(f.read_text()) for f in self._files) / 1e6
+        except (OSError, ValueError):
+            return None
+
+
+@dataclass
+class Ledger:
+    """Charges for one request. Every engine and tool call goes through `charge_*`."""
+
+    hardware: HardwareProfile = field(default_factory=HardwareProfile)
+    budget: Budget = field(default_factory=Budget)
+    cores: int = field(default_factory=lambda: len(os.sched_getaffinity(0)))
+    charges: list[Charge] = field(default_factory=list)
+
+    def charge_model(
+        self,
+        cost: ModelCost,
+        *,
+        prompt_tokens: int,
+        completion_tokens: int,
+        wall_s: float,
+        measured_energy_j: float | None = None,
+        detail: str = "",
+    ) -> Charge:
+        flops = model_flops(
+            cost.params, prompt_tokens, completion_tokens, cost.n_layers, cost.d_model
+        )
+        if cost.local:
+            usd = self.hardware.usd_per_hour * wall_s / 3600.0
+            estimated_j = self.hardware.active_watts * wall_s
+        else:
+            usd = (
+                prompt_tokens * cost.usd_per_m_prompt
+                + completion_tokens * cost.usd_per_m_completion
+            ) / 1e6
+            estimated_j = cost.joules_per_flop * flops
+        measured = measured_energy_j is not None and measured_energy_j >= 0 and cost.local
+        charge = Charge(
+            kind="model",
+            name=cost.model_id,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            flops=flops,
+            wall_s=wall_s,
+            energy_j=measured_energy_j if measured and measured_energy_j else estimated_j,
+            energy_source="measured" if measured else "estimated",
+            cost_usd=usd,
+            detail=detail,
+        )
+        self.charges.append(charge)
+        return charge
+
+    def charge_tool(self, name: str, *, wall_s: float, cpu_s: float, detail: str = "") -> Charge:
+        cpu_s = max(cpu_s, 0.0)
+        charge = Charge(
+            kind="tool",
+            name=name,
+            wall_s=wall_s,
+            cpu_s=cpu_s,
+            energy_j=self.hardware.watts_per_core * cpu_s,
+            energy_source="estimated",
+            cost_usd=self.hardware.usd_per_hour / max(self.cores, 1) * cpu_s / 3600.0,
+            detail=detail,
+        )
+        self.charges.append(charge)
+        return charge
+
+    def totals(self) -> LedgerTotals:
+        c = self.charges
+        return LedgerTotals(
+            prompt_tokens=sum(x.prompt_tokens for x in c),
+            completion_tokens=sum(x.completion_tokens for x in c),
+            flops=sum(x.flops for x in c),
+            wall_s=sum(x.wall_s for x in c),
+            cpu_s=sum(x.cpu_s for x in c),
+            energy_j=sum(x.energy_j for x in c),
+            cost_usd=sum(x.cost_usd for x in c),
+            calls=tuple(c),
+        )
+
+    def check_model_call(self, cost: ModelCost, prompt_tokens: int, max_tokens: int) -> None:
+        """Refuse a model call whose worst case (all max_tokens generated) would break a cap."""
+        spent = self.totals()
+        b = self.budget
+        if b.max_flops is not None:
+            worst = model_flops(cost.params, prompt_tokens, max_tokens, cost.n_layers, cost.d_model)
+            if spent.flops + worst > b.max_flops:
+                raise BudgetExceededError(
+                    f"a {cost.model_id} call of up to {prompt_tokens}+{max_tokens} tokens needs "
+                    f"{worst:.3g} FLOPs; {max(b.max_flops - spent.flops, 0):.3g} remain",
+                    "raise the FLOPs budget or lower max_tokens",
+                )
+        if b.max_usd is not None and not cost.local:
+            worst_usd = (
+                prompt_tokens * cost.usd_per_m_prompt + max_tokens * cost.usd_per_m_completion
+            ) / 1e6
+            if spent.cost_usd + worst_usd > b.max_usd:
+                raise BudgetExceededError(
+                    f"a {cost.model_id} call may cost ${worst_usd:.6f}; "
+                    f"${max(b.max_usd - spent.cost_usd, 0):.6f} remain",
+                    "raise the $ budget",
+                )
+        if b.max_seconds is not None and spent.wall_s >= b.max_seconds:
+            raise BudgetExceededError(
+                f"the time budget of {b.max_seconds}s is spent", "raise the time budget"
+            )
+
+    def remaining_seconds(self) -> float | None:
+        if self.budget.max_seconds is None:
+            return None
+        return max(self.budget.max_seconds - self.totals().wall_s, 0.0)

@@ -1,0 +1,1 @@
+"""Routing: read a query's features (intent, difficulty), then plan a ladder of strategies."""

@@ -1,0 +1,1 @@
+"""Answering strategies: one file each, one small protocol (`base.Strategy`), a registry."""

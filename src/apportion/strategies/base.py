@@ -1,0 +1,162 @@
+"""The strategy protocol and the run context every strategy works through.
+
+A strategy never touches an engine or a tool directly: `RunContext.generate`, `.solve` and
+`.run_program` charge the ledger for every call and refuse calls the budget cannot cover.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
+
+from apportion.ledger import Ledger, RaplMeter
+from apportion.types import Attempt, Completion, Message, Query
+
+if TYPE_CHECKING:
+    from apportion.engines.base import TextEngine
+    from apportion.tools.sandbox import SandboxLimits, SandboxResult
+    from apportion.tools.solver import SolverResult
+
+
+class CompletionCache(Protocol):
+    """Replays completions keyed by (model, prompt, params, seed); bench supplies one."""
+
+    def get(self, key: str) -> list[tuple[Completion, float]] | None: ...
+    def put(self, key: str, value: list[tuple[Completion, float]]) -> None: ...
+
+
+@dataclass
+class RunContext:
+    """What a strategy may use: engines by id, tools, the ledger, and its settings."""
+
+    engine_for: Callable[[str], TextEngine]
+    default_model: str
+    ledger: Ledger
+    max_tokens: int = 512
+    seed: int = 0
+    solver_timeout_s: float = 5.0
+    sandbox_limits: SandboxLimits | None = None
+    cache: CompletionCache | None = None
+    cache_namespace: Callable[[str], str] = field(default=lambda model_id: model_id)
+    meter: RaplMeter = field(default_factory=RaplMeter)
+
+    def generate(
+        self,
+        messages: Sequence[Message],
+        *,
+        model: str | None = None,
+        max_tokens: int | None = None,
+        temperature: float = 0.0,
+        n: int = 1,
+        stop: Sequence[str] | None = None,
+        seed: int | None = None,
+        logprobs: bool = False,
+        detail: str = "",
+    ) -> list[Completion]:
+        engine = self.engine_for(model or self.default_model)
+        max_tokens = max_tokens or self.max_tokens
+        seed = self.seed if seed is None else seed
+        prompt_tokens = engine.count_tokens(messages)
+        self.ledger.check_model_call(engine.cost, prompt_tokens, max_tokens * n)
+        key = None
+        if self.cache is not None:
+            key = _cache_key(
+                self.cache_namespace(engine.model_id), messages, max_tokens, temperature, n,
+                stop, seed, logprobs,
+            )  # fmt: skip
+            hit = self.cache.get(key)
+            if hit is not None:
+                for completion, wall_s in hit:
+                    self._charge(engine, completion, wall_s, None, detail)
+                return [c for c, _ in hit]
+        energy_before = self.meter.read_j()
+        started = time.perf_counter()
+        completions = engine.generate(
+            messages, max_tokens=max_tokens, temperature=temperature, n=n, stop=stop, seed=seed,
+            logprobs=logprobs,
+        )  # fmt: skip
+        wall_s = time.perf_counter() - started
+        energy_after = self.meter.read_j()
+        measured = (
+            (energy_after - energy_before) / len(completions)
+            if energy_before is not None and energy_after is not None
+            else None
+        )
+        share = wall_s / max(len(completions), 1)
+        for completion in completions:
+            self._charge(engine, completion, share, measured, detail)
+        if self.cache is not None and key is not None:
+            self.cache.put(key, [(c, share) for c in completions])
+        return completions
+
+    def _charge(
+        self,
+        engine: TextEngine,
+        completion: Completion,
+        wall_s: float,
+        measured_j: float | None,
+        detail: str,
+    ) -> None:
+        self.ledger.charge_model(
+            engine.cost,
+            prompt_tokens=completion.prompt_tokens,
+            completion_tokens=completion.completion_tokens,
+            wall_s=wall_s,
+            measured_energy_j=measured_j,
+            detail=detail,
+        )
+
+    def solve(self, question: str, *, detail: str = "") -> SolverResult:
+        from apportion.tools.solver import solve
+
+        result = solve(question, timeout_s=self.solver_timeout_s)
+        self.ledger.charge_tool("sympy", wall_s=result.wall_s, cpu_s=result.cpu_s, detail=detail)
+        return result
+
+    def run_program(self, code: str, *, detail: str = "") -> SandboxResult:
+        from apportion.tools.sandbox import SandboxLimits, run_python
+
+        result = run_python(code, limits=self.sandbox_limits or SandboxLimits())
+        self.ledger.charge_tool("sandbox", wall_s=result.wall_s, cpu_s=result.cpu_s, detail=detail)
+        return result
+
+
+def _cache_key(
+    model_key: str,
+    messages: Sequence[Message],
+    max_tokens: int,
+    temperature: float,
+    n: int,
+    stop: Sequence[str] | None,
+    seed: int,
+    logprobs: bool,
+) -> str:
+    import hashlib
+    import json
+
+    payload = json.dumps(
+        {
+            "model": model_key,
+            "messages": [[m.role, m.content] for m in messages],
+            "max_tokens": max_tokens,
+            "temperature": temperature,
+            "n": n,
+            "stop": list(stop or []),
+            "seed": seed,
+            "logprobs": logprobs,
+        },
+        sort_keys=True,
+    )
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+class Strategy(Protocol):
+    """One way of answering. `run` returns an Attempt; it reports failures, it does not raise
+    them (budget refusals excepted: those propagate so the executor can stop the plan)."""
+
+    @property
+    def name(self) -> str: ...
+
+    def run(self, query: Query, ctx: RunContext) -> Attempt: ...

@@ -1,0 +1,52 @@
+"""cot: chain-of-thought — reason step by step, then extract the final answer."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from apportion.answers import extract_answer
+from apportion.strategies.base import RunContext
+from apportion.strategies.prompts import FINAL_LINE, answer_format
+from apportion.types import Attempt, Message, Query
+
+
+@dataclass(frozen=True)
+class ChainOfThought:
+    model: str | None = None
+    max_tokens: int | None = None
+    temperature: float = 0.0
+    logprobs: bool = False
+
+    @property
+    def name(self) -> str:
+        return "cot"
+
+    def messages(self, query: Query) -> list[Message]:
+        system = (
+            "Solve the problem step by step. Be brief. "
+            f"End with a final line of the form '{FINAL_LINE} X.' where X is "
+            f"{answer_format(query)}."
+        )
+        return [Message("system", system), Message("user", query.text)]
+
+    def parse(self, text: str, query: Query) -> str | None:
+        return extract_answer(text, query.kind, query.choices)
+
+    def run(self, query: Query, ctx: RunContext) -> Attempt:
+        (completion,) = ctx.generate(
+            self.messages(query),
+            model=self.model,
+            max_tokens=self.max_tokens,
+            temperature=self.temperature,
+            logprobs=self.logprobs,
+            detail="cot",
+        )
+        answer = self.parse(completion.text, query)
+        if answer is None:
+            return Attempt(self.name, None, 0.0, rationale=completion.text, error="no final answer")
+        mean_lp = completion.mean_logprob
+        confidence = math.exp(mean_lp) if mean_lp is not None else 0.6
+        return Attempt(
+            self.name, answer, confidence, candidates=(answer,), rationale=completion.text
+        )

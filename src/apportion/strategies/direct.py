@@ -1,0 +1,52 @@
+"""direct: one greedy call, no reasoning. The cheapest route and the baseline for every other."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from apportion.answers import extract_answer
+from apportion.strategies.base import RunContext
+from apportion.strategies.prompts import answer_format
+from apportion.types import Attempt, Message, Query
+
+
+@dataclass(frozen=True)
+class Direct:
+    model: str | None = None
+    max_tokens: int | None = None
+    # Record token log-probabilities and use their mean as the confidence (a cheap signal for
+    # cascades). Off by default: the direct path should cost what a raw call costs.
+    logprobs: bool = False
+
+    @property
+    def name(self) -> str:
+        return "direct"
+
+    def messages(self, query: Query) -> list[Message]:
+        if query.kind is None:
+            system = "Answer the user's question directly and concisely."
+        else:
+            system = (
+                "Answer the question directly, with no explanation. "
+                f"Reply with only {answer_format(query)}."
+            )
+        return [Message("system", system), Message("user", query.text)]
+
+    def run(self, query: Query, ctx: RunContext) -> Attempt:
+        (completion,) = ctx.generate(
+            self.messages(query),
+            model=self.model,
+            max_tokens=self.max_tokens,
+            logprobs=self.logprobs,
+            detail="direct",
+        )
+        text = completion.text.strip()
+        answer = text
+        if query.kind is not None:
+            answer = extract_answer(text, query.kind, query.choices) or text
+        mean_lp = completion.mean_logprob
+        confidence = math.exp(mean_lp) if mean_lp is not None else 0.5
+        if not answer:
+            return Attempt(self.name, None, 0.0, rationale=text, error="empty answer")
+        return Attempt(self.name, answer, confidence, candidates=(answer,), rationale=text)

@@ -1,0 +1,103 @@
+"""program: program-aided solving (PAL). The model writes `solve()`; the sandbox runs it.
+
+The model's code is untrusted: it is only ever handed to `RunContext.run_program`, which runs it
+in the sandbox (a separate, unprivileged, network-less, resource-limited process).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from apportion.answers import canonical_number
+from apportion.strategies.base import RunContext
+from apportion.types import Attempt, Message, Query
+
+RESULT_MARKER = "__APPORTION_RESULT__="
+
+_FENCED = re.compile(r"```(?:python|py)?[ \t]*\n(.*?)(?:```|\Z)", re.DOTALL | re.IGNORECASE)
+
+# Appended to the model's code inside the sandbox; prints the return value on a marked line so
+# stray prints from the model's code cannot be mistaken for the result.
+_RUNNER = f"""
+
+if __name__ == "__main__":
+    _result = solve()
+    if isinstance(_result, float) and _result.is_integer():
+        _result = int(_result)
+    elif isinstance(_result, float):
+        _result = round(_result, 6)
+    print({RESULT_MARKER!r} + str(_result))
+"""
+
+
+def extract_code(text: str) -> str | None:
+    """The code block holding `def solve`, or the whole reply if it is bare code."""
+    blocks = _FENCED.findall(text)
+    for block in blocks:
+        if "def solve" in block:
+            return str(block).strip()
+    if "def solve" in text:
+        start = text.index("def solve")
+        # keep imports written above the function
+        head = text[:start]
+        imports = [ln for ln in head.splitlines() if ln.startswith(("import ", "from "))]
+        return "\n".join([*imports, text[start:]]).strip()
+    return None
+
+
+def parse_result(stdout: str) -> str | None:
+    for line in reversed(stdout.splitlines()):
+        if line.startswith(RESULT_MARKER):
+            value = line[len(RESULT_MARKER) :].strip()
+            return value or None
+    return None
+
+
+@dataclass(frozen=True)
+class Program:
+    model: str | None = None
+    max_tokens: int | None = None
+    temperature: float = 0.0
+
+    @property
+    def name(self) -> str:
+        return "program"
+
+    def messages(self, query: Query) -> list[Message]:
+        system = (
+            "You solve problems by writing Python. Write a function solve() that takes no "
+            "arguments, computes the answer to the user's problem step by step, and returns it "
+            "(a number when the answer is numeric). Use only the standard library. Do not read "
+            "input or print. Reply with one ```python code block and nothing else."
+        )
+        return [Message("system", system), Message("user", query.text)]
+
+    def run(self, query: Query, ctx: RunContext, *, seed: int | None = None) -> Attempt:
+        (completion,) = ctx.generate(
+            self.messages(query),
+            model=self.model,
+            max_tokens=self.max_tokens,
+            temperature=self.temperature,
+            seed=seed,
+            detail="program: write",
+        )
+        code = extract_code(completion.text)
+        if code is None:
+            return Attempt(
+                self.name, None, 0.0, rationale=completion.text, error="no solve() in reply"
+            )
+        result = ctx.run_program(code + _RUNNER, detail="program: run")
+        value = parse_result(result.stdout) if result.ok else None
+        if value is None:
+            why = result.error or "no result"
+            last = result.stderr.strip().splitlines()[-1:] if result.stderr else []
+            error = f"program failed: {why}" + (f" ({last[0][:200]})" if last else "")
+            return Attempt(self.name, None, 0.0, rationale=code, error=error)
+        answer = canonical_number(value) if _looks_numeric(value) else value
+        answer = answer or value
+        return Attempt(self.name, answer, 0.8, candidates=(answer,), rationale=code)
+
+
+def _looks_numeric(value: str) -> bool:
+    return re.fullmatch(r"-?[\d,]*\.?\d+(e-?\d+)?", value.strip()) is not None

@@ -1,0 +1,137 @@
+"""Strategies by name, with parameters in the name: `consistency:n=8`,
+`cascade:small=qwen2.5-coder-0.5b,large=qwen2.5-coder-1.5b,threshold=0.6`.
+
+A strategy is a dataclass; its fields are its parameters, and their annotations give the types
+that `key=value` strings are coerced to. Third-party strategies register through the
+`apportion.strategies` entry-point group (name → dataclass), without touching the core.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+from typing import Any
+
+from apportion.errors import UnknownNameError, UsageError
+from apportion.strategies.base import Strategy
+
+StrategyFactory = Callable[..., Strategy]
+
+
+@dataclass(frozen=True)
+class StrategySpec:
+    name: str
+    params: tuple[tuple[str, str], ...] = ()
+
+    def __str__(self) -> str:
+        if not self.params:
+            return self.name
+        return f"{self.name}:" + ",".join(f"{k}={v}" for k, v in self.params)
+
+
+def parse_spec(text: str) -> StrategySpec:
+    """`name` or `name:k=v,k=v` → StrategySpec (values stay strings until `build`)."""
+    text = text.strip()
+    if not text:
+        raise UsageError("empty strategy name")
+    name, _, rest = text.partition(":")
+    params: list[tuple[str, str]] = []
+    for part in filter(None, (p.strip() for p in rest.split(","))):
+        key, eq, value = part.partition("=")
+        if not eq or not key.strip():
+            raise UsageError(
+                f"bad strategy parameter {part!r} in {text!r}", "write parameters as key=value"
+            )
+        params.append((key.strip(), value.strip()))
+    return StrategySpec(name.strip(), tuple(params))
+
+
+def split_specs(text: str) -> list[str]:
+    """Split a comma-separated list of specs whose own parameters are comma-separated too:
+    a piece with `=` but no `:` continues the spec before it."""
+    specs: list[str] = []
+    for piece in filter(None, (p.strip() for p in text.split(","))):
+        if "=" in piece and ":" not in piece and specs:
+            specs[-1] += "," + piece
+        else:
+            specs.append(piece)
+    return specs
+
+
+def _coerce(value: str, annotation: Any, where: str) -> Any:
+    options = typing.get_args(annotation) if typing.get_origin(annotation) else (annotation,)
+    options = tuple(o for o in options if o is not type(None))
+    target = options[0] if options else str
+    try:
+        if target is bool:
+            lowered = value.lower()
+            if lowered not in {"true", "false", "1", "0", "yes", "no"}:
+                raise ValueError(value)
+            return lowered in {"true", "1", "yes"}
+        if target in (int, float, str):
+            return target(value)
+    except ValueError:
+        raise UsageError(
+            f"{where} must be {getattr(target, '__name__', target)}, got {value!r}"
+        ) from None
+    return value
+
+
+class StrategyRegistry:
+    """Name → factory. Built once per Engine; not a mutable global."""
+
+    def __init__(self, factories: Mapping[str, StrategyFactory]) -> None:
+        self._factories = dict(factories)
+
+    def names(self) -> list[str]:
+        return sorted(self._factories)
+
+    def parameters(self, name: str) -> dict[str, Any]:
+        factory = self._factories[name]
+        if not dataclasses.is_dataclass(factory):
+            return {}
+        return {f.name: f.default for f in dataclasses.fields(factory) if f.init}
+
+    def build(self, spec_text: str) -> Strategy:
+        spec = parse_spec(spec_text)
+        factory = self._factories.get(spec.name)
+        if factory is None:
+            raise UnknownNameError("strategy", spec.name, [*self.names(), "auto"])
+        kwargs: dict[str, Any] = {}
+        if spec.params:
+            if not dataclasses.is_dataclass(factory):
+                raise UsageError(f"strategy {spec.name!r} takes no parameters")
+            hints = typing.get_type_hints(factory)
+            valid = [f.name for f in dataclasses.fields(factory) if f.init]
+            for key, value in spec.params:
+                if key not in valid:
+                    raise UsageError(
+                        f"strategy {spec.name!r} has no parameter {key!r}",
+                        f"valid parameters: {', '.join(valid) or 'none'}",
+                    )
+                kwargs[key] = _coerce(value, hints[key], f"{spec.name}:{key}")
+        try:
+            strategy = factory(**kwargs)
+        except ValueError as e:
+            raise UsageError(f"bad parameters for {spec.name!r}: {e}") from e
+        return strategy
+
+
+def builtin_factories() -> dict[str, StrategyFactory]:
+    from apportion.strategies.cot import ChainOfThought
+    from apportion.strategies.direct import Direct
+    from apportion.strategies.program import Program
+    from apportion.strategies.symbolic import Symbolic
+
+    return {"direct": Direct, "cot": ChainOfThought, "program": Program, "symbolic": Symbolic}
+
+
+def default_registry(extra: Iterable[tuple[str, StrategyFactory]] = ()) -> StrategyRegistry:
+    factories = builtin_factories()
+    for ep in entry_points(group="apportion.strategies"):
+        factories.setdefault(ep.name, ep.load())
+    factories.update(dict(extra))
+    return StrategyRegistry(factories)

@@ -1,0 +1,28 @@
+"""symbolic: arithmetic and algebra go to SymPy through the safe parser; no model call at all."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from apportion.strategies.base import RunContext
+from apportion.types import Attempt, Query
+
+
+@dataclass(frozen=True)
+class Symbolic:
+    @property
+    def name(self) -> str:
+        return "symbolic"
+
+    def run(self, query: Query, ctx: RunContext) -> Attempt:
+        result = ctx.solve(query.text, detail="symbolic")
+        if not result.ok or result.answer is None:
+            return Attempt(self.name, None, 0.0, error=f"solver: {result.error}")
+        # An exact symbolic result is as sure as an answer gets, if the question was parsed right.
+        return Attempt(
+            self.name,
+            result.answer,
+            0.95,
+            candidates=(result.answer,),
+            rationale=result.expression or "",
+        )

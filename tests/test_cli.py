@@ -1,0 +1,96 @@
+"""The `apportion` command as a user runs it, in a subprocess, on the real default model."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+NATALIA = (
+    "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips "
+    "in May. How many clips did Natalia sell altogether in April and May?"
+)
+LEDGER_FIELDS = ("prompt_tokens", "completion_tokens", "flops", "wall_s", "energy_j", "cost_usd")
+
+
+def apportion(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "apportion.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def ask_json(*args: str) -> dict[str, object]:
+    proc = apportion("ask", *args, "--json")
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)  # type: ignore[no-any-return]
+
+
+def check_ledger(ledger: dict[str, object]) -> None:
+    for name in LEDGER_FIELDS:
+        value = ledger[name]
+        assert isinstance(value, int | float) and value >= 0, (name, value)
+    calls = ledger["calls"]
+    assert isinstance(calls, list) and calls
+    for call in calls:
+        assert call["wall_s"] >= 0 and call["flops"] >= 0 and call["energy_j"] >= 0
+
+
+def test_arithmetic_is_solved_exactly() -> None:
+    out = ask_json("What is 17*23+5?")
+    assert out["answer"] == "396"
+    assert out["strategy"] in {"symbolic", "program"}
+    assert out["intent"] == "arithmetic"
+    check_ledger(out["ledger"])  # type: ignore[arg-type]
+
+
+@pytest.mark.model
+def test_word_problem_gets_72() -> None:
+    out = ask_json(NATALIA)
+    assert out["answer"] == "72", out
+    assert out["intent"] == "math_word"
+    check_ledger(out["ledger"])  # type: ignore[arg-type]
+
+
+@pytest.mark.model
+def test_direct_factual_answer_is_charged_flops() -> None:
+    out = ask_json("What is the capital of Australia?", "--strategy", "direct")
+    assert "Canberra" in str(out["answer"])
+    assert out["strategy"] == "direct"
+    ledger = out["ledger"]
+    check_ledger(ledger)  # type: ignore[arg-type]
+    assert ledger["flops"] > 0  # type: ignore[index,operator]
+    assert ledger["calls"][0]["kind"] == "model"  # type: ignore[index]
+
+
+def test_blank_question_exits_2_with_one_line() -> None:
+    proc = apportion("ask", "   ")
+    assert proc.returncode == 2
+    assert "empty" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) <= 2
+    assert proc.stdout == ""
+
+
+def test_unknown_names_list_valid_ones() -> None:
+    proc = apportion("ask", "hi", "--strategy", "nope")
+    assert proc.returncode == 2 and "program" in proc.stderr and "symbolic" in proc.stderr
+    proc = apportion("ask", "hi", "--model", "gpt-17")
+    assert proc.returncode == 2 and "qwen2.5-coder-0.5b" in proc.stderr
+
+
+@pytest.mark.model
+def test_question_longer_than_context_is_refused() -> None:
+    proc = apportion("ask", "word " * 6000, "--strategy", "direct")
+    assert proc.returncode == 2
+    assert "context" in proc.stderr
+
+
+def test_help_teaches() -> None:
+    proc = apportion("ask", "--help")
+    assert proc.returncode == 0
+    assert "--strategy" in proc.stdout and "17*23+5" in proc.stdout

@@ -1,0 +1,82 @@
+import pytest
+
+from apportion.config import HardwareProfile
+from apportion.errors import BudgetExceededError
+from apportion.ledger import Ledger, ModelCost, RaplMeter, model_flops
+from apportion.types import Budget
+
+
+def test_flops_dense_term_is_two_per_parameter_per_token() -> None:
+    assert model_flops(1e9, 10, 5) == 2 * 1e9 * 15
+
+
+def test_flops_attention_term_sums_context_positions() -> None:
+    # T=3 tokens: positions 1+2+3 = 6; per position 2·L·d → 2·2·4·6 = 96
+    assert model_flops(0, 2, 1, n_layers=2, d_model=4) == 96
+
+
+def test_flops_rejects_negative_counts() -> None:
+    with pytest.raises(ValueError):
+        model_flops(1e6, -1, 0)
+
+
+def test_local_model_charge_uses_hardware_profile() -> None:
+    hw = HardwareProfile(active_watts=20.0, usd_per_hour=3.6)
+    ledger = Ledger(hardware=hw)
+    charge = ledger.charge_model(
+        ModelCost("m", params=1e6), prompt_tokens=10, completion_tokens=10, wall_s=2.0
+    )
+    assert charge.energy_j == pytest.approx(40.0)
+    assert charge.energy_source == "estimated"
+    assert charge.cost_usd == pytest.approx(0.002)
+    assert charge.flops == pytest.approx(2 * 1e6 * 20)
+
+
+def test_measured_energy_is_labelled() -> None:
+    ledger = Ledger()
+    charge = ledger.charge_model(
+        ModelCost("m", params=1e6),
+        prompt_tokens=1,
+        completion_tokens=1,
+        wall_s=1.0,
+        measured_energy_j=7.5,
+    )
+    assert (charge.energy_j, charge.energy_source) == (7.5, "measured")
+
+
+def test_remote_model_charged_per_token() -> None:
+    ledger = Ledger()
+    cost = ModelCost("r", params=7e9, local=False, usd_per_m_prompt=1.0, usd_per_m_completion=2.0)
+    charge = ledger.charge_model(cost, prompt_tokens=1_000_000, completion_tokens=500_000, wall_s=9)
+    assert charge.cost_usd == pytest.approx(2.0)
+    assert charge.energy_j == pytest.approx(cost.joules_per_flop * charge.flops)
+
+
+def test_tool_charge_counts_cpu_energy_and_totals_add_up() -> None:
+    ledger = Ledger(hardware=HardwareProfile(watts_per_core=10.0, usd_per_hour=7.2), cores=2)
+    ledger.charge_tool("sympy", wall_s=0.5, cpu_s=0.25)
+    ledger.charge_model(ModelCost("m", params=1e6), prompt_tokens=3, completion_tokens=4, wall_s=1)
+    totals = ledger.totals()
+    assert totals.calls[0].energy_j == pytest.approx(2.5)
+    assert totals.calls[0].cost_usd == pytest.approx(7.2 / 2 * 0.25 / 3600)
+    assert (totals.prompt_tokens, totals.completion_tokens) == (3, 4)
+    assert totals.wall_s == pytest.approx(1.5)
+    assert len(totals.calls) == 2
+
+
+def test_budget_refuses_call_whose_worst_case_exceeds_flops() -> None:
+    cost = ModelCost("m", params=1e6)
+    ledger = Ledger(budget=Budget(max_flops=model_flops(1e6, 10, 20)))
+    ledger.check_model_call(cost, prompt_tokens=10, max_tokens=20)  # exactly fits
+    with pytest.raises(BudgetExceededError):
+        ledger.check_model_call(cost, prompt_tokens=10, max_tokens=21)
+
+
+def test_rapl_meter_reads_counters(tmp_path) -> None:
+    zone = tmp_path / "intel-rapl:0"
+    zone.mkdir()
+    (zone / "energy_uj").write_text("2500000\n")
+    meter = RaplMeter(tmp_path)
+    assert meter.available
+    assert meter.read_j() == pytest.approx(2.5)
+    assert RaplMeter(tmp_path / "absent").read_j() is None
