@@ -11,7 +11,7 @@ from apportion.router.policy import Plan, Step
 from apportion.strategies.base import RunContext
 from apportion.strategies.registry import default_registry
 from apportion.types import Budget, Query
-from conftest import ScriptedEngine
+from fakes import ScriptedEngine
 
 
 def _ctx(engine: ScriptedEngine, budget: Budget | None = None) -> RunContext:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 from rich.console import Console
@@ -20,6 +20,9 @@ from rich.progress import (
 from rich.table import Table
 
 from apportion.config import Settings
+
+if TYPE_CHECKING:
+    from apportion.bench.datasets import BenchItem
 from apportion.engines import catalogue
 from apportion.errors import ApportionError
 from apportion.types import Answer, Budget
@@ -208,6 +211,238 @@ def models_pull(
     except ApportionError as e:
         fail(e)
     out.print(f"{model_id}: {path}", highlight=False)
+
+
+bench_app = typer.Typer(
+    help=(
+        "Run datasets through strategies; chart accuracy against compute.\n\n"
+        "Example: apportion bench --dataset gsm8k --limit 50 "
+        "--strategies direct,cot,program,symbolic --out runs/gsm8k"
+    ),
+)
+app.add_typer(bench_app, name="bench")
+
+
+@bench_app.callback(invoke_without_command=True)
+def bench(
+    ctx: typer.Context,
+    data: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--data",
+            help="A JSONL file: one {question, answer, id?, kind?, choices?, aliases?} per line. "
+            "Repeatable.",
+        ),
+    ] = None,
+    dataset: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--dataset",
+            help="A named set from the shared data dir: gsm8k, svamp, mawps, multiarith, squad, "
+            "mmlu, commonsenseqa, strategyqa, bbh:<task>, bigbench_arithmetic. Repeatable.",
+        ),
+    ] = None,
+    strategies: Annotated[
+        str,
+        typer.Option(
+            "--strategies",
+            help="Comma-separated strategy specs, parameters included: "
+            "direct,cot,program,symbolic,auto,cot:temperature=0.7",
+        ),
+    ] = "direct,cot,program,symbolic",
+    model: Annotated[
+        str | None, typer.Option("--model", "-m", help="Model id or .gguf path.")
+    ] = None,
+    limit: Annotated[
+        int | None, typer.Option("--limit", min=1, help="Items per data source (a seeded sample).")
+    ] = None,
+    seed: Annotated[
+        int, typer.Option("--seed", help="Seed for sampling items and generation.")
+    ] = 0,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Directory for results and report.")
+    ] = None,
+    corpus: Annotated[
+        Path | None,
+        typer.Option("--corpus", help="JSONL of {id, text, title?} for retrieval strategies."),
+    ] = None,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue an interrupted run in --out.")
+    ] = False,
+    max_tokens: Annotated[
+        int | None, typer.Option("--max-tokens", help="Cap on generated tokens per model call.")
+    ] = None,
+    cache_path: Annotated[
+        Path | None,
+        typer.Option(
+            "--cache", help="Completion cache (default: $APPORTION_HOME/bench-cache.sqlite)."
+        ),
+    ] = None,
+    data_dir: Annotated[
+        Path | None,
+        typer.Option("--data-dir", help="Where named datasets live (also $APPORTION_DATA_DIR)."),
+    ] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Benchmark strategies on datasets: results.jsonl, summary.json, frontier plots, report.html.
+
+    Every completion is cached, so re-running a command replays in seconds; Ctrl-C or a crash
+    leaves a state that --resume continues.
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    from apportion.bench.cache import SqliteCompletionCache
+    from apportion.bench.report import write_report
+    from apportion.bench.runner import run_bench
+    from apportion.engine import Engine
+    from apportion.errors import UsageError
+    from apportion.strategies.registry import split_specs
+
+    try:
+        if out is None:
+            raise UsageError("--out is required", "e.g. --out runs/first")
+        if not data and not dataset:
+            raise UsageError("give at least one --data FILE or --dataset NAME")
+        if corpus is not None and not corpus.is_file():
+            raise UsageError(f"corpus file not found: {corpus}")
+        settings = Settings.load(config)
+        engine = Engine(settings=settings, pull_progress=RichPullProgress(err))
+        specs = split_specs(strategies)
+        for spec in specs:
+            if spec != "auto":
+                engine.registry.build(spec)
+        model_id = model or settings.default_model
+        engine.check_model(model_id)
+        items, sources = load_bench_items(data or [], dataset or [], limit, seed, data_dir)
+        if corpus is not None:
+            err.print(
+                "[yellow]note:[/] no retrieval strategy is installed yet; --corpus is unused",
+                highlight=False,
+            )
+    except ApportionError as e:
+        fail(e)
+    cache = SqliteCompletionCache(cache_path or settings.home / "bench-cache.sqlite")
+    title = f"{model_id} · seed {seed} · " + ", ".join(sources)
+    progress = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[status]}"),
+        console=err,
+    )
+    task = progress.add_task("bench", total=None, status="")
+    correct: dict[str, list[bool]] = {}
+
+    def on_start(done: int, todo: int) -> None:
+        progress.update(task, total=done + todo, completed=done)
+
+    def on_result(r: object) -> None:
+        from apportion.bench.runner import ItemResult
+
+        assert isinstance(r, ItemResult)
+        correct.setdefault(r.strategy, []).append(r.correct)
+        status = "  ".join(f"{k} {sum(v) / len(v):.0%}" for k, v in correct.items())
+        progress.update(task, advance=1, status=status)
+
+    results = []
+    interrupted = False
+    try:
+        with progress:
+            results = run_bench(
+                engine, items, specs, out=out, model=model_id, seed=seed, max_tokens=max_tokens,
+                resume=resume, cache=cache, sources=sources, on_result=on_result,
+                on_start=on_start,
+            )  # fmt: skip
+    except KeyboardInterrupt:
+        interrupted = True
+    except ApportionError as e:
+        fail(e)
+    finally:
+        cache.close()
+    if interrupted:
+        from apportion.bench.runner import RESULTS, read_results
+
+        results = read_results(out / RESULTS)
+        err.print(
+            f"interrupted: {len(results)} results are saved in {out}; "
+            "run the same command with --resume to continue",
+            highlight=False,
+        )
+    if not results:
+        raise typer.Exit(130 if interrupted else 1)
+    summary = write_report(results, out, title=title)
+    print_summary(summary)
+    err.print(
+        f"wrote {out}/results.jsonl, summary.json, frontier.png, frontier_energy.png, "
+        f"report.html (cache: {cache.hits} hits, {cache.misses} misses)",
+        highlight=False,
+    )
+    if interrupted:
+        raise typer.Exit(130)
+
+
+def load_bench_items(
+    data: list[Path], names: list[str], limit: int | None, seed: int, data_dir: Path | None
+) -> tuple[list[BenchItem], list[str]]:
+    import random
+
+    from apportion.bench.datasets import load_jsonl, load_named
+    from apportion.errors import UsageError
+
+    groups: list[tuple[str, list[BenchItem]]] = []
+    for path in data:
+        if not path.is_file():
+            raise UsageError(f"data file not found: {path}")
+        groups.append((str(path), list(load_jsonl(path))))
+    for name in names:
+        groups.append((name, list(load_named(name, data_dir=data_dir))))
+    items: list[BenchItem] = []
+    sources = []
+    for source, group in groups:
+        if limit is not None and limit < len(group):
+            # a seeded sample, in the file's order, so --limit takes a representative slice
+            keep = sorted(random.Random(seed).sample(range(len(group)), limit))
+            group = [group[i] for i in keep]
+        items.extend(group)
+        sources.append(f"{source} ({len(group)})")
+    if not items:
+        raise UsageError("the data sources hold no items")
+    return items, sources
+
+
+def print_summary(summary: dict[str, object]) -> None:
+    table = Table("strategy", "n", "accuracy [95% CI]", "mean FLOPs", "p95 FLOPs", "tokens",
+                  "wall s", "energy J")  # fmt: skip
+    strategies = summary["strategies"]
+    assert isinstance(strategies, dict)
+    for name, s in strategies.items():
+        lo, hi = s["accuracy_ci95"]
+        table.add_row(
+            name, str(s["n"]), f"{s['accuracy']:.1%} [{lo:.0%}, {hi:.0%}]",
+            f"{s['flops']['mean']:.3g}", f"{s['flops']['p95']:.3g}", f"{s['tokens']['mean']:.0f}",
+            f"{s['wall_s']['mean']:.2f}", f"{s['energy_j']['mean']:.1f}",
+        )  # fmt: skip
+    out.print(table)
+
+
+@bench_app.command("convert")
+def bench_convert(
+    dataset: Annotated[str, typer.Argument(help="A named dataset, e.g. gsm8k or bbh:navigate.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="JSONL file to write.")],
+    limit: Annotated[int | None, typer.Option("--limit", min=1)] = None,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    data_dir: Annotated[Path | None, typer.Option("--data-dir")] = None,
+) -> None:
+    """Write a named dataset in the generic JSONL format that --data reads."""
+    from apportion.bench.datasets import write_jsonl
+
+    try:
+        items, _ = load_bench_items([], [dataset], limit, seed, data_dir)
+        n = write_jsonl(items, output)
+    except ApportionError as e:
+        fail(e)
+    out.print(f"wrote {n} items to {output}", highlight=False)
 
 
 if __name__ == "__main__":

@@ -41,6 +41,7 @@ class Engine:
     policy: RulePolicy = field(default_factory=RulePolicy)
     pull_progress: catalogue.PullProgress | None = None
     _engines: dict[str, TextEngine] = field(default_factory=dict, repr=False)
+    _fingerprints: dict[str, str] = field(default_factory=dict, repr=False)
 
     @classmethod
     def from_config(cls, path: Path | str | None = None, **overrides: object) -> Engine:
@@ -83,6 +84,20 @@ class Engine:
             )
         self._engines[model_id] = engine
         return engine
+
+    def model_fingerprint(self, model_id: str) -> str:
+        """What identifies a model's outputs for caching: its weights' sha256, or a remote
+        endpoint and model name."""
+        if model_id not in self._fingerprints:
+            remote = next((e for e in self.settings.engines if e.id == model_id), None)
+            if remote is not None:
+                fingerprint = f"remote:{remote.base_url}|{remote.model}"
+            elif model_id in catalogue.CATALOGUE:
+                fingerprint = catalogue.CATALOGUE[model_id].sha256
+            else:
+                fingerprint = catalogue.sha256_file(Path(model_id).expanduser())
+            self._fingerprints[model_id] = fingerprint
+        return self._fingerprints[model_id]
 
     def close(self) -> None:
         for engine in self._engines.values():
@@ -133,6 +148,7 @@ class Engine:
             max_tokens=max_tokens or self.settings.max_tokens,
             seed=seed,
             cache=cache,
+            cache_namespace=self.model_fingerprint,
         )
         return execute(plan, query, ctx, self.registry, intent=features.intent)
 

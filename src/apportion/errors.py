@@ -27,7 +27,9 @@ class UnknownNameError(UsageError):
     """An unknown model, strategy, engine or dataset name; the message lists the valid ones."""
 
     def __init__(self, what: str, name: str, valid: list[str] | tuple[str, ...]) -> None:
-        super().__init__(f"unknown {what} {name!r}", f"valid {what}s: {', '.join(sorted(valid))}")
+        super().__init__(
+            f"unknown {what} {name!r}", f"valid {what} names: {', '.join(sorted(valid))}"
+        )
         self.name = name
         self.valid = list(valid)
 

@@ -37,7 +37,7 @@ class Completion:
 
 @dataclass(frozen=True)
 class Query:
-    """What the caller asks. `kind` and `choices` are hints: a bench item knows them, a user rarely."""
+    """What the caller asks. `kind` and `choices` are hints that bench items carry."""
 
     text: str
     kind: AnswerKind | None = None

@@ -1,0 +1,518 @@
+"""Pull a final answer out of model text, and normalise answers for comparison and voting.
+
+This is the one place that parses answers: chain-of-thought, self-consistency voting and
+benchmark scoring all go through it. Everything here is a pure function of its arguments.
+"""
+
+from __future__ import annotations
+
+import re
+import string
+from collections.abc import Sequence
+from fractions import Fraction
+
+from apportion.types import AnswerKind
+
+__all__ = [
+    "canonical_number",
+    "extract_answer",
+    "match_options",
+    "normalize_text",
+    "parse_number",
+    "vote_key",
+]
+
+# ---------------------------------------------------------------------------
+# Numbers
+# ---------------------------------------------------------------------------
+
+_MINUS = "-\u2212\u2013"  # hyphen-minus, unicode minus, en dash (models emit all three)
+_CURRENCY = "$€£¥₹"
+
+# One number as people and models write it: optional sign (only where it cannot be a binary
+# minus, i.e. not right after a digit, letter or closing bracket), optional currency symbol,
+# digits with optional thousands separators, decimals, exponent, an optional "/denominator"
+# and an optional percent sign.
+_NUMBER_RE = re.compile(
+    rf"""
+    (?<![\w./)\]}}])                       # not inside a word, number or date
+    (?P<sign>(?<![\w)\]}}])[{_MINUS}+])?   # sign, never a binary operator
+    (?:[{_CURRENCY}]\s?)?
+    (?P<sign2>[{_MINUS}])?                 # "$-5"
+    (?P<num>
+        (?:\d{{1,3}}(?:,\d{{3}})+|\d+)(?:\.\d+)?
+      | \.\d+
+    )
+    (?P<exp>[eE][-+]?\d+(?![\w]))?
+    (?:
+        \s?/\s?(?P<den>\d+(?:\.\d+)?)(?!\d|\.\d|\s?/\s?\d)
+    )?
+    (?P<pct>\s?%)?
+    (?![\d])
+    """,
+    re.VERBOSE,
+)
+
+_LATEX_FRAC_RE = re.compile(r"\\[dt]?frac\s*\{\s*([^{}]+?)\s*\}\s*\{\s*([^{}]+?)\s*\}")
+_LATEX_NOISE_RE = re.compile(r"\\(?:left|right|,|;|!|\s|text\{[^{}]*\}|mathrm\{[^{}]*\}|%)")
+
+
+def _prepare(text: str) -> str:
+    """Rewrite LaTeX fractions as a/b and drop spacing macros, for the number regex."""
+    text = _LATEX_FRAC_RE.sub(r"\1/\2", text)
+    text = _LATEX_NOISE_RE.sub(" ", text)
+    return text.replace("\\$", "$").replace("\\%", "%")
+
+
+def _match_value(m: re.Match[str]) -> Fraction | None:
+    num = m.group("num").replace(",", "")
+    try:
+        value = Fraction(num + (m.group("exp") or ""))
+        den = m.group("den")
+        if den is not None:
+            d = Fraction(den)
+            if d == 0:
+                return None
+            value /= d
+    except (ValueError, ZeroDivisionError):
+        return None
+    if m.group("sign") in tuple(_MINUS) or m.group("sign2") is not None:
+        value = -value
+    return value
+
+
+def _numbers(text: str) -> list[tuple[Fraction, re.Match[str]]]:
+    out = []
+    for m in _NUMBER_RE.finditer(text):
+        v = _match_value(m)
+        if v is not None:
+            out.append((v, m))
+    return out
+
+
+def _format(value: Fraction) -> str:
+    if value.denominator == 1:
+        return str(value.numerator)
+    return f"{float(value):.15g}"
+
+
+def _first_value(s: str) -> Fraction | None:
+    found = _numbers(_prepare(s))
+    return found[0][0] if found else None
+
+
+def parse_number(s: str) -> float | None:
+    """The first numeric value in `s` ("$1,234.50" -> 1234.5, "3/4" -> 0.75, "50%" -> 50.0)."""
+    v = _first_value(s)
+    return None if v is None else float(v)
+
+
+def canonical_number(s: str) -> str | None:
+    """A canonical string for the first number in `s`: "1,234.50" -> "1234.5", "72.0" -> "72",
+    "3/4" -> "0.75", "-0" -> "0". None when `s` holds no number."""
+    v = _first_value(s)
+    return None if v is None else _format(v)
+
+
+_ONLY_NUMBER_TRAIL = re.compile(r"[\s.!]*")
+
+
+def _only_number(s: str) -> Fraction | None:
+    """The value of `s` when `s` is a single number and nothing else (bar a trailing period)."""
+    t = _prepare(s).strip()
+    found = _numbers(t)
+    if len(found) != 1:
+        return None
+    value, m = found[0]
+    if t[: m.start()].strip() or not _ONLY_NUMBER_TRAIL.fullmatch(t[m.end() :]):
+        return None
+    return value
+
+
+_ARTICLES_RE = re.compile(r"\b(a|an|the)\b")
+_PUNCT = frozenset(string.punctuation)
+
+
+def normalize_text(s: str) -> str:
+    """SQuAD normalisation: lower-case, drop punctuation and articles, collapse whitespace."""
+    s = s.lower()
+    s = "".join(ch for ch in s if ch not in _PUNCT)
+    s = _ARTICLES_RE.sub(" ", s)
+    return " ".join(s.split())
+
+
+# ---------------------------------------------------------------------------
+# Markers
+# ---------------------------------------------------------------------------
+
+# "The answer is", "Final answer:", "**Answer:**", "answer would be" ...
+_MARKER_RE = re.compile(
+    r"\banswer\b(?:\s*\*\*|\s*__)?\s*(?:(?:is|was|would\s+be|should\s+be|will\s+be)\b\s*:?|[:=])"
+    r"(?:\s*\*\*|\s*__)?",
+    re.IGNORECASE,
+)
+_HASHES_RE = re.compile(r"####\s*")
+_SENTENCE_END_RE = re.compile(r"[.!?](?=\s|$)")
+# Words after which a period does not end the sentence ("St. Louis", "Dr. Who").
+_ABBREVIATIONS = frozenset(
+    {
+        "mr",
+        "mrs",
+        "ms",
+        "dr",
+        "st",
+        "jr",
+        "sr",
+        "vs",
+        "mt",
+        "ft",
+        "inc",
+        "ltd",
+        "co",
+        "approx",
+        "fig",
+        "e.g",
+        "i.e",
+        "gen",
+        "col",
+        "lt",
+        "sgt",
+        "capt",
+        "prof",
+        "rev",
+        "ave",
+    }
+)
+
+
+def _boxed(text: str) -> list[str]:
+    """Contents of every \\boxed{...} (and \\fbox{...}), braces balanced, in order."""
+    out: list[str] = []
+    for m in re.finditer(r"\\(?:boxed|fbox)\s*\{", text):
+        depth, i = 1, m.end()
+        while i < len(text) and depth:
+            if text[i] == "{":
+                depth += 1
+            elif text[i] == "}":
+                depth -= 1
+            i += 1
+        if depth == 0:
+            out.append(text[m.end() : i - 1])
+    return out
+
+
+def _after_last_marker(text: str) -> str | None:
+    """The rest of the line after the last "answer is"/"answer:" marker, or None."""
+    last = None
+    for m in _MARKER_RE.finditer(text):
+        last = m
+    if last is None:
+        return None
+    rest = text[last.end() :]
+    line = rest.lstrip(" \t*_")
+    if line.startswith("\n"):
+        # "Answer:\n72" — the answer is on the next non-empty line
+        line = line.lstrip()
+    return line.split("\n", 1)[0]
+
+
+def _first_sentence(s: str) -> str:
+    for m in _SENTENCE_END_RE.finditer(s):
+        if m.group() == ".":
+            before = re.search(r"(\S+)$", s[: m.start()])
+            token = before.group(1).lower() if before else ""
+            if token in _ABBREVIATIONS or re.fullmatch(r"(?:[a-z]\.)*[a-z]", token):
+                continue  # an abbreviation or an initial ("J. K. Rowling", "U.S. Army")
+        return s[: m.start()]
+    return s
+
+
+_CLAUSE_END_RE = re.compile(r",\s|;|\s(?:because|since|as|so|and|which|but|from)\b", re.I)
+
+
+def _number_in_segment(segment: str) -> Fraction | None:
+    # "18, since 3 x 6 = 18 and 2 + 2 = 4": only the first clause states the answer
+    seg = _CLAUSE_END_RE.split(_prepare(_first_sentence(segment)), maxsplit=1)[0]
+    if "=" in seg:
+        after = _numbers(seg.rsplit("=", 1)[1])
+        if after:
+            return after[0][0]
+    found = _numbers(seg)
+    return found[0][0] if found else None
+
+
+def _extract_number(text: str) -> str | None:
+    for content in reversed(_boxed(text)):
+        v = _first_value(content)
+        if v is not None:
+            return _format(v)
+    hashes = list(_HASHES_RE.finditer(text))
+    if hashes:
+        v = _first_value(text[hashes[-1].end() :].split("\n", 1)[0])
+        if v is not None:
+            return _format(v)
+    segment = _after_last_marker(text)
+    if segment is not None:
+        v = _number_in_segment(segment)
+        if v is not None:
+            return _format(v)
+    prepared = _prepare(text)
+    lines = [ln for ln in prepared.strip().splitlines() if ln.strip()]
+    if lines and "=" in lines[-1]:
+        after = _numbers(lines[-1].rsplit("=", 1)[1])
+        if after:
+            return _format(after[0][0])
+    found = _numbers(prepared)
+    return _format(found[-1][0]) if found else None
+
+
+# ---------------------------------------------------------------------------
+# Choices
+# ---------------------------------------------------------------------------
+
+_LETTERS = string.ascii_uppercase
+
+
+def _valid_letters(choices: Sequence[str]) -> str:
+    return _LETTERS[: len(choices)] if choices else _LETTERS
+
+
+def _letter_at_start(segment: str, valid: str) -> str | None:
+    """A letter answer at the start of `segment`: "(B)", "B", "B)", "B.", "option B", "[B]"."""
+    seg = segment.strip().lstrip("*_ \"'`")
+    seg = re.sub(r"^(?:option|choice)\s+", "", seg, flags=re.IGNORECASE)
+    m = re.match(r"[(\[]([A-Za-z])[)\]]", seg)
+    if m and m.group(1).upper() in valid:
+        return m.group(1).upper()
+    m = re.fullmatch(r"([a-z])[).:]?", seg.rstrip(" *_\"'`"))
+    if m and m.group(1).upper() in valid:
+        return m.group(1).upper()  # "Answer: c" — a lone lower-case letter
+    m = re.match(r"([A-Z])(?=$|[\s).:,;!*_\"'`])", seg)
+    if m and m.group(1) in valid:
+        # "A dog" is an article, not option A; "A." / "A)" / "A" / "A, because" are letters.
+        after = seg[1:]
+        if m.group(1) == "A" and re.match(r"\s+[a-z]", after):
+            return None
+        return m.group(1)
+    return None
+
+
+def _exact(s: str) -> str:
+    collapsed = " ".join(s.split())
+    return collapsed.rstrip(" .!?;:,") or collapsed
+
+
+def _light(s: str) -> str:
+    collapsed = " ".join(s.lower().split())
+    return collapsed.strip(" .!?;:,'\"`*_") or collapsed
+
+
+# Ever looser ways to compare an answer with option text: verbatim up to spacing and trailing
+# punctuation; then case-insensitive; then SQuAD-normalised (which merges "-1" with "1" and
+# "15.6" with "156", so it only runs when the stricter forms find nothing).
+_OPTION_FORMS = (_exact, _light, normalize_text)
+
+
+def match_options(answer: str, choices: Sequence[str], *, loose: bool = True) -> tuple[str, ...]:
+    """Letters of the options whose text `answer` is, compared verbatim, then ignoring case,
+    then (when `loose`) SQuAD-normalised. Several letters when options repeat (a few MMLU and
+    CommonsenseQA items repeat an option); empty when none matches."""
+    for form in _OPTION_FORMS if loose else _OPTION_FORMS[:2]:
+        key = form(answer)
+        if not key:
+            continue
+        hits = tuple(_LETTERS[i] for i, opt in enumerate(choices) if form(opt) == key)
+        if hits:
+            return hits
+    return ()
+
+
+def _option_text_letter(text: str, choices: Sequence[str]) -> str | None:
+    """The option whose text appears last in `text` (longest wins a tie), as a letter."""
+    for norm_fn in _OPTION_FORMS:
+        hay = norm_fn(text)
+        best: tuple[int, int, int] | None = None
+        for i, option in enumerate(choices):
+            opt = norm_fn(option)
+            if not opt:
+                continue
+            pattern = rf"(?<![\w.\-]){re.escape(opt)}(?!\w|[.,]\d)"
+            found = list(re.finditer(pattern, hay))
+            if not found:
+                continue
+            last = found[-1]
+            key = (last.end(), len(opt), -i)
+            if best is None or key > best:
+                best = key
+        if best is not None:
+            return _LETTERS[-best[2]]
+    return None
+
+
+def _exact_option(text: str, choices: Sequence[str]) -> str | None:
+    """The option `text` is (see `match_options`), unless `text` is a lone letter."""
+    if not choices or re.fullmatch(r"\s*[(\[]?[A-Za-z][)\]]?[.!]?\s*", text):
+        return None
+    hits = match_options(text.strip(), choices, loose=False)
+    return hits[0] if hits else None
+
+
+def _extract_choice(text: str, choices: Sequence[str]) -> str | None:
+    valid = _valid_letters(choices)
+    segment = _after_last_marker(text)
+    if segment is not None:
+        letter = _exact_option(segment, choices) or _exact_option(_first_sentence(segment), choices)
+        if letter:
+            return letter
+        letter = _letter_at_start(segment, valid)
+        if letter:
+            return letter
+        if choices:
+            letter = _option_text_letter(_first_sentence(segment), choices)
+            if letter:
+                return letter
+    for content in reversed(_boxed(text)):
+        letter = _exact_option(content, choices) or _letter_at_start(content, valid)
+        if letter:
+            return letter
+    m = re.fullmatch(r"\s*[(\[]?([A-Za-z])[)\]]?[.!]?\s*", text)
+    if m and m.group(1).upper() in valid:
+        return m.group(1).upper()
+    letter = _exact_option(text, choices)
+    if letter:
+        return letter
+    m = re.match(r"\s*\**([A-Z])[).:]\**\s", text.strip() + " ")
+    if m and m.group(1) in valid and "\n" not in text.strip():
+        return m.group(1)  # a one-line reply that leads with its letter: "D) They are ..."
+    parens = [m.group(1).upper() for m in re.finditer(r"\(([A-Za-z])\)", text)]
+    parens = [p for p in parens if p in valid]
+    if parens:
+        return parens[-1]
+    lines = [m.group(1) for m in re.finditer(r"(?m)^\s*\**([A-Z])[).:]\**(?:\s|$)", text)]
+    lines = [ln for ln in lines if ln in valid]
+    if lines:
+        return lines[-1]
+    if choices:
+        letter = _option_text_letter(text, choices)
+        if letter:
+            return letter
+    m = re.match(r"\s*\**[(\[]?([A-Z])[)\].:]", text)
+    return m.group(1) if m and m.group(1) in valid else None
+
+
+# ---------------------------------------------------------------------------
+# Booleans and text
+# ---------------------------------------------------------------------------
+
+_BOOL_RE = re.compile(r"\b(yes|no|true|false)\b", re.IGNORECASE)
+_BOOL_MAP = {"yes": "yes", "true": "yes", "no": "no", "false": "no"}
+
+
+def _extract_boolean(text: str) -> str | None:
+    segment = _after_last_marker(text)
+    if segment is not None:
+        m = _BOOL_RE.search(segment)
+        if m:
+            return _BOOL_MAP[m.group(1).lower()]
+    for content in reversed(_boxed(text)):
+        m = _BOOL_RE.search(content)
+        if m:
+            return _BOOL_MAP[m.group(1).lower()]
+    m = re.match(r"[\s*_\"'`]*(yes|no|true|false)\b(?=\s*(?:[.,!;:]|$))", text, re.IGNORECASE)
+    if m:
+        return _BOOL_MAP[m.group(1).lower()]
+    found = _BOOL_RE.findall(text)
+    return _BOOL_MAP[found[-1].lower()] if found else None
+
+
+_TRIM = " \t\r\n*_`\"'“”‘’"
+
+
+def _clean_span(s: str) -> str:
+    s = s.strip(_TRIM)
+    s = re.sub(r"[.;,!]+$", "", s).strip(_TRIM)
+    return s
+
+
+def _extract_text(text: str) -> str | None:
+    boxed = _boxed(text)
+    if boxed and boxed[-1].strip():
+        return boxed[-1].strip()
+    segment = _after_last_marker(text)
+    if segment is not None:
+        span = _clean_span(_first_sentence(segment.strip()))
+        if span:
+            return span
+    for line in text.splitlines():
+        if line.strip():
+            span = _clean_span(_first_sentence(line.strip()))
+            return span or None
+    return None
+
+
+def extract_answer(
+    text: str, kind: AnswerKind | None = None, choices: Sequence[str] = ()
+) -> str | None:
+    """The final answer in model output `text`, or None when there is none.
+
+    number  -> canonical number string ("The answer is $1,234.50" -> "1234.5")
+    choice  -> an upper-case letter ("Answer: (C)" -> "C"; option text is mapped via `choices`)
+    boolean -> "yes" or "no"
+    text    -> the span after "Answer:"/"The answer is", else the first sentence
+    None    -> like text, but a bare number comes back canonical
+    """
+    if not text or not text.strip():
+        return None
+    if kind == "number":
+        return _extract_number(text)
+    if kind == "choice":
+        return _extract_choice(text, choices)
+    if kind == "boolean":
+        return _extract_boolean(text)
+    span = _extract_text(text)
+    if kind is None and span is not None:
+        v = _only_number(span)
+        if v is not None:
+            return _format(v)
+    return span
+
+
+# ---------------------------------------------------------------------------
+# Normalisation
+# ---------------------------------------------------------------------------
+
+
+def _letter_of(answer: str) -> str | None:
+    m = re.fullmatch(r"\s*[(\[]?([A-Za-z])[)\].]?\s*", answer)
+    return m.group(1).upper() if m else None
+
+
+def vote_key(answer: str | None, kind: AnswerKind | None = None) -> str | None:
+    """A key under which equivalent answers collide, for majority voting.
+
+    Numbers become canonical ("1,000.0" and "1000" agree), text is SQuAD-normalised, letters
+    upper-cased, booleans "yes"/"no". None when `answer` is None or cannot be read as `kind`.
+    """
+    if answer is None:
+        return None
+    if kind == "number":
+        return canonical_number(answer)
+    if kind == "choice":
+        letter = _letter_of(answer)
+        if letter is not None:
+            return letter
+        norm = normalize_text(answer)
+        return norm or None
+    if kind == "boolean":
+        m = _BOOL_RE.search(answer)
+        return _BOOL_MAP[m.group(1).lower()] if m else None
+    if kind is None:
+        v = _only_number(answer)
+        if v is not None:
+            return _format(v)
+    norm = normalize_text(answer)
+    if norm:
+        return norm
+    # Punctuation-only answers (e.g. "] ) >") normalise to nothing; keep them distinct.
+    raw = " ".join(answer.split())
+    return raw or None

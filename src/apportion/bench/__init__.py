@@ -1,0 +1,1 @@
+"""Benchmarks: dataset loaders, answer scoring and evaluation runs."""

@@ -1,0 +1,150 @@
+"""Summaries, the oracle and the Pareto frontier: pure functions over bench results.
+
+The oracle picks, item by item, the cheapest strategy that was right: the limit any router over
+these strategies can reach. "Cheapest" orders by FLOPs, then energy, then wall time, so that
+tool-only routes (zero model FLOPs) are still ranked by the CPU they burn. Where no strategy was
+right, the oracle is wrong and pays the cheapest strategy's cost (a router must spend something).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from apportion.bench.runner import ItemResult
+from apportion.bench.scoring import wilson_interval
+
+ORACLE = "oracle"
+
+
+def _cost_key(r: ItemResult) -> tuple[float, float, float]:
+    return (r.flops, r.energy_j, r.wall_s)
+
+
+def oracle(results: Iterable[ItemResult]) -> list[ItemResult]:
+    """One result per item: the cheapest correct one, else the cheapest one, relabelled oracle."""
+    by_item: dict[tuple[str, str], list[ItemResult]] = defaultdict(list)
+    for r in results:
+        if r.strategy != ORACLE:
+            by_item[(r.dataset, r.item_id)].append(r)
+    picks = []
+    for rs in by_item.values():
+        correct = [r for r in rs if r.correct]
+        best = min(correct or rs, key=_cost_key)
+        picks.append(replace(best, strategy=ORACLE, route=best.strategy))
+    return picks
+
+
+def _stats(values: Sequence[float]) -> dict[str, float]:
+    a = np.asarray(values, dtype=float)
+    return {
+        "mean": float(a.mean()),
+        "p50": float(np.percentile(a, 50)),
+        "p95": float(np.percentile(a, 95)),
+    }
+
+
+def summarize_group(results: Sequence[ItemResult]) -> dict[str, object]:
+    n = len(results)
+    k = sum(r.correct for r in results)
+    lo, hi = wilson_interval(k, n)
+    tokens = [r.prompt_tokens + r.completion_tokens for r in results]
+    return {
+        "n": n,
+        "correct": k,
+        "accuracy": k / n if n else 0.0,
+        "accuracy_ci95": [lo, hi],
+        "mean_f1": float(np.mean([r.f1 for r in results])) if n else 0.0,
+        "flops": _stats([r.flops for r in results]),
+        "tokens": _stats(tokens),
+        "prompt_tokens_mean": float(np.mean([r.prompt_tokens for r in results])),
+        "completion_tokens_mean": float(np.mean([r.completion_tokens for r in results])),
+        "wall_s": _stats([r.wall_s for r in results]),
+        "energy_j": _stats([r.energy_j for r in results]),
+        "cost_usd": _stats([r.cost_usd for r in results]),
+        "errors": sum(r.error is not None for r in results),
+    }
+
+
+def strategies_in(results: Iterable[ItemResult]) -> list[str]:
+    seen: dict[str, None] = {}
+    for r in results:
+        seen.setdefault(r.strategy, None)
+    return list(seen)
+
+
+def summarize(results: Sequence[ItemResult]) -> dict[str, object]:
+    """summary.json: per strategy and for the oracle, overall and by dataset.
+
+    Only items that every strategy finished are compared, so a partial run stays fair."""
+    results = complete_items(results)
+    with_oracle = [*results, *oracle(results)]
+    names = strategies_in(with_oracle)
+    by_strategy = {s: [r for r in with_oracle if r.strategy == s] for s in names}
+    datasets = sorted({r.dataset for r in results})
+    oracle_routes: dict[str, int] = defaultdict(int)
+    for r in by_strategy.get(ORACLE, []):
+        if r.correct:
+            oracle_routes[r.route] += 1
+    return {
+        "n_items": len({(r.dataset, r.item_id) for r in results}),
+        "strategies": {s: summarize_group(rs) for s, rs in by_strategy.items()},
+        "by_dataset": {
+            d: {
+                s: summarize_group([r for r in rs if r.dataset == d])
+                for s, rs in by_strategy.items()
+            }
+            for d in datasets
+        },
+        "oracle_routes": dict(oracle_routes),
+        "pareto_flops": [p.name for p in pareto_front(fixed_points(by_strategy, "flops"))],
+        "pareto_energy": [p.name for p in pareto_front(fixed_points(by_strategy, "energy_j"))],
+    }
+
+
+def complete_items(results: Sequence[ItemResult]) -> list[ItemResult]:
+    names = set(strategies_in(results)) - {ORACLE}
+    per_item: dict[tuple[str, str], set[str]] = defaultdict(set)
+    for r in results:
+        per_item[(r.dataset, r.item_id)].add(r.strategy)
+    full = {k for k, v in per_item.items() if names <= v}
+    return [r for r in results if (r.dataset, r.item_id) in full and r.strategy != ORACLE]
+
+
+@dataclass(frozen=True)
+class Point:
+    name: str
+    cost: float
+    accuracy: float
+
+
+def points(by_strategy: dict[str, list[ItemResult]], metric: str) -> list[Point]:
+    return [
+        Point(
+            s,
+            float(np.mean([getattr(r, metric) for r in rs])),
+            sum(r.correct for r in rs) / len(rs),
+        )
+        for s, rs in by_strategy.items()
+        if rs
+    ]
+
+
+ADAPTIVE = ("auto", ORACLE)
+
+
+def fixed_points(by_strategy: dict[str, list[ItemResult]], metric: str) -> list[Point]:
+    """The fixed strategies' points: the line an adaptive policy has to beat."""
+    return [p for p in points(by_strategy, metric) if p.name.split(":")[0] not in ADAPTIVE]
+
+
+def pareto_front(pts: Iterable[Point]) -> list[Point]:
+    """Points no other point beats on both cost (lower) and accuracy (higher), by cost."""
+    front: list[Point] = []
+    for p in sorted(pts, key=lambda p: (p.cost, -p.accuracy)):
+        if not front or p.accuracy > front[-1].accuracy:
+            front.append(p)
+    return front

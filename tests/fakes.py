@@ -1,0 +1,44 @@
+"""Test doubles for pure-logic tests (never a stand-in for a feature test)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from apportion.ledger import ModelCost
+from apportion.types import Completion, Message
+
+
+@dataclass
+class ScriptedEngine:
+    """Replays fixed completions, for testing ladder and ledger logic without a model."""
+
+    replies: list[str]
+    model_id: str = "scripted"
+    cost: ModelCost = field(default_factory=lambda: ModelCost("scripted", params=1e6))
+    context_size: int = 2048
+    calls: list[list[Message]] = field(default_factory=list)
+
+    def count_tokens(self, messages: Sequence[Message]) -> int:
+        return sum(len(m.content.split()) + 3 for m in messages)
+
+    def generate(
+        self,
+        messages: Sequence[Message],
+        *,
+        max_tokens: int,
+        temperature: float = 0.0,
+        n: int = 1,
+        stop: Sequence[str] | None = None,
+        seed: int | None = None,
+        logprobs: bool = False,
+    ) -> list[Completion]:
+        out = []
+        for _ in range(n):
+            self.calls.append(list(messages))
+            text = self.replies.pop(0)
+            out.append(Completion(text, self.count_tokens(messages), len(text.split()), "stop"))
+        return out
+
+    def close(self) -> None:
+        pass
