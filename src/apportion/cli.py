@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -411,7 +411,7 @@ def load_bench_items(
     return items, sources
 
 
-def print_summary(summary: dict[str, object]) -> None:
+def print_summary(summary: dict[str, Any]) -> None:
     table = Table("strategy", "n", "accuracy [95% CI]", "mean FLOPs", "p95 FLOPs", "tokens",
                   "wall s", "energy J")  # fmt: skip
     strategies = summary["strategies"]

@@ -24,3 +24,13 @@ def test_parse_result_ignores_stray_prints() -> None:
     stdout = f"debug 5\n{RESULT_MARKER}72\n"
     assert parse_result(stdout) == "72"
     assert parse_result("72\n") is None
+
+
+def test_script_fallback_takes_the_last_printed_line() -> None:
+    from apportion.strategies.program import extract_script, last_printed
+
+    text = "```python\nx = 180 + 2 * 185\nprint(x / 110)\n```"
+    assert extract_script(text) == "x = 180 + 2 * 185\nprint(x / 110)"
+    assert extract_script("```python\nx = 1\n```") is None
+    assert last_printed("step 1\n5.0\n\n") == "5.0"
+    assert last_printed("") is None

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 
@@ -47,7 +48,7 @@ def _stats(values: Sequence[float]) -> dict[str, float]:
     }
 
 
-def summarize_group(results: Sequence[ItemResult]) -> dict[str, object]:
+def summarize_group(results: Sequence[ItemResult]) -> dict[str, Any]:
     n = len(results)
     k = sum(r.correct for r in results)
     lo, hi = wilson_interval(k, n)
@@ -76,7 +77,7 @@ def strategies_in(results: Iterable[ItemResult]) -> list[str]:
     return list(seen)
 
 
-def summarize(results: Sequence[ItemResult]) -> dict[str, object]:
+def summarize(results: Sequence[ItemResult]) -> dict[str, Any]:
     """summary.json: per strategy and for the oracle, overall and by dataset.
 
     Only items that every strategy finished are compared, so a partial run stays fair."""

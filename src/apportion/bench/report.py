@@ -7,6 +7,7 @@ import html
 import json
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from apportion.bench.frontier import (
     ADAPTIVE,
@@ -84,7 +85,7 @@ def _fmt(x: float) -> str:
     return f"{x:.3g}"
 
 
-def _table(summary: dict[str, object]) -> str:
+def _table(summary: dict[str, Any]) -> str:
     rows = []
     strategies = summary["strategies"]
     assert isinstance(strategies, dict)
@@ -106,10 +107,10 @@ def _table(summary: dict[str, object]) -> str:
     return f"<table>{head}{''.join(rows)}</table>"
 
 
-def _dataset_table(summary: dict[str, object]) -> str:
+def _dataset_table(summary: dict[str, Any]) -> str:
     by_dataset = summary["by_dataset"]
     assert isinstance(by_dataset, dict)
-    names = list(summary["strategies"])  # type: ignore[call-overload]
+    names = list(summary["strategies"])
     head = "<tr><th>dataset</th>" + "".join(f"<th>{html.escape(n)}</th>" for n in names) + "</tr>"
     rows = []
     for d, per in by_dataset.items():
@@ -128,7 +129,7 @@ def _img(path: Path) -> str:
     return f'<img alt="{path.name}" src="data:image/png;base64,{data}">'
 
 
-def write_report(results: Sequence[ItemResult], out: Path, *, title: str) -> dict[str, object]:
+def write_report(results: Sequence[ItemResult], out: Path, *, title: str) -> dict[str, Any]:
     summary = summarize(results)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     for metric, (_, filename) in METRICS.items():
@@ -143,7 +144,7 @@ text-align:right}}td:first-child,th:first-child{{text-align:left}}img{{max-width
 Accuracy counts exact matches; the oracle takes, per item, the cheapest strategy that was right.
 </p>
 <h2>Accuracy and compute per strategy</h2>{_table(summary)}
-<p>Pareto (FLOPs), fixed strategies: {html.escape(", ".join(map(str, summary["pareto_flops"])))}</p>
+<p>Pareto (FLOPs), fixed strategies: {html.escape(", ".join(summary["pareto_flops"]))}</p>
 <h2>Frontier: accuracy vs FLOPs</h2>{_img(out / "frontier.png")}
 <h2>Frontier: accuracy vs energy</h2>{_img(out / "frontier_energy.png")}
 <h2>By dataset (accuracy · mean FLOPs)</h2>{_dataset_table(summary)}

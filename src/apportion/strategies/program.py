@@ -46,6 +46,19 @@ def extract_code(text: str) -> str | None:
     return None
 
 
+def extract_script(text: str) -> str | None:
+    """A code block without `solve()` that prints its answer: small models often write one."""
+    for block in _FENCED.findall(text):
+        if "print(" in block:
+            return str(block).strip()
+    return None
+
+
+def last_printed(stdout: str) -> str | None:
+    lines = [ln.strip() for ln in stdout.splitlines() if ln.strip()]
+    return lines[-1] if lines else None
+
+
 def parse_result(stdout: str) -> str | None:
     for line in reversed(stdout.splitlines()):
         if line.startswith(RESULT_MARKER):
@@ -96,7 +109,7 @@ class Program:
             return Attempt(self.name, None, 0.0, rationale=code, error=error)
         answer = canonical_number(value) if _looks_numeric(value) else value
         answer = answer or value
-        return Attempt(self.name, answer, 0.8, candidates=(answer,), rationale=code)
+        return Attempt(self.name, answer, confidence, candidates=(answer,), rationale=code)
 
 
 def _looks_numeric(value: str) -> bool:

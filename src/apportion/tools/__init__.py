@@ -1,0 +1,1 @@
+"""Tools the strategies can call: a safe symbolic math solver."""
