@@ -96,12 +96,22 @@ class Program:
             detail="program: write",
         )
         code = extract_code(completion.text)
-        if code is None:
+        script = None if code is not None else extract_script(completion.text)
+        if code is not None:
+            result = ctx.run_program(code + _RUNNER, detail="program: run")
+            value = parse_result(result.stdout) if result.ok else None
+            confidence = 0.8
+        elif script is not None:
+            # A script that prints its answer: trust its last line a little less than a
+            # returned value, since it may also print intermediate values.
+            code = script
+            result = ctx.run_program(script, detail="program: run script")
+            value = last_printed(result.stdout) if result.ok else None
+            confidence = 0.6
+        else:
             return Attempt(
                 self.name, None, 0.0, rationale=completion.text, error="no solve() in reply"
             )
-        result = ctx.run_program(code + _RUNNER, detail="program: run")
-        value = parse_result(result.stdout) if result.ok else None
         if value is None:
             why = result.error or "no result"
             last = result.stderr.strip().splitlines()[-1:] if result.stderr else []
