@@ -377,6 +377,7 @@ def bench(
         f"wrote {out}/results.jsonl, summary.json, frontier.png, frontier_energy.png, "
         f"report.html (cache: {cache.hits} hits, {cache.misses} misses)",
         highlight=False,
+        soft_wrap=True,
     )
     if interrupted:
         raise typer.Exit(130)
