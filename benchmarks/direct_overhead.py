@@ -37,7 +37,10 @@ def main() -> None:
         return str(out["choices"][0]["message"]["content"])
 
     def ours() -> str:
-        return engine.ask(QUESTION, strategy="direct", model=args.model, max_tokens=args.max_tokens).answer
+        answer = engine.ask(
+            QUESTION, strategy="direct", model=args.model, max_tokens=args.max_tokens
+        )
+        return answer.answer
 
     assert raw().strip() == ours().strip(), "both paths must generate the same text"
     times: dict[str, list[float]] = {"raw": [], "apportion": []}

@@ -27,13 +27,15 @@ def write_items(path: Path, rows: list[dict[str, object]]) -> Path:
 
 
 def test_kill_9_mid_run_then_resume_completes_without_duplicates(tmp_path: Path) -> None:
-    data = write_items(
-        tmp_path / "arith.jsonl",
-        [{"id": f"q{i}", "question": f"What is {i}*7+3?", "answer": str(i * 7 + 3)} for i in range(400)],
-    )  # fmt: skip
+    rows = [
+        {"id": f"q{i}", "question": f"What is {i}*7+3?", "answer": str(i * 7 + 3)}
+        for i in range(400)
+    ]
+    data = write_items(tmp_path / "arith.jsonl", rows)
     out = tmp_path / "run"
+    cache = str(tmp_path / "c.sqlite")
     cmd = [sys.executable, "-m", "apportion.cli", "bench", "--data", str(data),
-           "--strategies", "symbolic", "--out", str(out), "--cache", str(tmp_path / "c.sqlite")]  # fmt: skip
+           "--strategies", "symbolic", "--out", str(out), "--cache", cache]  # fmt: skip
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     results = out / "results.jsonl"
     deadline = time.monotonic() + 120

@@ -37,13 +37,12 @@ def test_script_fallback_takes_the_last_printed_line() -> None:
 
 
 def _run(reply: str):  # type: ignore[no-untyped-def]
-    from fakes import ScriptedEngine
-
     from apportion.ledger import Ledger
     from apportion.strategies.base import RunContext
     from apportion.strategies.program import Program
     from apportion.tools.sandbox import SandboxLimits
     from apportion.types import Query
+    from fakes import ScriptedEngine
 
     engine = ScriptedEngine([reply])
     ctx = RunContext(
