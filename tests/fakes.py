@@ -15,9 +15,12 @@ class ScriptedEngine:
 
     replies: list[str]
     model_id: str = "scripted"
-    cost: ModelCost = field(default_factory=lambda: ModelCost("scripted", params=1e6))
+    cost: ModelCost = field(init=False)
     context_size: int = 2048
     calls: list[list[Message]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.cost = ModelCost(self.model_id, params=1e6)
 
     def count_tokens(self, messages: Sequence[Message]) -> int:
         return sum(len(m.content.split()) + 3 for m in messages)

@@ -33,12 +33,13 @@ class ChainOfThought:
     def parse(self, text: str, query: Query) -> str | None:
         return extract_answer(text, query.kind, query.choices)
 
-    def run(self, query: Query, ctx: RunContext) -> Attempt:
+    def run(self, query: Query, ctx: RunContext, *, seed: int | None = None) -> Attempt:
         (completion,) = ctx.generate(
             self.messages(query),
             model=self.model,
             max_tokens=self.max_tokens,
             temperature=self.temperature,
+            seed=seed,
             logprobs=self.logprobs,
             detail="cot",
         )

@@ -121,12 +121,23 @@ class StrategyRegistry:
 
 
 def builtin_factories() -> dict[str, StrategyFactory]:
+    from apportion.strategies.best_of_n import BestOfN
+    from apportion.strategies.cascade import Cascade
+    from apportion.strategies.consistency import SelfConsistency
     from apportion.strategies.cot import ChainOfThought
     from apportion.strategies.direct import Direct
     from apportion.strategies.program import Program
     from apportion.strategies.symbolic import Symbolic
 
-    return {"direct": Direct, "cot": ChainOfThought, "program": Program, "symbolic": Symbolic}
+    return {
+        "direct": Direct,
+        "cot": ChainOfThought,
+        "program": Program,
+        "symbolic": Symbolic,
+        "consistency": SelfConsistency,
+        "best_of_n": BestOfN,
+        "cascade": Cascade,
+    }
 
 
 def default_registry(extra: Iterable[tuple[str, StrategyFactory]] = ()) -> StrategyRegistry:
