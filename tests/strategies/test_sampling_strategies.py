@@ -4,7 +4,6 @@ completions (the stopping maths is in test_stopping.py; real-model runs are in t
 from __future__ import annotations
 
 import pytest
-from fakes import ScriptedEngine
 
 from apportion.errors import UsageError
 from apportion.ledger import Ledger
@@ -14,6 +13,7 @@ from apportion.strategies.cascade import Cascade
 from apportion.strategies.consistency import SelfConsistency
 from apportion.strategies.registry import default_registry
 from apportion.types import Budget, Query
+from fakes import ScriptedEngine
 
 Q = Query("How many?", kind="number")
 
