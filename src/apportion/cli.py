@@ -153,7 +153,8 @@ def ask(
 
 
 def print_answer(answer: Answer) -> None:
-    out.print(answer.answer, highlight=False, markup=False)
+    if answer.answer:
+        out.print(answer.answer, highlight=False, markup=False)
     t = answer.ledger
     tried = " → ".join(a.strategy for a in answer.attempts)
     route = (

@@ -166,7 +166,7 @@ def execute(
         try:
             attempt = strategy.run(query, ctx)
         except BudgetExceededError as e:
-            attempts.append(Attempt(step.strategy, None, 0.0, error=f"budget: {e.message}"))
+            attempts.append(Attempt(step.strategy, None, 0.0, error=f"budget: {e}"))
             stopped_for_budget = True
             break
         attempt = Attempt(

@@ -166,7 +166,7 @@ class Ledger:
                 raise BudgetExceededError(
                     f"a {cost.model_id} call of up to {prompt_tokens}+{max_tokens} tokens needs "
                     f"{worst:.3g} FLOPs; {max(b.max_flops - spent.flops, 0):.3g} remain",
-                    "raise the FLOPs budget or lower max_tokens",
+                    "raise --budget-flops or lower --max-tokens",
                 )
         if b.max_usd is not None and not cost.local:
             worst_usd = (
@@ -176,11 +176,11 @@ class Ledger:
                 raise BudgetExceededError(
                     f"a {cost.model_id} call may cost ${worst_usd:.6f}; "
                     f"${max(b.max_usd - spent.cost_usd, 0):.6f} remain",
-                    "raise the $ budget",
+                    "raise --budget-usd",
                 )
         if b.max_seconds is not None and spent.wall_s >= b.max_seconds:
             raise BudgetExceededError(
-                f"the time budget of {b.max_seconds}s is spent", "raise the time budget"
+                f"the time budget of {b.max_seconds}s is spent", "raise --budget-seconds"
             )
 
     def remaining_seconds(self) -> float | None:
