@@ -16,6 +16,7 @@ from apportion.types import Attempt, Completion, Message, Query
 
 if TYPE_CHECKING:
     from apportion.engines.base import TextEngine
+    from apportion.tools.store.base import DocumentStore, Hit
     from apportion.tools.sandbox import SandboxLimits, SandboxResult
     from apportion.tools.solver import SolverResult
 
@@ -41,6 +42,7 @@ class RunContext:
     cache: CompletionCache | None = None
     cache_namespace: Callable[[str], str] = field(default=lambda model_id: model_id)
     meter: RaplMeter = field(default_factory=RaplMeter)
+    store: DocumentStore | None = None
 
     def generate(
         self,
@@ -114,6 +116,25 @@ class RunContext:
         result = solve(question, timeout_s=self.solver_timeout_s)
         self.ledger.charge_tool("sympy", wall_s=result.wall_s, cpu_s=result.cpu_s, detail=detail)
         return result
+
+    def search(self, text: str, *, k: int = 5, detail: str = "") -> list[Hit]:
+        """Retrieve passages from the document store, charged as a tool call."""
+        from apportion.errors import ToolError
+
+        if self.store is None:
+            raise ToolError(
+                "no document store is configured",
+                "index documents with `apportion index add PATH`, or pass --store",
+            )
+        started, cpu_started = time.perf_counter(), time.process_time()
+        hits = self.store.search(text, k=k)
+        self.ledger.charge_tool(
+            "retrieval",
+            wall_s=time.perf_counter() - started,
+            cpu_s=time.process_time() - cpu_started,
+            detail=detail,
+        )
+        return hits
 
     def run_program(self, code: str, *, detail: str = "") -> SandboxResult:
         from apportion.tools.sandbox import SandboxLimits, run_python
