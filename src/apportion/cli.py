@@ -447,5 +447,14 @@ def bench_convert(
     out.print(f"wrote {n} items to {output}", highlight=False)
 
 
+def _register_server_commands() -> None:
+    from apportion.server.cli import keys_app, serve
+
+    app.command()(serve)
+    app.add_typer(keys_app, name="keys")
+
+
+_register_server_commands()
+
 if __name__ == "__main__":
     app()

@@ -18,11 +18,11 @@ from apportion.config import Settings
 from apportion.engines import catalogue
 from apportion.errors import BudgetExceededError, UnknownNameError, UsageError
 from apportion.ledger import Ledger
-from apportion.router.features import Features, extract_features
+from apportion.router.features import Features, classify_intent, extract_features
 from apportion.router.policy import Plan, RulePolicy, Step
 from apportion.strategies.base import CompletionCache, RunContext
 from apportion.strategies.registry import StrategyRegistry, default_registry
-from apportion.types import Answer, AnswerKind, Attempt, Budget, Query
+from apportion.types import Answer, AnswerKind, Attempt, Budget, Message, Query
 
 if TYPE_CHECKING:
     from apportion.engines.base import TextEngine
@@ -30,6 +30,38 @@ if TYPE_CHECKING:
 # Far beyond any context window we serve; rejects pathological input before tokenizing it.
 MAX_QUESTION_CHARS = 200_000
 AUTO = "auto"
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A validated, routed request, ready for `execute`: callers that need to adjust the run
+    (a server streaming tokens, say) replace fields of `ctx` before executing."""
+
+    query: Query
+    features: Features
+    plan: Plan
+    ctx: RunContext
+
+
+def conversation_features(query: Query) -> Features:
+    """Routing features for a query and the conversation before it.
+
+    The intent is read from every user turn together, so a follow-up ("How many altogether?")
+    routes as the problem it follows up on. Whether there is a math expression is judged on
+    the final message alone: only that message ever reaches the solver, and an expression in an
+    earlier turn would otherwise send every later question down the arithmetic ladder.
+    """
+    last = extract_features(query.text)
+    turns = [m.content for m in query.history if m.role == "user"]
+    if not turns:
+        return last
+    text = "\n".join([*turns, query.text])
+    return Features(
+        intent=classify_intent(text, has_math_expression=last.has_math_expression),
+        has_math_expression=last.has_math_expression,
+        n_numbers=sum(ch.isdigit() for ch in text),
+        n_words=len(text.split()),
+    )
 
 
 @dataclass
@@ -99,6 +131,13 @@ class Engine:
             self._fingerprints[model_id] = fingerprint
         return self._fingerprints[model_id]
 
+    def register(self, engine: TextEngine) -> None:
+        """Serve `engine` under its own model id (an engine built elsewhere, or a test double)."""
+        self._engines[engine.model_id] = engine
+
+    def loaded_models(self) -> list[str]:
+        return list(self._engines)
+
     def close(self) -> None:
         for engine in self._engines.values():
             engine.close()
@@ -112,10 +151,11 @@ class Engine:
         self.registry.build(strategy)  # validate the name and parameters before any work
         return Plan((Step(strategy, 0.0),), f"strategy {strategy!r} requested")
 
-    def ask(
+    def prepare(
         self,
         question: str,
         *,
+        history: Sequence[Message] = (),
         strategy: str = AUTO,
         model: str | None = None,
         max_tokens: int | None = None,
@@ -124,21 +164,23 @@ class Engine:
         choices: Sequence[str] = (),
         seed: int = 0,
         cache: CompletionCache | None = None,
-    ) -> Answer:
+    ) -> Prepared:
+        """Validate, route and plan a question (and the conversation before it) without
+        running anything."""
         if not question or not question.strip():
             raise UsageError("the question is empty", "pass the question as text")
-        if len(question) > MAX_QUESTION_CHARS:
+        length = len(question) + sum(len(m.content) for m in history)
+        if length > MAX_QUESTION_CHARS:
             raise UsageError(
-                f"the question has {len(question):,} characters; the limit is "
-                f"{MAX_QUESTION_CHARS:,}"
+                f"the question has {length:,} characters; the limit is {MAX_QUESTION_CHARS:,}"
             )
         if max_tokens is not None and max_tokens < 1:
             raise UsageError(f"max_tokens must be at least 1, got {max_tokens}")
         model = model or self.settings.default_model
         self.check_model(model)
         budget = budget or Budget()
-        query = Query(question.strip(), kind=kind, choices=tuple(choices))
-        features = extract_features(query.text)
+        query = Query(question.strip(), kind=kind, choices=tuple(choices), history=tuple(history))
+        features = conversation_features(query)
         plan = self.plan(features, strategy, budget)
         ledger = Ledger(hardware=self.settings.hardware, budget=budget)
         ctx = RunContext(
@@ -150,7 +192,34 @@ class Engine:
             cache=cache,
             cache_namespace=self.model_fingerprint,
         )
-        return execute(plan, query, ctx, self.registry, intent=features.intent)
+        return Prepared(query, features, plan, ctx)
+
+    def ask(
+        self,
+        question: str,
+        *,
+        history: Sequence[Message] = (),
+        strategy: str = AUTO,
+        model: str | None = None,
+        max_tokens: int | None = None,
+        budget: Budget | None = None,
+        kind: AnswerKind | None = None,
+        choices: Sequence[str] = (),
+        seed: int = 0,
+        cache: CompletionCache | None = None,
+    ) -> Answer:
+        """Answer `question`; `history` is the conversation before it, oldest turn first."""
+        prepared = self.prepare(
+            question, history=history, strategy=strategy, model=model, max_tokens=max_tokens,
+            budget=budget, kind=kind, choices=choices, seed=seed, cache=cache,
+        )  # fmt: skip
+        return execute(
+            prepared.plan,
+            prepared.query,
+            prepared.ctx,
+            self.registry,
+            intent=prepared.features.intent,
+        )
 
 
 def execute(

@@ -37,11 +37,17 @@ class Completion:
 
 @dataclass(frozen=True)
 class Query:
-    """What the caller asks. `kind` and `choices` are hints that bench items carry."""
+    """What the caller asks. `kind` and `choices` are hints that bench items carry.
+
+    `text` is the final user message; `history` holds the conversation before it (system, user
+    and assistant turns, oldest first), which prompts carry between their own system message and
+    `text`. Empty for a single question.
+    """
 
     text: str
     kind: AnswerKind | None = None
     choices: tuple[str, ...] = ()
+    history: tuple[Message, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Generator, Sequence
 from typing import Protocol, runtime_checkable
 
 from apportion.ledger import ModelCost
 from apportion.types import Completion, Message
+
+
+class GenerationCancelled(Exception):
+    """Stops a streamed generation at the next token (the caller went away, or timed out).
+
+    Raised by a token callback and thrown into an engine's `stream` generator. Deliberately not
+    an ApportionError: strategies and the executor must not swallow it on its way up.
+    """
 
 
 @runtime_checkable
@@ -38,6 +46,23 @@ class TextEngine(Protocol):
         logprobs: bool = False,
     ) -> list[Completion]:
         """`n` independent samples; with `logprobs`, each carries per-token log-probabilities."""
+        ...
+
+    def stream(
+        self,
+        messages: Sequence[Message],
+        *,
+        max_tokens: int,
+        temperature: float = 0.0,
+        stop: Sequence[str] | None = None,
+        seed: int | None = None,
+    ) -> Generator[str, None, Completion]:
+        """One sample, yielded piece by piece as it is generated; the generator's return value
+        is the whole Completion, whose token counts are what the ledger charges.
+
+        When GenerationCancelled is thrown in at a yield, stop generating at once and return
+        the partial Completion with finish_reason "cancelled" (its tokens were spent).
+        """
         ...
 
     def close(self) -> None: ...

@@ -5,12 +5,13 @@ from __future__ import annotations
 import math
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Generator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from apportion.engines.base import GenerationCancelled
 from apportion.errors import ContextOverflowError, EngineError
 from apportion.ledger import ModelCost
 from apportion.types import Completion, Message
@@ -53,6 +54,22 @@ class _LogprobRecorder:
         top = float(np.max(scores))
         log_z = top + math.log(float(np.sum(np.exp(scores - top))))
         self._prev = scores - log_z
+        return scores
+
+
+class _TokenCounter:
+    """A logits processor that counts sampling steps.
+
+    Streamed completions carry no usage, and re-tokenizing the text need not give back the
+    tokens that were sampled; the processor runs once per sampled token, including an
+    end-of-generation token, which the non-streamed usage does not count.
+    """
+
+    def __init__(self) -> None:
+        self.steps = 0
+
+    def __call__(self, input_ids: np.ndarray[Any, Any], scores: np.ndarray[Any, Any]) -> Any:
+        self.steps += 1
         return scores
 
 
@@ -156,17 +173,7 @@ class LlamaCppEngine:
         seed: int | None = None,
         logprobs: bool = False,
     ) -> list[Completion]:
-        if max_tokens < 1:
-            raise EngineError(f"max_tokens must be at least 1, got {max_tokens}")
-        prompt_tokens = self.count_tokens(messages)
-        room = self.context_size - prompt_tokens
-        if room < MIN_COMPLETION_TOKENS:
-            raise ContextOverflowError(
-                f"the prompt takes {prompt_tokens} tokens; {self.model_id} has a "
-                f"{self.context_size}-token context",
-                "shorten the question or raise n_ctx",
-            )
-        max_tokens = min(max_tokens, room)
+        max_tokens, _ = self._fit(messages, max_tokens)
         chat = [{"role": m.role, "content": m.content} for m in messages]
         out: list[Completion] = []
         with self._lock:
@@ -200,6 +207,84 @@ class LlamaCppEngine:
                     )
                 )
         return out
+
+    def _fit(self, messages: Sequence[Message], max_tokens: int) -> tuple[int, int]:
+        """`max_tokens` clipped to the room the prompt leaves, and the prompt's tokens; refuses
+        a prompt that leaves almost none rather than return a truncated stub."""
+        if max_tokens < 1:
+            raise EngineError(f"max_tokens must be at least 1, got {max_tokens}")
+        prompt_tokens = self.count_tokens(messages)
+        room = self.context_size - prompt_tokens
+        if room < MIN_COMPLETION_TOKENS:
+            raise ContextOverflowError(
+                f"the prompt takes {prompt_tokens} tokens; {self.model_id} has a "
+                f"{self.context_size}-token context",
+                "shorten the question or raise n_ctx",
+            )
+        return min(max_tokens, room), prompt_tokens
+
+    def stream(
+        self,
+        messages: Sequence[Message],
+        *,
+        max_tokens: int,
+        temperature: float = 0.0,
+        stop: Sequence[str] | None = None,
+        seed: int | None = None,
+    ) -> Generator[str, None, Completion]:
+        """One sample, piece by piece (see TextEngine.stream). The same prompt, parameters and
+        seed give the same text and token counts as `generate`."""
+        from llama_cpp import LogitsProcessorList
+
+        max_tokens, prompt_tokens = self._fit(messages, max_tokens)
+        chat = [{"role": m.role, "content": m.content} for m in messages]
+        counter = _TokenCounter()
+        pieces: list[str] = []
+        finish = "stop"
+        # Held across yields: the context is busy until this generation ends or is closed.
+        chunks: Any = None
+        with self._lock:
+            try:
+                chunks = self._llm.create_chat_completion(
+                    messages=chat,  # type: ignore[arg-type]
+                    max_tokens=max_tokens,
+                    temperature=temperature,
+                    stop=list(stop) if stop else None,
+                    seed=seed,
+                    stream=True,
+                    logits_processor=LogitsProcessorList([counter]),
+                )
+                for chunk in chunks:
+                    choice = chunk["choices"][0]
+                    if choice.get("finish_reason"):
+                        finish = str(choice["finish_reason"])
+                    piece = choice["delta"].get("content")
+                    if not piece:
+                        continue
+                    pieces.append(piece)
+                    try:
+                        yield piece
+                    except GenerationCancelled:
+                        finish = "cancelled"
+                        break
+            except ValueError as e:
+                raise EngineError(f"llama.cpp generation failed: {e}") from e
+            finally:
+                # Stop llama.cpp's generator now, not when it is garbage-collected.
+                if chunks is not None:
+                    chunks.close()
+        steps = counter.steps
+        # A "stop" without stop strings was an end-of-generation token: sampled, so counted
+        # above, but not part of the completion (as in the non-streamed usage). With stop
+        # strings the reason is ambiguous and the count may include that one token.
+        if finish == "stop" and not stop and steps > 0:
+            steps -= 1
+        return Completion(
+            text="".join(pieces),
+            prompt_tokens=prompt_tokens,
+            completion_tokens=steps,
+            finish_reason=finish,
+        )
 
     def close(self) -> None:
         close = getattr(self._llm, "close", None)

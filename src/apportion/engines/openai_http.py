@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import os
-from collections.abc import Sequence
+from collections.abc import Generator, Sequence
 from typing import Any
 
 import httpx
 
 from apportion.config import RemoteEngineConfig
+from apportion.engines.base import GenerationCancelled
 from apportion.errors import ContextOverflowError, EngineError
 from apportion.ledger import ModelCost
 from apportion.types import Completion, Message
@@ -66,6 +68,15 @@ class OpenAIHttpEngine:
         # Role markers add a few tokens per message in every chat template.
         return sum(len(m.content) // CHARS_PER_TOKEN + 4 for m in messages)
 
+    def _check_fits(self, messages: Sequence[Message]) -> None:
+        estimate = self.count_tokens(messages)
+        if estimate >= self.context_size:
+            raise ContextOverflowError(
+                f"the prompt takes about {estimate} tokens; {self.model_id} has a "
+                f"{self.context_size}-token context",
+                "shorten the question",
+            )
+
     def generate(
         self,
         messages: Sequence[Message],
@@ -77,13 +88,7 @@ class OpenAIHttpEngine:
         seed: int | None = None,
         logprobs: bool = False,
     ) -> list[Completion]:
-        estimate = self.count_tokens(messages)
-        if estimate >= self.context_size:
-            raise ContextOverflowError(
-                f"the prompt takes about {estimate} tokens; {self.model_id} has a "
-                f"{self.context_size}-token context",
-                "shorten the question",
-            )
+        self._check_fits(messages)
         out: list[Completion] = []
         # One request per sample: many servers ignore or reject n > 1.
         for i in range(n):
@@ -138,6 +143,102 @@ class OpenAIHttpEngine:
             finish_reason=str(choice.get("finish_reason") or "stop"),
             token_logprobs=token_logprobs,
         )
+
+    def stream(
+        self,
+        messages: Sequence[Message],
+        *,
+        max_tokens: int,
+        temperature: float = 0.0,
+        stop: Sequence[str] | None = None,
+        seed: int | None = None,
+    ) -> Generator[str, None, Completion]:
+        """One sample over server-sent events (see TextEngine.stream).
+
+        Charges the server's `usage` when a chunk carries it (we ask with `include_usage`);
+        llama.cpp's server never sends it when streaming, so then the prompt is estimated as in
+        `count_tokens` and each content-bearing chunk counts as one generated token (servers
+        send one chunk per token).
+        """
+        self._check_fits(messages)
+        body: dict[str, Any] = {
+            "model": self.config.model,
+            "messages": [{"role": m.role, "content": m.content} for m in messages],
+            "max_tokens": max_tokens,
+            "temperature": temperature,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+        if stop:
+            body["stop"] = list(stop)
+        if seed is not None:
+            body["seed"] = seed
+        pieces: list[str] = []
+        content_chunks = 0
+        usage: dict[str, Any] = {}
+        finish = "stop"
+        cancelled = False
+        try:
+            # Leaving this block closes the connection, which is how a server learns to stop.
+            with self._client.stream("POST", "/chat/completions", json=body) as resp:
+                if resp.status_code >= 400:
+                    resp.read()
+                    raise EngineError(
+                        f"engine {self.model_id!r} answered HTTP {resp.status_code}: "
+                        f"{resp.text[:300]}"
+                    )
+                for line in resp.iter_lines():
+                    data = line[5:].strip() if line.startswith("data:") else ""
+                    if not data:
+                        continue
+                    if data == "[DONE]":
+                        break
+                    chunk = self._parse_chunk(data)
+                    usage = chunk.get("usage") or usage
+                    for choice in chunk.get("choices") or []:
+                        if choice.get("finish_reason"):
+                            finish = str(choice["finish_reason"])
+                        piece = (choice.get("delta") or {}).get("content")
+                        if not piece:
+                            continue
+                        pieces.append(piece)
+                        content_chunks += 1
+                        try:
+                            yield piece
+                        except GenerationCancelled:
+                            cancelled = True
+                            break
+                    if cancelled:
+                        finish = "cancelled"
+                        break
+        except httpx.HTTPError as e:
+            raise EngineError(
+                f"engine {self.model_id!r} at {self.config.base_url} is unreachable: {e}",
+                "check that the server is running and base_url ends in /v1",
+            ) from e
+        prompt_tokens = usage.get("prompt_tokens")
+        completion_tokens = usage.get("completion_tokens")
+        return Completion(
+            text="".join(pieces),
+            prompt_tokens=int(prompt_tokens)
+            if prompt_tokens is not None
+            else self.count_tokens(messages),
+            completion_tokens=int(completion_tokens)
+            if completion_tokens is not None
+            else content_chunks,
+            finish_reason=finish,
+        )
+
+    def _parse_chunk(self, data: str) -> dict[str, Any]:
+        try:
+            chunk = json.loads(data)
+        except ValueError as e:
+            raise EngineError(f"engine {self.model_id!r} sent a malformed chunk: {e}") from e
+        if not isinstance(chunk, dict):
+            raise EngineError(f"engine {self.model_id!r} sent a malformed chunk: {data[:200]}")
+        if chunk.get("error"):
+            raise EngineError(f"engine {self.model_id!r} failed mid-stream: {chunk['error']}")
+        return chunk
 
     def close(self) -> None:
         self._client.close()

@@ -11,14 +11,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
+from apportion.engines.base import GenerationCancelled
 from apportion.ledger import Ledger, RaplMeter
 from apportion.types import Attempt, Completion, Message, Query
 
 if TYPE_CHECKING:
     from apportion.engines.base import TextEngine
-    from apportion.tools.store.base import DocumentStore, Hit
     from apportion.tools.sandbox import SandboxLimits, SandboxResult
     from apportion.tools.solver import SolverResult
+    from apportion.tools.store.base import DocumentStore, Hit
 
 
 class CompletionCache(Protocol):
@@ -43,6 +44,10 @@ class RunContext:
     cache_namespace: Callable[[str], str] = field(default=lambda model_id: model_id)
     meter: RaplMeter = field(default_factory=RaplMeter)
     store: DocumentStore | None = None
+    # Sees each generated piece of single-sample calls (n == 1, no logprobs), which are then
+    # streamed from the engine. Raising GenerationCancelled from it stops that generation at
+    # the next token: the partial call is charged, then the exception propagates.
+    on_token: Callable[[str], None] | None = None
 
     def generate(
         self,
@@ -72,13 +77,23 @@ class RunContext:
             if hit is not None:
                 for completion, wall_s in hit:
                     self._charge(engine, completion, wall_s, None, detail)
+                if self.on_token is not None and n == 1 and not logprobs:
+                    self.on_token(hit[0][0].text)  # a replay arrives in one piece
                 return [c for c, _ in hit]
         energy_before = self.meter.read_j()
         started = time.perf_counter()
-        completions = engine.generate(
-            messages, max_tokens=max_tokens, temperature=temperature, n=n, stop=stop, seed=seed,
-            logprobs=logprobs,
-        )  # fmt: skip
+        cancelled: GenerationCancelled | None = None
+        if self.on_token is not None and n == 1 and not logprobs:
+            completion, cancelled = self._stream(
+                engine, messages, max_tokens=max_tokens, temperature=temperature, stop=stop,
+                seed=seed,
+            )  # fmt: skip
+            completions = [completion]
+        else:
+            completions = engine.generate(
+                messages, max_tokens=max_tokens, temperature=temperature, n=n, stop=stop,
+                seed=seed, logprobs=logprobs,
+            )  # fmt: skip
         wall_s = time.perf_counter() - started
         energy_after = self.meter.read_j()
         measured = (
@@ -89,9 +104,44 @@ class RunContext:
         share = wall_s / max(len(completions), 1)
         for completion in completions:
             self._charge(engine, completion, share, measured, detail)
+        if cancelled is not None:
+            raise cancelled  # charged above; a partial completion is never cached
         if self.cache is not None and key is not None:
             self.cache.put(key, [(c, share) for c in completions])
         return completions
+
+    def _stream(
+        self,
+        engine: TextEngine,
+        messages: Sequence[Message],
+        *,
+        max_tokens: int,
+        temperature: float,
+        stop: Sequence[str] | None,
+        seed: int,
+    ) -> tuple[Completion, GenerationCancelled | None]:
+        """Pass each piece to `on_token`; if it cancels, throw that into the engine's generator
+        so the engine stops and returns what it generated (which is then charged)."""
+        assert self.on_token is not None
+        pieces = engine.stream(
+            messages, max_tokens=max_tokens, temperature=temperature, stop=stop, seed=seed
+        )
+        cancelled: GenerationCancelled | None = None
+        try:
+            piece = next(pieces)
+            while True:
+                try:
+                    if cancelled is None:
+                        self.on_token(piece)
+                    piece = next(pieces)
+                except GenerationCancelled as e:
+                    cancelled = e
+                    piece = pieces.throw(e)
+        except StopIteration as done:
+            completion: Completion = done.value
+            return completion, cancelled
+        finally:
+            pieces.close()
 
     def _charge(
         self,

@@ -28,7 +28,7 @@ class ChainOfThought:
             f"End with a final line of the form '{FINAL_LINE} X.' where X is "
             f"{answer_format(query)}."
         )
-        return [Message("system", system), Message("user", query.text)]
+        return [Message("system", system), *query.history, Message("user", query.text)]
 
     def parse(self, text: str, query: Query) -> str | None:
         return extract_answer(text, query.kind, query.choices)

@@ -31,7 +31,7 @@ class Direct:
                 "Answer the question directly, with no explanation. "
                 f"Reply with only {answer_format(query)}."
             )
-        return [Message("system", system), Message("user", query.text)]
+        return [Message("system", system), *query.history, Message("user", query.text)]
 
     def run(self, query: Query, ctx: RunContext) -> Attempt:
         (completion,) = ctx.generate(

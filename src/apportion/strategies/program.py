@@ -84,7 +84,7 @@ class Program:
             "(a number when the answer is numeric). Use only the standard library. Do not read "
             "input or print. Reply with one ```python code block and nothing else."
         )
-        return [Message("system", system), Message("user", query.text)]
+        return [Message("system", system), *query.history, Message("user", query.text)]
 
     def run(self, query: Query, ctx: RunContext, *, seed: int | None = None) -> Attempt:
         (completion,) = ctx.generate(

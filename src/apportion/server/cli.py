@@ -1,0 +1,218 @@
+"""`apportion serve` and `apportion keys` (registered by the main CLI).
+
+    apportion serve --port 8000 --model smollm2-135m
+    apportion keys add alice --budget-flops 1e15      # prints the key once
+    apportion keys list
+    apportion keys revoke alice
+
+Keys live in SQLite (`--keys-db`, default `$APPORTION_HOME/keys.sqlite3`); once the file holds
+an active key, every request to the server needs one.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, NoReturn
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from apportion.config import Settings
+from apportion.errors import ApportionError
+
+err = Console(stderr=True)
+out = Console()
+
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--config", help="TOML settings file (also $APPORTION_CONFIG).", show_default=False
+    ),
+]
+KeysDbOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--keys-db",
+        help="SQLite file of API keys (default: $APPORTION_HOME/keys.sqlite3).",
+        show_default=False,
+    ),
+]
+
+
+def _fail(error: ApportionError) -> NoReturn:
+    err.print(f"[bold red]error:[/] {error.message}", highlight=False)
+    if error.hint:
+        err.print(f"  {error.hint}", highlight=False)
+    raise typer.Exit(error.exit_code)
+
+
+def _keys_path(settings: Settings, keys_db: Path | None) -> Path:
+    return (keys_db or settings.home / "keys.sqlite3").expanduser()
+
+
+def serve(
+    host: Annotated[
+        str, typer.Option("--host", help="Address to listen on (keep 127.0.0.1 unless proxied).")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=1, max=65535, help="TCP port.")] = 8000,
+    config: ConfigOption = None,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            "--model", "-m", help="Default model (routes use it unless a request names one)."
+        ),
+    ] = None,
+    threads: Annotated[
+        int | None,
+        typer.Option("--threads", min=1, help="llama.cpp threads (default: free cores)."),
+    ] = None,
+    queue_depth: Annotated[
+        int,
+        typer.Option(
+            "--queue-depth",
+            min=0,
+            help="Requests that may wait for the local model; more get 429 + Retry-After.",
+        ),
+    ] = 8,
+    timeout: Annotated[
+        float, typer.Option("--timeout", min=1.0, help="Seconds one request may take.")
+    ] = 300.0,
+    max_body_bytes: Annotated[
+        int, typer.Option("--max-body-bytes", min=1024, help="Largest request body.")
+    ] = 1_000_000,
+    max_tokens_limit: Annotated[
+        int, typer.Option("--max-tokens-limit", min=1, help="Largest max_tokens a request may ask.")
+    ] = 4096,
+    keys_db: KeysDbOption = None,
+    log_level: Annotated[
+        str, typer.Option("--log-level", help="uvicorn log level: debug, info, warning, error.")
+    ] = "info",
+) -> None:
+    """Serve OpenAI-compatible chat completions: routed, budgeted, streamed and metered.
+
+    Example: apportion serve --model smollm2-135m, then point any OpenAI client at
+    http://127.0.0.1:8000/v1 with model "apportion-auto".
+    """
+    import uvicorn
+
+    from apportion.engine import Engine
+    from apportion.server.app import ServerOptions, create_app
+    from apportion.server.auth import KeyStore
+
+    try:
+        settings = Settings.load(config)
+        if model is not None:
+            settings.default_model = model
+        if threads is not None:
+            settings.threads = threads
+        engine = Engine(settings=settings)
+        engine.check_model(settings.default_model)
+        keys = KeyStore(_keys_path(settings, keys_db))
+        # Load (or pull) the default model now, so the first request does not wait for it.
+        err.print(f"loading {settings.default_model} …", highlight=False)
+        engine.engine_for(settings.default_model)
+    except ApportionError as e:
+        _fail(e)
+    options = ServerOptions(
+        queue_depth=queue_depth,
+        request_timeout_s=timeout,
+        max_body_bytes=max_body_bytes,
+        max_tokens_limit=max_tokens_limit,
+    )
+    app = create_app(settings, engine=engine, options=options, keys=keys)
+    auth = "on" if keys.enabled() else "off (no keys yet)"
+    err.print(
+        f"apportion serving on http://{host}:{port}/v1 | default model "
+        f"{settings.default_model} | API keys {auth} ({keys.path})",
+        highlight=False,
+    )
+    try:
+        uvicorn.run(app, host=host, port=port, log_level=log_level)
+    finally:
+        engine.close()
+        keys.close()
+
+
+keys_app = typer.Typer(
+    help="API keys for `apportion serve`: add (with daily budgets), list, revoke.",
+    no_args_is_help=True,
+)
+
+
+@keys_app.command("add")
+def keys_add(
+    name: Annotated[str, typer.Argument(help="A name for the key's holder.")],
+    budget_flops: Annotated[
+        float | None,
+        typer.Option("--budget-flops", help="FLOPs the key may spend per UTC day."),
+    ] = None,
+    budget_usd: Annotated[
+        float | None, typer.Option("--budget-usd", help="Dollars the key may spend per UTC day.")
+    ] = None,
+    keys_db: KeysDbOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Create a key and print it. Only its sha256 is stored: copy it now."""
+    from apportion.server.auth import KeyStore
+
+    try:
+        store = KeyStore(_keys_path(Settings.load(config), keys_db))
+        try:
+            _, secret = store.add(name, daily_flops=budget_flops, daily_usd=budget_usd)
+        finally:
+            store.close()
+    except ApportionError as e:
+        _fail(e)
+    out.print(secret, highlight=False, markup=False)
+    err.print(f"key {name!r} added to {store.path}; it is shown only this once", highlight=False)
+
+
+@keys_app.command("list")
+def keys_list(keys_db: KeysDbOption = None, config: ConfigOption = None) -> None:
+    """Keys, their daily budgets and what they spent today."""
+    from apportion.server.auth import KeyStore
+
+    try:
+        store = KeyStore(_keys_path(Settings.load(config), keys_db))
+    except ApportionError as e:
+        _fail(e)
+    table = Table("name", "daily FLOPs", "daily $", "FLOPs today", "$ today", "requests", "state")
+    try:
+        for key in store.all_keys():
+            used = store.usage(key.id)
+            table.add_row(
+                key.name,
+                "-" if key.daily_flops is None else f"{key.daily_flops:.3g}",
+                "-" if key.daily_usd is None else f"{key.daily_usd:.4g}",
+                f"{used.flops:.3g}",
+                f"{used.usd:.4g}",
+                str(used.requests),
+                "revoked" if key.revoked else "active",
+            )
+    finally:
+        store.close()
+    out.print(table)
+
+
+@keys_app.command("revoke")
+def keys_revoke(
+    name: Annotated[str, typer.Argument(help="The key's name.")],
+    keys_db: KeysDbOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Revoke a key; requests with it get 401 from then on."""
+    from apportion.server.auth import KeyStore
+
+    try:
+        store = KeyStore(_keys_path(Settings.load(config), keys_db))
+        try:
+            revoked = store.revoke(name)
+        finally:
+            store.close()
+    except ApportionError as e:
+        _fail(e)
+    if not revoked:
+        err.print(f"[bold red]error:[/] no active key named {name!r}", highlight=False)
+        raise typer.Exit(1)
+    err.print(f"key {name!r} revoked", highlight=False)

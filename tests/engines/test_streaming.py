@@ -1,0 +1,173 @@
+"""Token streaming from both engines, cancellation mid-generation, and RunContext's on_token
+path, which must charge the ledger exactly what the plain path charges."""
+
+from __future__ import annotations
+
+import dataclasses
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Generator, Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from apportion.config import RemoteEngineConfig, Settings
+from apportion.engine import Engine, execute
+from apportion.engines import catalogue
+from apportion.engines.base import GenerationCancelled
+from apportion.engines.openai_http import OpenAIHttpEngine
+from apportion.types import Completion, Message
+
+pytestmark = pytest.mark.model
+
+POEM = [Message("user", "Write a short poem about the sea.")]
+HELLO = [Message("user", "Say hello.")]
+
+
+def drain(gen: Generator[str, None, Completion]) -> tuple[list[str], Completion]:
+    pieces: list[str] = []
+    try:
+        while True:
+            pieces.append(next(gen))
+    except StopIteration as done:
+        return pieces, done.value
+
+
+def cancel_after(gen: Generator[str, None, Completion], n: int) -> tuple[list[str], Completion]:
+    pieces = [next(gen) for _ in range(n)]
+    with pytest.raises(StopIteration) as done:
+        gen.throw(GenerationCancelled())
+    return pieces, done.value.value
+
+
+@pytest.fixture(scope="module")
+def smol(settings: Settings) -> Iterator[Engine]:
+    engine = Engine(settings=settings.model_copy(update={"threads": 1}))
+    engine.engine_for("smollm2-135m")
+    yield engine
+    engine.close()
+
+
+@pytest.mark.parametrize(("messages", "max_tokens"), [(POEM, 12), (HELLO, 64)])
+def test_llamacpp_stream_matches_generate(
+    smol: Engine, messages: list[Message], max_tokens: int
+) -> None:
+    llm = smol.engine_for("smollm2-135m")
+    (plain,) = llm.generate(messages, max_tokens=max_tokens)
+    pieces, streamed = drain(llm.stream(messages, max_tokens=max_tokens))
+    assert len(pieces) > 1
+    assert "".join(pieces) == streamed.text == plain.text
+    assert streamed.prompt_tokens == plain.prompt_tokens
+    assert streamed.completion_tokens == plain.completion_tokens
+    assert streamed.finish_reason == plain.finish_reason
+
+
+def test_llamacpp_stream_stops_when_cancelled(smol: Engine) -> None:
+    llm = smol.engine_for("smollm2-135m")
+    pieces, partial = cancel_after(llm.stream(POEM, max_tokens=64), 3)
+    assert partial.finish_reason == "cancelled"
+    assert partial.text == "".join(pieces)
+    assert 3 <= partial.completion_tokens <= 4
+    # the context is usable afterwards, with the same greedy output as before
+    (again,) = llm.generate(POEM, max_tokens=12)
+    _, fresh = drain(llm.stream(POEM, max_tokens=12))
+    assert again.text == fresh.text
+
+
+def test_on_token_path_charges_what_the_plain_path_charges(smol: Engine) -> None:
+    plain = smol.ask("Say hello.", strategy="direct", model="smollm2-135m", max_tokens=16)
+    prepared = smol.prepare("Say hello.", strategy="direct", model="smollm2-135m", max_tokens=16)
+    seen: list[str] = []
+    ctx = dataclasses.replace(prepared.ctx, on_token=seen.append)
+    streamed = execute(prepared.plan, prepared.query, ctx, smol.registry, intent=None)
+    assert streamed.answer == plain.answer
+    assert "".join(seen).strip() == plain.answer
+    assert streamed.ledger.prompt_tokens == plain.ledger.prompt_tokens
+    assert streamed.ledger.completion_tokens == plain.ledger.completion_tokens
+    assert streamed.ledger.flops == plain.ledger.flops
+
+
+def test_cancelling_from_on_token_charges_the_partial_call(smol: Engine) -> None:
+    prepared = smol.prepare("Write a long poem.", strategy="cot", model="smollm2-135m")
+    seen: list[str] = []
+
+    def on_token(piece: str) -> None:
+        seen.append(piece)
+        if len(seen) == 4:
+            raise GenerationCancelled()
+
+    ctx = dataclasses.replace(prepared.ctx, on_token=on_token, max_tokens=200)
+    with pytest.raises(GenerationCancelled):
+        execute(prepared.plan, prepared.query, ctx, smol.registry, intent=None)
+    (call,) = ctx.ledger.totals().calls
+    assert len(seen) == 4 and 4 <= call.completion_tokens <= 5
+    assert call.flops > 0 and call.detail == "cot"
+
+
+# -- the HTTP engine against llama-cpp-python's server ----------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def remote(settings: Settings) -> Iterator[OpenAIHttpEngine]:
+    pytest.importorskip("llama_cpp.server", reason="needs the `server` extra")
+    path = catalogue.resolve("smollm2-135m", settings.models_dir)
+    port = _free_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable, "-m", "llama_cpp.server", "--model", str(path),
+            "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "1024",
+            "--n_threads", "1", "--verbose", "False",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{port}/v1"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            if httpx.get(f"{base}/models", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    else:
+        proc.kill()
+        pytest.fail("llama_cpp.server did not start")
+    config: Any = RemoteEngineConfig(
+        id="remote-smol", base_url=base, model="smol", params=134.5e6, n_layers=30, d_model=576
+    )
+    engine = OpenAIHttpEngine(config)
+    yield engine
+    engine.close()
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+def test_http_stream_counts_tokens_when_the_server_sends_no_usage(
+    remote: OpenAIHttpEngine,
+) -> None:
+    (plain,) = remote.generate(POEM, max_tokens=12)
+    pieces, streamed = drain(remote.stream(POEM, max_tokens=12))
+    assert len(pieces) > 1
+    assert "".join(pieces) == streamed.text == plain.text
+    # one chunk per token: the count matches the server's own non-streamed usage
+    assert streamed.completion_tokens == len(pieces) == plain.completion_tokens
+    assert streamed.prompt_tokens == remote.count_tokens(POEM)
+    assert streamed.finish_reason == "length"
+
+
+def test_http_stream_stops_when_cancelled(remote: OpenAIHttpEngine) -> None:
+    pieces, partial = cancel_after(remote.stream(POEM, max_tokens=200), 2)
+    assert partial.finish_reason == "cancelled"
+    assert partial.completion_tokens == 2 and partial.text == "".join(pieces)
+    # the server is free again at once
+    (after,) = remote.generate(HELLO, max_tokens=4)
+    assert after.completion_tokens >= 1

@@ -1,0 +1,255 @@
+"""The server through the official `openai` client, on a live uvicorn server: the symbolic route
+(no model), real token streaming from SmolLM2-135M, models, health, metrics, multi-turn."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from apportion.config import Settings
+from apportion.engine import conversation_features
+from apportion.server.app import create_app
+from apportion.types import Message, Query
+from server.support import FakeEngine, fake_core, live_server
+
+openai = pytest.importorskip("openai")
+
+ARITHMETIC = [{"role": "user", "content": "What is 17*23+5?"}]
+
+
+@pytest.fixture(scope="module")
+def smol_url(settings: Settings) -> Iterator[str]:
+    """A server whose default model is SmolLM2-135M (loaded on first use)."""
+    config = settings.model_copy(update={"default_model": "smollm2-135m", "threads": 1})
+    with live_server(create_app(config)) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def client(smol_url: str) -> Any:
+    return openai.OpenAI(base_url=f"{smol_url}/v1", api_key="unused", max_retries=0)
+
+
+def _ext(obj: Any) -> dict[str, Any]:
+    """The `apportion` extension object of a response or chunk."""
+    extra = obj.model_extra or {}
+    return dict(extra.get("apportion") or {})
+
+
+def test_symbolic_route_through_the_openai_client(client: Any) -> None:
+    resp = client.chat.completions.create(
+        model="apportion-auto",
+        messages=ARITHMETIC,
+        extra_body={"apportion": {"return_ledger": True}},
+    )
+    assert resp.choices[0].message.content == "396"
+    assert resp.choices[0].finish_reason == "stop"
+    assert resp.usage.prompt_tokens == 0 and resp.usage.completion_tokens == 0
+    info = _ext(resp)
+    assert (info["strategy"], info["intent"], info["route"]) == (
+        "symbolic",
+        "arithmetic",
+        ["symbolic"],
+    )
+    ledger = info["ledger"]
+    assert ledger["flops"] == 0
+    assert [c["name"] for c in ledger["calls"]] == ["sympy"]
+    assert ledger["cpu_s"] > 0
+
+
+def test_ledger_calls_only_on_request(client: Any) -> None:
+    resp = client.chat.completions.create(model="apportion-auto", messages=ARITHMETIC)
+    info = _ext(resp)
+    assert info["ledger"]["calls"] is None
+    assert info["ledger"]["cpu_s"] > 0  # the totals are always there
+
+
+def test_symbolic_route_streams_progress_then_answer(client: Any) -> None:
+    chunks = list(
+        client.chat.completions.create(model="apportion-auto", messages=ARITHMETIC, stream=True)
+    )
+    content = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert content == "396"
+    progress = [_ext(c) for c in chunks if _ext(c).get("event") == "progress"]
+    assert progress and progress[0]["call"] == "sympy"
+    last = chunks[-1]
+    assert last.choices == [] and last.usage is not None
+    assert last.usage.completion_tokens == 0
+    assert _ext(last)["strategy"] == "symbolic"
+    finishes = [c.choices[0].finish_reason for c in chunks if c.choices]
+    assert finishes[-1] == "stop"
+
+
+@pytest.mark.model
+def test_direct_streams_real_tokens_and_matches_the_plain_reply(client: Any) -> None:
+    question = [{"role": "user", "content": "Name three colors."}]
+    chunks = list(
+        client.chat.completions.create(model="direct", messages=question, max_tokens=8, stream=True)
+    )
+    deltas = [
+        c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content
+    ]
+    assert len(deltas) > 1, "tokens must arrive one by one"
+    usage = chunks[-1].usage
+    assert usage is not None and 1 <= usage.completion_tokens <= 8 and usage.prompt_tokens > 5
+    # Greedy decoding: the non-streamed reply is the same text and the same token counts.
+    plain = client.chat.completions.create(model="direct", messages=question, max_tokens=8)
+    assert plain.choices[0].message.content == "".join(deltas).strip()
+    assert plain.usage.completion_tokens == usage.completion_tokens
+    assert plain.usage.prompt_tokens == usage.prompt_tokens
+    info = _ext(chunks[-1])
+    assert info["strategy"] == "direct"
+    assert info["ledger"]["flops"] > 2 * 134e6 * (usage.prompt_tokens + usage.completion_tokens)
+    if usage.completion_tokens == 8:
+        assert plain.choices[0].finish_reason == "length"
+
+
+@pytest.mark.model
+def test_model_id_routes_auto_on_that_model(client: Any) -> None:
+    resp = client.chat.completions.create(
+        model="smollm2-135m",
+        messages=[{"role": "user", "content": "Hello there, how are you today?"}],
+        max_tokens=6,
+    )
+    info = _ext(resp)
+    assert info["intent"] == "chat" and info["strategy"] == "direct"
+    assert resp.usage.completion_tokens >= 1
+    assert _ext(resp)["ledger"]["prompt_tokens"] == resp.usage.prompt_tokens
+
+
+def test_models_health_and_metrics(smol_url: str, client: Any) -> None:
+    ids = {m.id for m in client.models.list().data}
+    assert {"apportion-auto", "direct", "cot", "consistency", "smollm2-135m"} <= ids
+    health = httpx.get(f"{smol_url}/healthz").json()
+    assert health["status"] == "ok" and health["auth"] is False
+    assert health["default_model"] == "smollm2-135m"
+    client.chat.completions.create(model="apportion-auto", messages=ARITHMETIC)
+    text = httpx.get(f"{smol_url}/metrics").text
+    assert 'apportion_requests_total{outcome="ok",strategy="symbolic"}' in text
+    assert "apportion_request_seconds_bucket" in text
+    assert "apportion_request_flops_bucket" in text
+
+
+def _count(metrics: str, prefix: str) -> float:
+    return sum(float(ln.rsplit(" ", 1)[1]) for ln in metrics.splitlines() if ln.startswith(prefix))
+
+
+def test_metrics_count_per_app(tmp_path: Path) -> None:
+    """Each app has its own registry: a fresh app starts from zero."""
+    core = fake_core(tmp_path)
+    with live_server(create_app(core.settings, engine=core)) as url:
+        before = _count(httpx.get(f"{url}/metrics").text, "apportion_requests_total")
+        r = httpx.post(f"{url}/v1/chat/completions", json={"model": "auto", "messages": ARITHMETIC})
+        assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"] == "396"
+        after = _count(httpx.get(f"{url}/metrics").text, "apportion_requests_total")
+    assert (before, after) == (0, 1)
+
+
+# -- multi-turn -------------------------------------------------------------------------------
+
+CLIPS = "Natalia sold clips to 48 of her friends in April, and then she sold half as many in May."
+FOLLOW_UP = "How many did she sell altogether?"
+PROGRAM = (
+    "```python\ndef solve():\n    april = 48\n    may = april // 2\n    return april + may\n```"
+)
+
+
+def test_routing_features_read_the_whole_conversation() -> None:
+    alone = conversation_features(Query(FOLLOW_UP))
+    history = (Message("user", CLIPS), Message("assistant", "Got it."))
+    whole = conversation_features(Query(FOLLOW_UP, history=history))
+    assert alone.intent == "chat"
+    assert whole.intent == "math_word"
+    # An expression in an earlier turn does not send a new question to the solver.
+    earlier = (Message("user", "What is 17*23+5?"), Message("assistant", "396"))
+    later = conversation_features(Query("Who wrote Hamlet?", history=earlier))
+    assert not later.has_math_expression and later.intent != "arithmetic"
+
+
+def test_multi_turn_routes_on_the_conversation_and_prompts_carry_it(tmp_path: Path) -> None:
+    engine = FakeEngine(PROGRAM)
+    core = fake_core(tmp_path, engine)
+    conversation = [
+        {"role": "system", "content": "You are terse."},
+        {"role": "user", "content": CLIPS},
+        {"role": "assistant", "content": "Got it."},
+        {"role": "user", "content": FOLLOW_UP},
+    ]
+    with live_server(create_app(core.settings, engine=core)) as url:
+        r = httpx.post(
+            f"{url}/v1/chat/completions",
+            json={"model": "apportion-auto", "messages": conversation},
+            timeout=60,
+        )
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["apportion"]["intent"] == "math_word"
+        assert body["apportion"]["route"][0] == "program"
+        assert body["choices"][0]["message"]["content"] == "72"
+        prompt = engine.calls[0]
+        # the strategy's own system message, then the conversation, then the question
+        assert [m.role for m in prompt] == ["system", "system", "user", "assistant", "user"]
+        assert prompt[2].content == CLIPS and prompt[-1].content == FOLLOW_UP
+        # The last message alone is small talk, routed straight to direct.
+        alone = httpx.post(
+            f"{url}/v1/chat/completions",
+            json={"model": "apportion-auto", "messages": [conversation[-1]]},
+            timeout=60,
+        ).json()
+        assert alone["apportion"]["intent"] == "chat"
+        assert alone["apportion"]["route"] == ["direct"]
+
+
+# -- the command ------------------------------------------------------------------------------
+
+
+@pytest.mark.model
+def test_serve_command_starts_answers_and_stops_on_sigterm(tmp_path: Path) -> None:
+    """`serve` as a process: loads the default model at start, serves, exits on SIGTERM."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from server.support import free_port
+
+    port = free_port()
+    launcher = "import typer; from apportion.server.cli import serve; typer.run(serve)"
+    proc = subprocess.Popen(
+        [
+            sys.executable, "-c", launcher, "--port", str(port), "--model", "smollm2-135m",
+            "--threads", "1", "--keys-db", str(tmp_path / "keys.sqlite3"), "--log-level",
+            "warning",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+            try:
+                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "serve did not start"
+            time.sleep(0.2)
+        r = httpx.post(
+            f"{url}/v1/chat/completions",
+            json={"model": "apportion-auto", "messages": ARITHMETIC},
+            timeout=60,
+        )
+        assert r.json()["choices"][0]["message"]["content"] == "396"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        # uvicorn shuts down gracefully, then re-raises the signal it caught
+        assert proc.wait(timeout=30) in (0, -signal.SIGTERM)
+    err = proc.stderr.read().decode() if proc.stderr else ""
+    assert "loading smollm2-135m" in err and "API keys off" in err
+    assert "Traceback" not in err
