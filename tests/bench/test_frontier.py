@@ -67,3 +67,9 @@ def test_summary_compares_only_items_every_strategy_finished() -> None:
 def test_pareto_front_drops_dominated_points() -> None:
     pts = [Point("a", 1, 0.2), Point("b", 2, 0.1), Point("c", 3, 0.5), Point("d", 3, 0.4)]
     assert [p.name for p in pareto_front(pts)] == ["a", "c"]
+
+
+def test_oracle_ignores_the_adaptive_policy() -> None:
+    rs = [*RESULTS, r("2", "auto", True, 1)]  # auto right and cheapest on item 2
+    picks = {p.item_id: p for p in oracle(rs)}
+    assert picks["2"].route == "cot"
