@@ -119,6 +119,14 @@ def ask(
     threads: Annotated[
         int | None, typer.Option("--threads", help="llama.cpp threads (default: free cores).")
     ] = None,
+    store: Annotated[
+        str | None,
+        typer.Option(
+            "--store",
+            help="Document store for --strategy rag (a path, milvus-lite:DIR or a Milvus URL; "
+            "default: the one `apportion index add` fills).",
+        ),
+    ] = None,
     config: ConfigOption = None,
 ) -> None:
     """Answer one question and show the route it took and what it cost.
@@ -136,6 +144,10 @@ def ask(
         if threads is not None:
             settings.threads = threads
         engine = Engine(settings=settings, pull_progress=RichPullProgress(err))
+        if store is not None or strategy.split(":")[0] == "rag":
+            from apportion.tools.store import open_store
+
+            engine.store = open_store(store or settings.home / "store.sqlite")
         budget = Budget(max_flops=budget_flops, max_usd=budget_usd, max_seconds=budget_seconds)
         answer = engine.ask(
             question, strategy=strategy, model=model, max_tokens=max_tokens, budget=budget
@@ -447,14 +459,16 @@ def bench_convert(
     out.print(f"wrote {n} items to {output}", highlight=False)
 
 
-def _register_server_commands() -> None:
+def _register_more_commands() -> None:
+    from apportion.cli_index import index_app
     from apportion.server.cli import keys_app, serve
 
+    app.add_typer(index_app, name="index")
     app.command()(serve)
     app.add_typer(keys_app, name="keys")
 
 
-_register_server_commands()
+_register_more_commands()
 
 if __name__ == "__main__":
     app()

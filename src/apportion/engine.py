@@ -26,6 +26,7 @@ from apportion.types import Answer, AnswerKind, Attempt, Budget, Message, Query
 
 if TYPE_CHECKING:
     from apportion.engines.base import TextEngine
+    from apportion.tools.store.base import DocumentStore
 
 # Far beyond any context window we serve; rejects pathological input before tokenizing it.
 MAX_QUESTION_CHARS = 200_000
@@ -74,6 +75,8 @@ class Engine:
     pull_progress: catalogue.PullProgress | None = None
     _engines: dict[str, TextEngine] = field(default_factory=dict, repr=False)
     _fingerprints: dict[str, str] = field(default_factory=dict, repr=False)
+    # The document store retrieval strategies (rag) search; None until one is opened.
+    store: DocumentStore | None = None
 
     @classmethod
     def from_config(cls, path: Path | str | None = None, **overrides: object) -> Engine:
@@ -191,6 +194,7 @@ class Engine:
             seed=seed,
             cache=cache,
             cache_namespace=self.model_fingerprint,
+            store=self.store,
         )
         return Prepared(query, features, plan, ctx)
 

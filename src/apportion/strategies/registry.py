@@ -127,6 +127,7 @@ def builtin_factories() -> dict[str, StrategyFactory]:
     from apportion.strategies.cot import ChainOfThought
     from apportion.strategies.direct import Direct
     from apportion.strategies.program import Program
+    from apportion.strategies.rag import Rag
     from apportion.strategies.symbolic import Symbolic
 
     return {
@@ -137,6 +138,7 @@ def builtin_factories() -> dict[str, StrategyFactory]:
         "consistency": SelfConsistency,
         "best_of_n": BestOfN,
         "cascade": Cascade,
+        "rag": Rag,
     }
 
 
