@@ -23,6 +23,7 @@ costs its share of one core, $/hour ÷ cores × CPU time; remote models cost $/1
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -89,6 +90,14 @@ class Ledger:
     budget: Budget = field(default_factory=Budget)
     cores: int = field(default_factory=lambda: len(os.sched_getaffinity(0)))
     charges: list[Charge] = field(default_factory=list)
+    # Told of each charge as it is made (the server turns these into progress events).
+    on_charge: Callable[[Ledger, Charge], None] | None = field(default=None, repr=False)
+
+    def _record(self, charge: Charge) -> Charge:
+        self.charges.append(charge)
+        if self.on_charge is not None:
+            self.on_charge(self, charge)
+        return charge
 
     def charge_model(
         self,
@@ -125,8 +134,7 @@ class Ledger:
             cost_usd=usd,
             detail=detail,
         )
-        self.charges.append(charge)
-        return charge
+        return self._record(charge)
 
     def charge_tool(self, name: str, *, wall_s: float, cpu_s: float, detail: str = "") -> Charge:
         cpu_s = max(cpu_s, 0.0)
@@ -140,8 +148,7 @@ class Ledger:
             cost_usd=self.hardware.usd_per_hour / max(self.cores, 1) * cpu_s / 3600.0,
             detail=detail,
         )
-        self.charges.append(charge)
-        return charge
+        return self._record(charge)
 
     def totals(self) -> LedgerTotals:
         c = self.charges

@@ -36,7 +36,7 @@ import math
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Generator, Sequence
+from collections.abc import AsyncIterator, Generator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from functools import partial
@@ -275,37 +275,6 @@ class Finished:
 
 
 JobEvent = TokenEvent | ProgressEvent | Finished
-
-
-@dataclass
-class ProgressLedger(Ledger):
-    """A ledger that reports each charge as it is made (for progress events)."""
-
-    on_charge: Callable[[Ledger, Charge], None] | None = None
-
-    def charge_model(
-        self,
-        cost: ModelCost,
-        *,
-        prompt_tokens: int,
-        completion_tokens: int,
-        wall_s: float,
-        measured_energy_j: float | None = None,
-        detail: str = "",
-    ) -> Charge:
-        charge = super().charge_model(
-            cost, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
-            wall_s=wall_s, measured_energy_j=measured_energy_j, detail=detail,
-        )  # fmt: skip
-        if self.on_charge is not None:
-            self.on_charge(self, charge)
-        return charge
-
-    def charge_tool(self, name: str, *, wall_s: float, cpu_s: float, detail: str = "") -> Charge:
-        charge = super().charge_tool(name, wall_s=wall_s, cpu_s=cpu_s, detail=detail)
-        if self.on_charge is not None:
-            self.on_charge(self, charge)
-        return charge
 
 
 @dataclass(frozen=True)
@@ -651,17 +620,11 @@ class ServerState:
             if len(steps) == 1:
                 channel = TOKEN_CHANNELS.get(m.strategy_label(steps[0].strategy))
                 job.token_channel = channel
-            ledger = ProgressLedger(
-                hardware=prepared.ctx.ledger.hardware,
-                budget=prepared.ctx.ledger.budget,
-                on_charge=job.on_charge,
-            )
+            ledger = prepared.ctx.ledger
+            ledger.on_charge = job.on_charge
             job.ledger = ledger
             ctx = replace(
-                prepared.ctx,
-                engine_for=partial(self._engine_for, job),
-                ledger=ledger,
-                on_token=job.on_token,
+                prepared.ctx, engine_for=partial(self._engine_for, job), on_token=job.on_token
             )
             return execute(
                 prepared.plan, prepared.query, ctx, self.engine.registry,
