@@ -10,14 +10,14 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from apportion.config import Settings
 from apportion.engines import catalogue
 from apportion.errors import BudgetExceededError, UnknownNameError, UsageError
-from apportion.ledger import Ledger
+from apportion.ledger import Ledger, RaplMeter
 from apportion.router.features import Features, classify_intent, extract_features
 from apportion.router.policy import Plan, RulePolicy, Step
 from apportion.strategies.base import CompletionCache, RunContext
@@ -77,6 +77,8 @@ class Engine:
     _fingerprints: dict[str, str] = field(default_factory=dict, repr=False)
     # The document store retrieval strategies (rag) search; None until one is opened.
     store: DocumentStore | None = None
+    # Probed once: looking for RAPL counters lists /sys, which no request should repeat.
+    meter: RaplMeter = field(default_factory=RaplMeter, repr=False)
 
     @classmethod
     def from_config(cls, path: Path | str | None = None, **overrides: object) -> Engine:
@@ -195,6 +197,7 @@ class Engine:
             cache=cache,
             cache_namespace=self.model_fingerprint,
             store=self.store,
+            meter=self.meter,
         )
         return Prepared(query, features, plan, ctx)
 
@@ -242,10 +245,7 @@ def execute(
             attempts.append(Attempt(step.strategy, None, 0.0, error=f"budget: {e}"))
             stopped_for_budget = True
             break
-        attempt = Attempt(
-            step.strategy, attempt.answer, attempt.confidence, attempt.candidates,
-            attempt.rationale, attempt.error, attempt.citations,
-        )  # fmt: skip
+        attempt = replace(attempt, strategy=step.strategy)  # the spec, parameters included
         attempts.append(attempt)
         if attempt.ok and attempt.confidence >= step.stop_at:
             chosen = attempt
