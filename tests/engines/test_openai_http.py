@@ -2,13 +2,8 @@
 
 from __future__ import annotations
 
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 
-import httpx
 import pytest
 
 from apportion.config import RemoteEngineConfig, Settings
@@ -19,46 +14,15 @@ from apportion.ledger import Ledger
 from apportion.strategies.base import RunContext
 from apportion.strategies.direct import Direct
 from apportion.types import Message, Query
+from servers import free_port, llama_cpp_server
 
 pytestmark = pytest.mark.model
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def server(settings: Settings) -> Iterator[str]:
-    pytest.importorskip("llama_cpp.server", reason="needs the `server` extra")
-    path = catalogue.resolve("smollm2-135m", settings.models_dir)
-    port = _free_port()
-    proc = subprocess.Popen(
-        [
-            sys.executable, "-m", "llama_cpp.server", "--model", str(path),
-            "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "1024",
-            "--n_threads", "1", "--verbose", "False",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )  # fmt: skip
-    base = f"http://127.0.0.1:{port}/v1"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"server exited: {proc.stderr.read().decode()[-2000:]}")  # type: ignore[union-attr]
-        try:
-            if httpx.get(f"{base}/models", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    else:
-        proc.kill()
-        pytest.fail("llama_cpp.server did not start in 60 s")
-    yield base
-    proc.terminate()
-    proc.wait(timeout=10)
+    with llama_cpp_server(catalogue.resolve("smollm2-135m", settings.models_dir)) as base:
+        yield base
 
 
 def _config(base: str, **extra: object) -> RemoteEngineConfig:
@@ -92,7 +56,7 @@ def test_two_samples_with_seeds(server: str) -> None:
 
 
 def test_unreachable_server_says_what_to_check() -> None:
-    engine = OpenAIHttpEngine(_config(f"http://127.0.0.1:{_free_port()}/v1", timeout_s=2))
+    engine = OpenAIHttpEngine(_config(f"http://127.0.0.1:{free_port()}/v1", timeout_s=2))
     with pytest.raises(EngineError, match="unreachable"):
         engine.generate([Message("user", "hi")], max_tokens=4)
 

@@ -4,14 +4,9 @@ path, which must charge the ledger exactly what the plain path charges."""
 from __future__ import annotations
 
 import dataclasses
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Generator, Iterator
 from typing import Any
 
-import httpx
 import pytest
 
 from apportion.config import RemoteEngineConfig, Settings
@@ -20,6 +15,7 @@ from apportion.engines import catalogue
 from apportion.engines.base import GenerationCancelled
 from apportion.engines.openai_http import OpenAIHttpEngine
 from apportion.types import Completion, Message
+from servers import llama_cpp_server
 
 pytestmark = pytest.mark.model
 
@@ -110,45 +106,17 @@ def test_cancelling_from_on_token_charges_the_partial_call(smol: Engine) -> None
 # -- the HTTP engine against llama-cpp-python's server ----------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def remote(settings: Settings) -> Iterator[OpenAIHttpEngine]:
-    pytest.importorskip("llama_cpp.server", reason="needs the `server` extra")
     path = catalogue.resolve("smollm2-135m", settings.models_dir)
-    port = _free_port()
-    proc = subprocess.Popen(
-        [
-            sys.executable, "-m", "llama_cpp.server", "--model", str(path),
-            "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "1024",
-            "--n_threads", "1", "--verbose", "False",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    base = f"http://127.0.0.1:{port}/v1"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and proc.poll() is None:
-        try:
-            if httpx.get(f"{base}/models", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    else:
-        proc.kill()
-        pytest.fail("llama_cpp.server did not start")
-    config: Any = RemoteEngineConfig(
-        id="remote-smol", base_url=base, model="smol", params=134.5e6, n_layers=30, d_model=576
-    )
-    engine = OpenAIHttpEngine(config)
-    yield engine
-    engine.close()
-    proc.terminate()
-    proc.wait(timeout=10)
+    with llama_cpp_server(path) as base:
+        config: Any = RemoteEngineConfig(
+            id="remote-smol", base_url=base, model="smol", params=134.5e6, n_layers=30,
+            d_model=576,
+        )  # fmt: skip
+        engine = OpenAIHttpEngine(config)
+        yield engine
+        engine.close()
 
 
 def test_http_stream_counts_tokens_when_the_server_sends_no_usage(

@@ -3,9 +3,6 @@ streaming engine with counters, and llama-cpp-python's own server for remote-eng
 
 from __future__ import annotations
 
-import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Generator, Iterator, Sequence
@@ -14,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 import uvicorn
 
 from apportion.config import Settings
@@ -22,12 +18,7 @@ from apportion.engine import Engine
 from apportion.engines.base import GenerationCancelled
 from apportion.ledger import ModelCost
 from apportion.types import Completion, Message
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from servers import free_port
 
 
 @contextmanager
@@ -184,41 +175,3 @@ def assert_openai_error(resp: httpx.Response, status: int | None = None) -> dict
     assert set(error) == {"message", "type", "param", "code"}, error
     assert isinstance(error["message"], str) and error["message"]
     return dict(error)
-
-
-@contextmanager
-def llama_cpp_server(model_path: Path) -> Iterator[str]:
-    """llama-cpp-python's OpenAI-compatible server on a free port; yields its /v1 URL."""
-    pytest.importorskip("llama_cpp.server", reason="needs the `server` extra")
-    port = free_port()
-    proc = subprocess.Popen(
-        [
-            sys.executable, "-m", "llama_cpp.server", "--model", str(model_path),
-            "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "1024",
-            "--n_threads", "1", "--verbose", "False",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )  # fmt: skip
-    base = f"http://127.0.0.1:{port}/v1"
-    deadline = time.monotonic() + 60
-    try:
-        while True:
-            if proc.poll() is not None:
-                err = proc.stderr.read().decode()[-2000:] if proc.stderr else ""
-                pytest.fail(f"llama_cpp.server exited: {err}")
-            try:
-                if httpx.get(f"{base}/models", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail("llama_cpp.server did not start in 60 s")
-            time.sleep(0.2)
-        yield base
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()

@@ -215,7 +215,7 @@ def test_serve_command_starts_answers_and_stops_on_sigterm(tmp_path: Path) -> No
     import sys
     import time
 
-    from server.support import free_port
+    from servers import free_port
 
     port = free_port()
     launcher = "import typer; from apportion.server.cli import serve; typer.run(serve)"

@@ -11,7 +11,8 @@ import pytest
 from apportion.config import RemoteEngineConfig, Settings
 from apportion.engines import catalogue
 from apportion.server.app import ServerOptions, create_app
-from server.support import live_server, llama_cpp_server
+from server.support import live_server
+from servers import llama_cpp_server
 
 openai = pytest.importorskip("openai")
 pytestmark = pytest.mark.model
