@@ -15,7 +15,7 @@ it, whatever the mode: an absolute relevance signal a caller can threshold on.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol, get_args
 
@@ -139,6 +139,32 @@ def check_chunks(doc_id: str, chunks: Sequence[Chunk]) -> None:
     ids = [c.chunk_id for c in chunks]
     if len(set(ids)) != len(ids):
         raise UsageError(f"duplicate chunk ids in document {doc_id!r}")
+
+
+def check_add(chunks: Sequence[Chunk]) -> list[str]:
+    """The chunk ids of one add() call, refusing duplicates."""
+    ids = [c.chunk_id for c in chunks]
+    if len(set(ids)) != len(ids):
+        raise UsageError("duplicate chunk ids in one add() call")
+    return ids
+
+
+def check_versions(docs: Sequence[DocumentVersion]) -> list[Chunk]:
+    """Validate one replace_documents() call; return all its chunks, in order."""
+    if len({d.doc_id for d in docs}) != len(docs):
+        raise UsageError("a document appears twice in one replace")
+    for doc in docs:
+        check_chunks(doc.doc_id, doc.chunks)
+    chunks = [c for d in docs for c in d.chunks]
+    if len({c.chunk_id for c in chunks}) != len(chunks):
+        raise UsageError("two documents share a chunk id")
+    return chunks
+
+
+def batches(items: Sequence[str], size: int) -> Iterator[list[str]]:
+    """Slices of `items`, so an IN (...) list stays under the backend's limits."""
+    for i in range(0, len(items), size):
+        yield list(items[i : i + size])
 
 
 # English function words: dropped from keyword queries (they match nearly every chunk and

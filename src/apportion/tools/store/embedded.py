@@ -36,9 +36,11 @@ from apportion.tools.store.base import (
     Hit,
     RetrievalFallbackWarning,
     SearchMode,
-    check_chunks,
+    batches,
+    check_add,
     check_k,
     check_mode,
+    check_versions,
     fusion_depth,
     group_by_doc,
     keywords,
@@ -224,9 +226,7 @@ class EmbeddedStore:
         documents' content hashes (their content no longer matches what was hashed)."""
         if not chunks:
             return 0
-        ids = [c.chunk_id for c in chunks]
-        if len(set(ids)) != len(ids):
-            raise UsageError("duplicate chunk ids in one add() call")
+        check_add(chunks)
         embedder = self._write_embedder()
         blobs = self._embed(embedder, chunks)
         now = time.time()
@@ -248,18 +248,14 @@ class EmbeddedStore:
         """Swap each document's chunks for new ones, all in one transaction."""
         if not docs:
             return
-        if len({d.doc_id for d in docs}) != len(docs):
-            raise UsageError("a document appears twice in one replace")
-        for doc in docs:
-            check_chunks(doc.doc_id, doc.chunks)
-        chunks = [c for d in docs for c in d.chunks]
+        chunks = check_versions(docs)
         # Embed before the transaction: never hold the write lock while the model runs.
         embedder = self._write_embedder()
         blobs = self._embed(embedder, chunks)
         now = time.time()
         with self._transaction() as conn:
             self._record_embedder(conn, embedder)
-            for batch in _batches([d.doc_id for d in docs]):
+            for batch in batches([d.doc_id for d in docs], _IN_BATCH):
                 conn.execute(
                     f"DELETE FROM chunks WHERE doc_id IN ({','.join('?' * len(batch))})", batch
                 )
@@ -276,7 +272,7 @@ class EmbeddedStore:
         """Remove documents and their chunks; returns how many of them existed."""
         found: set[str] = set()
         with self._transaction() as conn:
-            for batch in _batches(list(dict.fromkeys(doc_ids))):
+            for batch in batches(list(dict.fromkeys(doc_ids)), _IN_BATCH):
                 marks = ",".join("?" * len(batch))
                 found.update(
                     r[0]
@@ -297,7 +293,7 @@ class EmbeddedStore:
     def content_hashes(self, doc_ids: Sequence[str]) -> dict[str, str]:
         out: dict[str, str] = {}
         with self._lock:
-            for batch in _batches(list(dict.fromkeys(doc_ids))):
+            for batch in batches(list(dict.fromkeys(doc_ids)), _IN_BATCH):
                 out.update(
                     self._conn.execute(
                         f"SELECT doc_id, content_hash FROM docs WHERE content_hash != '' "
@@ -475,8 +471,3 @@ def _top_indices(scores: npt.NDArray[Any], k: int) -> npt.NDArray[np.intp]:
         return np.argsort(-scores, kind="stable")
     part = np.argpartition(-scores, k - 1)[:k]
     return part[np.argsort(-scores[part], kind="stable")]
-
-
-def _batches(items: list[str]) -> Iterator[list[str]]:
-    for i in range(0, len(items), _IN_BATCH):
-        yield items[i : i + _IN_BATCH]

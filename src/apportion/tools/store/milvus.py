@@ -38,9 +38,11 @@ from apportion.tools.store.base import (
     Hit,
     RetrievalFallbackWarning,
     SearchMode,
-    check_chunks,
+    batches,
+    check_add,
     check_k,
     check_mode,
+    check_versions,
     fusion_depth,
 )
 from apportion.tools.store.embed import EMBED_EXTRA_HINT, Embedder, passage_text
@@ -271,13 +273,11 @@ class MilvusStore:
         one is deleted)."""
         if not chunks:
             return 0
-        ids = [c.chunk_id for c in chunks]
-        if len(set(ids)) != len(ids):
-            raise UsageError("duplicate chunk ids in one add() call")
+        ids = check_add(chunks)
         version = uuid.uuid4().hex
         with self._lock:
             self._insert(self._rows(chunks, version, {}))
-            for batch in _batches(ids):
+            for batch in batches(ids, _FILTER_BATCH):
                 self._client.delete(
                     self.collection,
                     filter=f"chunk_id in {_lit(batch)} and version != {_lit(version)}",
@@ -290,19 +290,13 @@ class MilvusStore:
     def replace_documents(self, docs: Sequence[DocumentVersion]) -> None:
         if not docs:
             return
-        if len({d.doc_id for d in docs}) != len(docs):
-            raise UsageError("a document appears twice in one replace")
-        for doc in docs:
-            check_chunks(doc.doc_id, doc.chunks)
-        chunks = [c for d in docs for c in d.chunks]
-        if len({c.chunk_id for c in chunks}) != len(chunks):
-            raise UsageError("two documents share a chunk id")
+        chunks = check_versions(docs)
         version = uuid.uuid4().hex
         hashes = {d.doc_id: d.content_hash for d in docs}
         with self._lock:
             self._insert(self._rows(chunks, version, hashes))
             # The crash window: both versions are visible until this delete lands.
-            for batch in _batches([d.doc_id for d in docs]):
+            for batch in batches([d.doc_id for d in docs], _FILTER_BATCH):
                 self._client.delete(
                     self.collection,
                     filter=f"doc_id in {_lit(batch)} and version != {_lit(version)}",
@@ -312,14 +306,14 @@ class MilvusStore:
         unique = list(dict.fromkeys(doc_ids))
         with self._lock:
             found = {r["doc_id"] for r in self._rows_of(unique, ["doc_id"])}
-            for batch in _batches(unique):
+            for batch in batches(unique, _FILTER_BATCH):
                 self._client.delete(self.collection, filter=f"doc_id in {_lit(batch)}")
         return len(found)
 
     # -- reads ------------------------------------------------------------------------------
 
     def _rows_of(self, doc_ids: list[str], fields: list[str]) -> Iterator[dict[str, Any]]:
-        for batch in _batches(doc_ids):
+        for batch in batches(doc_ids, _FILTER_BATCH):
             yield from self._client.query(
                 self.collection,
                 filter=f"doc_id in {_lit(batch)}",
@@ -496,8 +490,3 @@ def _hits(raw: Any, k: int, mode: SearchMode, query: Any = None) -> list[Hit]:
         if len(out) == k:
             break
     return out
-
-
-def _batches(items: list[str]) -> Iterator[list[str]]:
-    for i in range(0, len(items), _FILTER_BATCH):
-        yield items[i : i + _FILTER_BATCH]
