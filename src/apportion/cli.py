@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -19,6 +19,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from apportion.cli_common import ConfigOption, err, fail, out
 from apportion.config import Settings
 
 if TYPE_CHECKING:
@@ -39,23 +40,6 @@ app = typer.Typer(
 )
 models_app = typer.Typer(help="List and pull the local models (pinned GGUF weights).")
 app.add_typer(models_app, name="models")
-
-err = Console(stderr=True)
-out = Console()
-
-ConfigOption = Annotated[
-    Path | None,
-    typer.Option(
-        "--config", help="TOML settings file (also $APPORTION_CONFIG).", show_default=False
-    ),
-]
-
-
-def fail(error: ApportionError) -> NoReturn:
-    err.print(f"[bold red]error:[/] {error.message}", highlight=False)
-    if error.hint:
-        err.print(f"  {error.hint}", highlight=False)
-    raise typer.Exit(error.exit_code)
 
 
 class RichPullProgress(catalogue.PullProgress):
@@ -123,6 +107,7 @@ def ask(
         str | None,
         typer.Option(
             "--store",
+            envvar="APPORTION_STORE",
             help="Document store for --strategy rag (a path, milvus-lite:DIR or a Milvus URL; "
             "default: the one `apportion index add` fills).",
         ),
@@ -147,7 +132,7 @@ def ask(
         if store is not None or strategy.split(":")[0] == "rag":
             from apportion.tools.store import open_store
 
-            engine.store = open_store(store or settings.home / "store.sqlite")
+            engine.store = open_store(store or settings.store_path)
         budget = Budget(max_flops=budget_flops, max_usd=budget_usd, max_seconds=budget_seconds)
         answer = engine.ask(
             question, strategy=strategy, model=model, max_tokens=max_tokens, budget=budget

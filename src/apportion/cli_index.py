@@ -8,10 +8,9 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.progress import (
     BarColumn,
@@ -23,6 +22,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from apportion.cli_common import err, fail, out
 from apportion.config import Settings
 from apportion.errors import ApportionError
 
@@ -39,9 +39,6 @@ index_app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-err = Console(stderr=True)
-out = Console()
-
 StoreOption = Annotated[
     str | None,
     typer.Option(
@@ -57,14 +54,7 @@ StoreOption = Annotated[
 
 
 def default_store_uri() -> str:
-    return str(Settings.load().home / "store.sqlite")
-
-
-def fail(error: ApportionError) -> NoReturn:
-    err.print(f"[bold red]error:[/] {escape(error.message)}", highlight=False)
-    if error.hint:
-        err.print(f"  {escape(error.hint)}", highlight=False)
-    raise typer.Exit(error.exit_code)
+    return str(Settings.load().store_path)
 
 
 @contextmanager

@@ -63,6 +63,11 @@ class Settings(BaseModel):
     def models_dir(self) -> Path:
         return self.home / "models"
 
+    @property
+    def store_path(self) -> Path:
+        """The embedded document store `apportion index` fills and `rag` searches by default."""
+        return self.home / "store.sqlite"
+
     @classmethod
     def load(cls, path: Path | None = None, env: dict[str, str] | None = None) -> Settings:
         """Defaults ← TOML file (explicit path, else $APPORTION_CONFIG if set) ← environment."""

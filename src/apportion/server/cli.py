@@ -12,24 +12,15 @@ an active key, every request to the server needs one.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from apportion.cli_common import ConfigOption, err, fail, out
 from apportion.config import Settings
 from apportion.errors import ApportionError
 
-err = Console(stderr=True)
-out = Console()
-
-ConfigOption = Annotated[
-    Path | None,
-    typer.Option(
-        "--config", help="TOML settings file (also $APPORTION_CONFIG).", show_default=False
-    ),
-]
 KeysDbOption = Annotated[
     Path | None,
     typer.Option(
@@ -38,13 +29,6 @@ KeysDbOption = Annotated[
         show_default=False,
     ),
 ]
-
-
-def _fail(error: ApportionError) -> NoReturn:
-    err.print(f"[bold red]error:[/] {error.message}", highlight=False)
-    if error.hint:
-        err.print(f"  {error.hint}", highlight=False)
-    raise typer.Exit(error.exit_code)
 
 
 def _keys_path(settings: Settings, keys_db: Path | None) -> Path:
@@ -113,7 +97,7 @@ def serve(
         err.print(f"loading {settings.default_model} …", highlight=False)
         engine.engine_for(settings.default_model)
     except ApportionError as e:
-        _fail(e)
+        fail(e)
     options = ServerOptions(
         queue_depth=queue_depth,
         request_timeout_s=timeout,
@@ -163,7 +147,7 @@ def keys_add(
         finally:
             store.close()
     except ApportionError as e:
-        _fail(e)
+        fail(e)
     out.print(secret, highlight=False, markup=False)
     err.print(f"key {name!r} added to {store.path}; it is shown only this once", highlight=False)
 
@@ -176,7 +160,7 @@ def keys_list(keys_db: KeysDbOption = None, config: ConfigOption = None) -> None
     try:
         store = KeyStore(_keys_path(Settings.load(config), keys_db))
     except ApportionError as e:
-        _fail(e)
+        fail(e)
     table = Table("name", "daily FLOPs", "daily $", "FLOPs today", "$ today", "requests", "state")
     try:
         for key in store.all_keys():
@@ -211,7 +195,7 @@ def keys_revoke(
         finally:
             store.close()
     except ApportionError as e:
-        _fail(e)
+        fail(e)
     if not revoked:
         err.print(f"[bold red]error:[/] no active key named {name!r}", highlight=False)
         raise typer.Exit(1)

@@ -1,0 +1,31 @@
+"""What every `apportion` sub-command shares: the consoles, the --config option, error output."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, NoReturn
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from apportion.errors import ApportionError
+
+err = Console(stderr=True)
+out = Console()
+
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--config", help="TOML settings file (also $APPORTION_CONFIG).", show_default=False
+    ),
+]
+
+
+def fail(error: ApportionError) -> NoReturn:
+    """Print the error as one line (and its hint), then exit with the error's code."""
+    # Escaped: messages quote user input and file paths, which may hold [brackets].
+    err.print(f"[bold red]error:[/] {escape(error.message)}", highlight=False)
+    if error.hint:
+        err.print(f"  {escape(error.hint)}", highlight=False)
+    raise typer.Exit(error.exit_code)
