@@ -66,3 +66,7 @@ def test_symbolic_route_needs_no_model() -> None:
     assert (answer.answer, answer.strategy, answer.intent) == ("396", "symbolic", "arithmetic")
     assert answer.ledger.calls[0].kind == "tool"
     assert answer.ledger.cpu_s >= 0 and answer.ledger.energy_j >= 0
+    (call,) = answer.ledger.calls
+    assert call.name == "sympy" and call.wall_s > 0 and call.flops == 0
+    # tool energy is the profile's watts per core times the CPU it burned
+    assert call.energy_j == pytest.approx(Engine().settings.hardware.watts_per_core * call.cpu_s)
