@@ -227,12 +227,3 @@ def verify_cached(path: Path, model: CatalogueModel) -> None:
         return
     verify(path, model)
     stamp.write_text(key)
-
-
-def remove(model_id: str, models_dir: Path) -> bool:
-    model = lookup(model_id)
-    target = model_path(models_dir, model)
-    existed = target.exists()
-    target.unlink(missing_ok=True)
-    target.with_suffix(".verified").unlink(missing_ok=True)
-    return existed
