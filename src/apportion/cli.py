@@ -121,10 +121,6 @@ def ask(
     from apportion.engine import Engine
 
     try:
-        if not question.strip():
-            from apportion.errors import UsageError
-
-            raise UsageError("the question is empty", 'usage: apportion ask "QUESTION"')
         settings = Settings.load(config)
         if threads is not None:
             settings.threads = threads

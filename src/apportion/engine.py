@@ -173,7 +173,7 @@ class Engine:
         """Validate, route and plan a question (and the conversation before it) without
         running anything."""
         if not question or not question.strip():
-            raise UsageError("the question is empty", "pass the question as text")
+            raise UsageError("the question is empty", "pass the question as non-blank text")
         length = len(question) + sum(len(m.content) for m in history)
         if length > MAX_QUESTION_CHARS:
             raise UsageError(
