@@ -23,7 +23,9 @@ from apportion.cli_common import ConfigOption, err, fail, out
 from apportion.config import Settings
 
 if TYPE_CHECKING:
+    from apportion.bench.corpus import BenchCorpus
     from apportion.bench.datasets import BenchItem
+    from apportion.tools.store.base import DocumentStore
 from apportion.engines import catalogue
 from apportion.errors import ApportionError
 from apportion.types import Answer, Budget
@@ -257,8 +259,20 @@ def bench(
         Path | None, typer.Option("--out", help="Directory for results and report.")
     ] = None,
     corpus: Annotated[
-        Path | None,
-        typer.Option("--corpus", help="JSONL of {id, text, title?} for retrieval strategies."),
+        str | None,
+        typer.Option(
+            "--corpus",
+            help="Documents for retrieval strategies (rag): a JSONL of {id, text, title?}, or "
+            "'squad' for the SQuAD dev paragraphs. Indexed once into its own store.",
+        ),
+    ] = None,
+    store_uri: Annotated[
+        str | None,
+        typer.Option(
+            "--store",
+            help="Where to index --corpus (default: $APPORTION_HOME/bench-stores/NAME-DIGEST"
+            ".sqlite); also milvus-lite:DIR or a Milvus server URL.",
+        ),
     ] = None,
     resume: Annotated[
         bool, typer.Option("--resume", help="Continue an interrupted run in --out.")
@@ -297,22 +311,28 @@ def bench(
             raise UsageError("--out is required", "e.g. --out runs/first")
         if not data and not dataset:
             raise UsageError("give at least one --data FILE or --dataset NAME")
-        if corpus is not None and not corpus.is_file():
-            raise UsageError(f"corpus file not found: {corpus}")
         settings = Settings.load(config)
         engine = Engine(settings=settings, pull_progress=RichPullProgress(err))
         specs = split_specs(strategies)
         for spec in specs:
-            if spec != "auto":
-                engine.registry.build(spec)
+            if spec != "auto" and uses_store(engine.registry.build(spec)) and corpus is None:
+                raise UsageError(
+                    f"{spec} retrieves from documents; give them with --corpus",
+                    "e.g. --dataset squad --corpus squad",
+                )
         model_id = model or settings.default_model
         engine.check_model(model_id)
-        items, sources = load_bench_items(data or [], dataset or [], limit, seed, data_dir)
+        bench_corpus = None
         if corpus is not None:
-            err.print(
-                "[yellow]note:[/] no retrieval strategy is installed yet; --corpus is unused",
-                highlight=False,
+            from apportion.bench.corpus import resolve_corpus
+
+            bench_corpus = resolve_corpus(corpus, data_dir=data_dir)
+        items, sources = load_bench_items(data or [], dataset or [], limit, seed, data_dir)
+        if bench_corpus is not None:
+            engine.store = index_bench_corpus(
+                bench_corpus, store_uri or str(bench_corpus.default_store(settings.home))
             )
+            sources.append(f"corpus {bench_corpus.label}")
     except ApportionError as e:
         fail(e)
     cache = SqliteCompletionCache(cache_path or settings.home / "bench-cache.sqlite")
@@ -354,6 +374,8 @@ def bench(
         fail(e)
     finally:
         cache.close()
+        if engine.store is not None:
+            engine.store.close()
     if interrupted:
         from apportion.bench.runner import RESULTS, read_results
 
@@ -375,6 +397,46 @@ def bench(
     )
     if interrupted:
         raise typer.Exit(130)
+
+
+def uses_store(strategy: object) -> bool:
+    """Whether a strategy retrieves from the document store (its class says so)."""
+    return bool(getattr(strategy, "uses_store", False))
+
+
+def index_bench_corpus(corpus: BenchCorpus, uri: str) -> DocumentStore:
+    """Open the store at `uri` and bring `corpus` into it (unchanged documents are skipped)."""
+    from apportion.tools.store import open_store
+    from apportion.tools.store.ingest import count_documents, ingest_documents
+
+    store = open_store(uri)
+    try:
+        with Progress(
+            TextColumn(f"indexing {corpus.label}"),
+            BarColumn(),
+            TextColumn("{task.completed}/{task.total}"),
+            TimeRemainingColumn(),
+            console=err,
+            transient=True,
+        ) as progress:
+            total = count_documents([corpus.path])
+            task = progress.add_task("index", total=total)
+            report = ingest_documents(
+                store,
+                corpus.documents(),
+                total=total,
+                progress=lambda done, _total: progress.update(task, completed=done),
+            )
+    except BaseException:
+        store.close()
+        raise
+    err.print(
+        f"corpus {corpus.label}: {report.written} document(s) indexed, {report.skipped} "
+        f"unchanged; {store.count()} chunks in {uri}",
+        highlight=False,
+        soft_wrap=True,
+    )
+    return store
 
 
 def load_bench_items(

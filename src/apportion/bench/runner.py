@@ -51,6 +51,9 @@ class ItemResult:
     cost_usd: float
     calls: int
     stopped_for_budget: bool = False
+    # The item itself, so traces are self-contained for `apportion calibrate`.
+    question: str = ""
+    kind: str | None = None
 
     @property
     def key(self) -> tuple[str, str, str]:
@@ -168,7 +171,7 @@ def run_one(
     except ApportionError as e:  # e.g. a question beyond the context: a failed item, not a crash
         return ItemResult(
             item.dataset, item.id, strategy, item.answer, None, False, 0.0, 0.0, strategy, None,
-            str(e), 0, 0, 0.0, 0.0, 0.0, 0.0, 0.0, 0,
+            str(e), 0, 0, 0.0, 0.0, 0.0, 0.0, 0.0, 0, question=item.question, kind=item.kind,
         )  # fmt: skip
     predicted = answer.answer if not answer.error else None
     s = score(predicted, item.answer, kind=item.kind, aliases=item.aliases, choices=item.choices)
@@ -194,6 +197,8 @@ def run_one(
         cost_usd=t.cost_usd,
         calls=len(t.calls),
         stopped_for_budget=answer.stopped_for_budget,
+        question=item.question,
+        kind=item.kind,
     )
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 from apportion.answers import extract_answer, normalize_text
 from apportion.errors import ToolError
@@ -43,6 +44,9 @@ _SUFFIXES = ("ing", "ed", "es", "s")
 
 @dataclass(frozen=True)
 class Rag:
+    # Read by `bench`, which refuses to run a store-reading strategy without --corpus.
+    uses_store: ClassVar[bool] = True
+
     k: int = 4
     # Least relevance (cosine + half the word share, see above) of the best hit, with embeddings.
     min_score: float = 0.7
