@@ -25,6 +25,8 @@ from apportion.config import Settings
 if TYPE_CHECKING:
     from apportion.bench.corpus import BenchCorpus
     from apportion.bench.datasets import BenchItem
+    from apportion.router.features import Features
+    from apportion.router.policy import Plan
     from apportion.tools.store.base import DocumentStore
 from apportion.engines import catalogue
 from apportion.errors import ApportionError
@@ -40,6 +42,15 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+PolicyOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--policy",
+        envvar="APPORTION_POLICY",
+        help="Routing policy for auto, from `apportion calibrate` (default: the shipped one).",
+        show_default=False,
+    ),
+]
 models_app = typer.Typer(help="List and pull the local models (pinned GGUF weights).")
 app.add_typer(models_app, name="models")
 
@@ -114,37 +125,119 @@ def ask(
             "default: the one `apportion index add` fills).",
         ),
     ] = None,
+    policy: PolicyOption = None,
+    explain: Annotated[
+        bool,
+        typer.Option(
+            "--explain", help="Also show the features, the plan, and why the policy chose it."
+        ),
+    ] = False,
     config: ConfigOption = None,
 ) -> None:
     """Answer one question and show the route it took and what it cost.
 
     Example: apportion ask "What is 17*23+5?" --json
     """
-    from apportion.engine import Engine
+    from apportion.engine import Engine, execute
+    from apportion.router.policy import load_policy
 
     try:
         settings = Settings.load(config)
         if threads is not None:
             settings.threads = threads
-        engine = Engine(settings=settings, pull_progress=RichPullProgress(err))
+        engine = Engine(
+            settings=settings, pull_progress=RichPullProgress(err), policy=load_policy(policy)
+        )
         if store is not None or strategy.split(":")[0] == "rag":
             from apportion.tools.store import open_store
 
             engine.store = open_store(store or settings.store_path)
+        elif settings.store_path.exists():
+            # auto may route a factual question to rag: open the index only if it does.
+            engine.store_opener = lambda: open_store_quietly(settings.store_path)
         budget = Budget(max_flops=budget_flops, max_usd=budget_usd, max_seconds=budget_seconds)
-        answer = engine.ask(
+        prepared = engine.prepare(
             question, strategy=strategy, model=model, max_tokens=max_tokens, budget=budget
+        )
+        answer = execute(
+            prepared.plan,
+            prepared.query,
+            prepared.ctx,
+            engine.registry,
+            intent=prepared.features.intent,
         )
     except ApportionError as e:
         fail(e)
+    explanation = explain_plan(prepared.query.text, prepared.features, prepared.plan)
     if as_json:
-        sys.stdout.write(json.dumps(answer.to_dict()) + "\n")
+        payload = answer.to_dict()
+        if explain:
+            payload["explain"] = explanation
+        sys.stdout.write(json.dumps(payload) + "\n")
     else:
         print_answer(answer)
+        if explain:
+            print_explanation(explanation)
     if answer.error:
         if not as_json:
             err.print(f"[bold red]no answer:[/] {answer.error}", highlight=False)
         raise typer.Exit(1)
+
+
+def open_store_quietly(path: Path) -> DocumentStore:
+    from apportion.tools.store import open_store
+
+    return open_store(path)
+
+
+def explain_plan(text: str, features: Features, plan: Plan) -> dict[str, Any]:
+    """What `ask --explain` shows: the features, the plan, and why."""
+    from apportion.router.intent import default_classifier
+    from apportion.router.policy import difficulty_score, plan_spec
+
+    shares = default_classifier().probabilities(
+        text, has_math_expression=features.has_math_expression
+    )
+    return {
+        "features": {
+            "intent": features.intent,
+            "intent_probabilities": {k: round(v, 4) for k, v in sorted(
+                shares.items(), key=lambda kv: -kv[1]
+            )},
+            "has_math_expression": features.has_math_expression,
+            "n_words": features.n_words,
+            "n_digits": features.n_numbers,
+            "difficulty_score": round(difficulty_score(features), 3),
+            "difficulty": plan.difficulty,
+        },
+        "plan": plan_spec(plan.steps),
+        "reason": plan.reason,
+        "expected": plan.expected,
+        "alternatives": [
+            {"plan": c.spec, "accuracy": c.accuracy, "flops": c.flops, "score": round(score, 4)}
+            for c, score in sorted(plan.alternatives, key=lambda cs: -cs[1])
+        ],
+    }  # fmt: skip
+
+
+def print_explanation(explanation: dict[str, Any]) -> None:
+    f = explanation["features"]
+    top = ", ".join(f"{k} {v:.0%}" for k, v in list(f["intent_probabilities"].items())[:3])
+    err.print(
+        f"[bold]features[/]  intent {f['intent']} ({top}); math expression "
+        f"{'yes' if f['has_math_expression'] else 'no'}; {f['n_words']} words, "
+        f"{f['n_digits']} digits; difficulty score {f['difficulty_score']}"
+        + (f" → {f['difficulty']}" if f["difficulty"] else ""),
+        highlight=False,
+    )
+    err.print(f"[bold]plan[/]      {explanation['plan']}", highlight=False)
+    err.print(f"[bold]why[/]       {explanation['reason']}", highlight=False)
+    if explanation["alternatives"]:
+        table = Table("alternative plan", "accuracy", "mean FLOPs", "score", title=None)
+        for a in explanation["alternatives"][:6]:
+            table.add_row(a["plan"], f"{a['accuracy']:.0%}", f"{a['flops']:.3g}",
+                          f"{a['score']:.3f}")  # fmt: skip
+        err.print(table)
 
 
 def print_answer(answer: Answer) -> None:
@@ -290,6 +383,7 @@ def bench(
         Path | None,
         typer.Option("--data-dir", help="Where named datasets live (also $APPORTION_DATA_DIR)."),
     ] = None,
+    policy: PolicyOption = None,
     config: ConfigOption = None,
 ) -> None:
     """Benchmark strategies on datasets: results.jsonl, summary.json, frontier plots, report.html.
@@ -304,7 +398,8 @@ def bench(
     from apportion.bench.runner import run_bench
     from apportion.engine import Engine
     from apportion.errors import UsageError
-    from apportion.strategies.registry import split_specs
+    from apportion.router.policy import load_policy
+    from apportion.strategies.registry import parse_spec, split_specs
 
     try:
         if out is None:
@@ -312,10 +407,14 @@ def bench(
         if not data and not dataset:
             raise UsageError("give at least one --data FILE or --dataset NAME")
         settings = Settings.load(config)
-        engine = Engine(settings=settings, pull_progress=RichPullProgress(err))
+        engine = Engine(
+            settings=settings, pull_progress=RichPullProgress(err), policy=load_policy(policy)
+        )
         specs = split_specs(strategies)
         for spec in specs:
-            if spec != "auto" and uses_store(engine.registry.build(spec)) and corpus is None:
+            if spec != "auto":
+                engine.registry.build(spec)  # validate names and parameters before any work
+            if parse_spec(spec).name in engine.registry.store_readers() and corpus is None:
                 raise UsageError(
                     f"{spec} retrieves from documents; give them with --corpus",
                     "e.g. --dataset squad --corpus squad",
@@ -397,11 +496,6 @@ def bench(
     )
     if interrupted:
         raise typer.Exit(130)
-
-
-def uses_store(strategy: object) -> bool:
-    """Whether a strategy retrieves from the document store (its class says so)."""
-    return bool(getattr(strategy, "uses_store", False))
 
 
 def index_bench_corpus(corpus: BenchCorpus, uri: str) -> DocumentStore:
@@ -503,9 +597,11 @@ def bench_convert(
 
 
 def _register_more_commands() -> None:
+    from apportion.cli_calibrate import calibrate
     from apportion.cli_index import index_app
     from apportion.server.cli import keys_app, serve
 
+    app.command()(calibrate)
     app.add_typer(index_app, name="index")
     app.command()(serve)
     app.add_typer(keys_app, name="keys")

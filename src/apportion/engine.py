@@ -9,7 +9,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -18,10 +18,17 @@ from apportion.config import Settings
 from apportion.engines import catalogue
 from apportion.errors import BudgetExceededError, UnknownNameError, UsageError
 from apportion.ledger import Ledger, RaplMeter
-from apportion.router.features import Features, classify_intent, extract_features
-from apportion.router.policy import Plan, RulePolicy, Step
+from apportion.router.features import Features, classify_conversation, extract_features
+from apportion.router.policy import (
+    Plan,
+    Policy,
+    Step,
+    fallback_choice,
+    load_policy,
+    stops_here,
+)
 from apportion.strategies.base import CompletionCache, RunContext
-from apportion.strategies.registry import StrategyRegistry, default_registry
+from apportion.strategies.registry import StrategyRegistry, default_registry, parse_spec
 from apportion.types import Answer, AnswerKind, Attempt, Budget, Message, Query
 
 if TYPE_CHECKING:
@@ -47,10 +54,11 @@ class Prepared:
 def conversation_features(query: Query) -> Features:
     """Routing features for a query and the conversation before it.
 
-    The intent is read from every user turn together, so a follow-up ("How many altogether?")
-    routes as the problem it follows up on. Whether there is a math expression is judged on
-    the final message alone: only that message ever reaches the solver, and an expression in an
-    earlier turn would otherwise send every later question down the arithmetic ladder.
+    The intent blends the final message with the user turns before it (see
+    `classify_conversation`), so a follow-up ("How many altogether?") routes as the problem it
+    follows up on. Whether there is a math expression is judged on the final message alone:
+    only that message ever reaches the solver, and an expression in an earlier turn would
+    otherwise send every later question down the arithmetic ladder.
     """
     last = extract_features(query.text)
     turns = [m.content for m in query.history if m.role == "user"]
@@ -58,7 +66,9 @@ def conversation_features(query: Query) -> Features:
         return last
     text = "\n".join([*turns, query.text])
     return Features(
-        intent=classify_intent(text, has_math_expression=last.has_math_expression),
+        intent=classify_conversation(
+            turns, query.text, has_math_expression=last.has_math_expression
+        ),
         has_math_expression=last.has_math_expression,
         n_numbers=sum(ch.isdigit() for ch in text),
         n_words=len(text.split()),
@@ -71,12 +81,15 @@ class Engine:
 
     settings: Settings = field(default_factory=Settings)
     registry: StrategyRegistry = field(default_factory=default_registry)
-    policy: RulePolicy = field(default_factory=RulePolicy)
+    policy: Policy = field(default_factory=load_policy)
     pull_progress: catalogue.PullProgress | None = None
     _engines: dict[str, TextEngine] = field(default_factory=dict, repr=False)
     _fingerprints: dict[str, str] = field(default_factory=dict, repr=False)
     # The document store retrieval strategies (rag) search; None until one is opened.
     store: DocumentStore | None = None
+    # Opens a store on first need, for `auto` plans that retrieve: opening one loads the
+    # embedding model, which a question that never retrieves should not wait for.
+    store_opener: Callable[[], DocumentStore] | None = field(default=None, repr=False)
     # Probed once: looking for RAPL counters lists /sys, which no request should repeat.
     meter: RaplMeter = field(default_factory=RaplMeter, repr=False)
 
@@ -152,7 +165,9 @@ class Engine:
 
     def plan(self, features: Features, strategy: str, budget: Budget) -> Plan:
         if strategy == AUTO:
-            return self.policy.plan(features, budget)
+            can_retrieve = self.store is not None or self.store_opener is not None
+            unavailable = frozenset() if can_retrieve else self.registry.store_readers()
+            return self.policy.plan(features, budget, unavailable=unavailable)
         self.registry.build(strategy)  # validate the name and parameters before any work
         return Plan((Step(strategy, 0.0),), f"strategy {strategy!r} requested")
 
@@ -187,6 +202,10 @@ class Engine:
         query = Query(question.strip(), kind=kind, choices=tuple(choices), history=tuple(history))
         features = conversation_features(query)
         plan = self.plan(features, strategy, budget)
+        readers = self.registry.store_readers()
+        retrieves = any(parse_spec(step.strategy).name in readers for step in plan.steps)
+        if retrieves and self.store is None and self.store_opener is not None:
+            self.store = self.store_opener()
         ledger = Ledger(hardware=self.settings.hardware, budget=budget)
         ctx = RunContext(
             engine_for=self.engine_for,
@@ -247,12 +266,12 @@ def execute(
             break
         attempt = replace(attempt, strategy=step.strategy)  # the spec, parameters included
         attempts.append(attempt)
-        if attempt.ok and attempt.confidence >= step.stop_at:
+        if stops_here(attempt.ok, attempt.confidence, step):
             chosen = attempt
             break
     if chosen is None:
-        usable = [a for a in attempts if a.ok]
-        chosen = max(usable, key=lambda a: a.confidence) if usable else None
+        best = fallback_choice([(a.ok, a.confidence) for a in attempts])
+        chosen = None if best is None else attempts[best]
     totals = ctx.ledger.totals()
     if chosen is None:
         last_error = attempts[-1].error if attempts else "no strategy ran"

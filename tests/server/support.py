@@ -15,6 +15,7 @@ import uvicorn
 
 from apportion.config import Settings
 from apportion.engine import Engine
+from apportion.router.policy import RulePolicy
 from apportion.engines.base import GenerationCancelled
 from apportion.ledger import ModelCost
 from apportion.types import Completion, Message
@@ -147,9 +148,12 @@ def fake_settings(tmp_path: Path, default_model: str = "fake", **extra: Any) -> 
 
 
 def fake_core(tmp_path: Path, *engines: FakeEngine, **extra: Any) -> Engine:
-    """An Engine serving only the given fakes; the first is the default model."""
+    """An Engine serving only the given fakes; the first is the default model. Routing uses
+    the rule ladders, so these tests do not move when the shipped policy is recalibrated."""
     engines = engines or (FakeEngine(),)
-    core = Engine(settings=fake_settings(tmp_path, engines[0].model_id, **extra))
+    core = Engine(
+        settings=fake_settings(tmp_path, engines[0].model_id, **extra), policy=RulePolicy()
+    )
     for engine in engines:
         core.register(engine)
     return core

@@ -1,34 +1,16 @@
-"""Query features the policy plans on. This first version is keyword rules; a trained intent
-classifier replaces `classify_intent` later, behind the same signature."""
+"""Query features the policy plans on: the intent (a trained classifier, router/intent.py),
+whether the solver sees a math expression, and the sizes that the difficulty estimate reads."""
 
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
 Intent = Literal["arithmetic", "math_word", "factual", "logic", "code", "chat"]
 INTENTS: tuple[Intent, ...] = ("arithmetic", "math_word", "factual", "logic", "code", "chat")
 
-_CODE = re.compile(
-    r"```|\bdef\b|\bpython\b|\bjavascript\b|\bfunction\b|\bcode\b|\bscript\b|\bregex\b|"
-    r"\bcompile\b|\bbug\b|\bSQL\b|\bimplement\b",
-    re.IGNORECASE,
-)
-_LOGIC = re.compile(
-    r"\btrue or false\b|\bnot \(|\bwhich of the following\b|\bdeduce\b|\bpuzzle\b|"
-    r"\bif and only if\b|\blogically\b|\bvalid argument\b|\bsudoku\b",
-    re.IGNORECASE,
-)
-_MATH_WORD = re.compile(
-    r"\bhow (?:many|much|long|far|old)\b|\btotal\b|\beach\b|\bper\b|\bleft\b|\bremain|"
-    r"\baltogether\b|\bcost|\bprice|\$|\bpercent|\baverage\b|\btimes as\b|\bhalf\b",
-    re.IGNORECASE,
-)
-_FACTUAL = re.compile(
-    r"^\s*(?:who|what|when|where|which|whose|name)\b|\bcapital of\b|\bwho (?:wrote|invented)\b",
-    re.IGNORECASE,
-)
 _NUMBER = re.compile(r"\d")
 
 
@@ -41,20 +23,32 @@ class Features:
 
 
 def classify_intent(text: str, *, has_math_expression: bool) -> Intent:
-    if has_math_expression:
-        return "arithmetic"
-    if _CODE.search(text):
-        return "code"
-    numbers = len(re.findall(r"\d+(?:\.\d+)?", text))
-    if numbers >= 1 and _MATH_WORD.search(text):
-        return "math_word"
-    if _LOGIC.search(text):
-        return "logic"
-    if _FACTUAL.search(text):
-        return "factual"
-    if numbers >= 2:
-        return "math_word"
-    return "chat"
+    """The trained classifier's label (see router/intent.py)."""
+    from apportion.router.intent import default_classifier
+
+    return default_classifier().predict(text, has_math_expression=has_math_expression)
+
+
+# How much the newest message counts against the turns before it, when routing a conversation.
+LAST_TURN_WEIGHT = 0.6
+
+
+def classify_conversation(
+    earlier: Sequence[str], last: str, *, has_math_expression: bool
+) -> Intent:
+    """The intent of `last` read in its conversation: its own class probabilities blended with
+    those of the earlier user turns. A vague follow-up ("How many did she sell altogether?")
+    takes the intent of the problem it follows; a clear new question ("Who wrote Hamlet?")
+    keeps its own."""
+    from apportion.router.intent import default_classifier
+
+    model = default_classifier()
+    own = model.probabilities(last, has_math_expression=has_math_expression)
+    if not earlier:
+        return max(own, key=lambda c: own[c])
+    before = model.probabilities("\n".join(earlier), has_math_expression=False)
+    blended = {c: LAST_TURN_WEIGHT * own[c] + (1 - LAST_TURN_WEIGHT) * before[c] for c in own}
+    return max(blended, key=lambda c: blended[c])
 
 
 def extract_features(text: str) -> Features:

@@ -1,11 +1,36 @@
-"""Plans: an ordered ladder of strategies, each with the confidence that stops the ladder there."""
+"""Plans, and the policies that choose them.
+
+A plan is a ladder: strategies in order, each with the confidence that stops the ladder there.
+`stops_here` and `fallback_choice` are the ladder's semantics, shared by the executor
+(engine.execute) and by calibration, which replays ladders over bench traces: what calibration
+predicts is what the executor does.
+
+Two policies:
+
+- `RulePolicy`, a fixed ladder per intent (the fallback, and the policy before calibration);
+- `CalibratedPolicy`, read from a policy.json that `apportion calibrate` wrote from bench
+  traces: for each (intent, difficulty) cell, the Pareto-optimal plans with their measured
+  accuracy and cost; at run time it picks the plan that maximises
+  ``accuracy − λ · flops / max_flops``, among those whose expected cost fits the request's
+  budget.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
 
-from apportion.router.features import Features, Intent
+from apportion.errors import UsageError
+from apportion.router.features import INTENTS, Features, Intent
 from apportion.types import Budget
+
+POLICY_FILE = Path(__file__).with_name("policy.json")
+POLICY_VERSION = 1
+EASY, HARD, ANY = "easy", "hard", "*"
 
 
 @dataclass(frozen=True)
@@ -18,6 +43,52 @@ class Step:
 class Plan:
     steps: tuple[Step, ...]
     reason: str
+    # What calibration measured for this plan in its cell, when a calibrated policy chose it.
+    expected: dict[str, float] = field(default_factory=dict)
+    difficulty: str | None = None
+    # The other plans the policy weighed, with their policy scores (for `ask --explain`).
+    alternatives: tuple[tuple[Candidate, float], ...] = ()
+
+
+def stops_here(ok: bool, confidence: float, step: Step) -> bool:
+    """Whether the ladder ends at an attempt: it produced an answer confident enough."""
+    return ok and confidence >= step.stop_at
+
+
+def fallback_choice(attempts: Sequence[tuple[bool, float]]) -> int | None:
+    """When no step stopped the ladder: the most confident attempt with an answer (the first
+    on ties), or None."""
+    best: int | None = None
+    for i, (ok, confidence) in enumerate(attempts):
+        if ok and (best is None or confidence > attempts[best][1]):
+            best = i
+    return best
+
+
+def plan_spec(steps: Sequence[Step]) -> str:
+    """A ladder as text: ``program@0.5>cot`` (the last step needs no bar)."""
+    return ">".join(
+        s.strategy if i == len(steps) - 1 else f"{s.strategy}@{s.stop_at:g}"
+        for i, s in enumerate(steps)
+    )
+
+
+def parse_plan_spec(text: str) -> tuple[Step, ...]:
+    parts = text.split(">")
+    steps = []
+    for i, part in enumerate(parts):
+        name, _, bar = part.rpartition("@") if i < len(parts) - 1 else (part, "", "0")
+        steps.append(Step(name, float(bar)))
+    return tuple(steps)
+
+
+class Policy(Protocol):
+    def plan(
+        self, features: Features, budget: Budget, *, unavailable: frozenset[str] = frozenset()
+    ) -> Plan:
+        """The plan for a query; `unavailable` names strategies that cannot run here (rag
+        without a document store)."""
+        ...
 
 
 # Cheapest route first; escalate only when it fails or is unsure. Solvers and programs come
@@ -35,8 +106,184 @@ RULE_LADDERS: dict[Intent, tuple[Step, ...]] = {
 
 @dataclass(frozen=True)
 class RulePolicy:
-    """The first `auto`: a fixed ladder per intent. A calibrated policy replaces it later."""
+    """A fixed ladder per intent: the fallback where no calibration covers a query."""
 
-    def plan(self, features: Features, budget: Budget) -> Plan:
+    def plan(
+        self, features: Features, budget: Budget, *, unavailable: frozenset[str] = frozenset()
+    ) -> Plan:
         steps = RULE_LADDERS[features.intent]
-        return Plan(steps, f"rule ladder for intent {features.intent!r}")
+        return Plan(steps, f"rule ladder for intent {features.intent!r} (no calibrated cell)")
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A plan as measured in one cell of the traces."""
+
+    steps: tuple[Step, ...]
+    accuracy: float
+    flops: float
+    wall_s: float
+    cost_usd: float
+
+    @property
+    def spec(self) -> str:
+        return plan_spec(self.steps)
+
+    def strategies(self) -> set[str]:
+        return {s.strategy.split(":", 1)[0] for s in self.steps}
+
+
+@dataclass(frozen=True)
+class Cell:
+    n: int
+    candidates: tuple[Candidate, ...]  # the Pareto set, cheapest first
+
+
+def difficulty_score(features: Features) -> float:
+    """The difficulty estimate: longer questions with more digits are harder for every
+    strategy (on gsm8k and svamp, accuracy falls with both). Calibration sets, per intent, the
+    score above which a question counts as hard."""
+    return math.log2(1 + features.n_words) + math.log2(1 + features.n_numbers)
+
+
+@dataclass(frozen=True)
+class CalibratedPolicy:
+    """See the module docstring; build with `load` or `from_dict`."""
+
+    lam: float
+    max_flops: float
+    thresholds: dict[str, float]  # intent -> difficulty score above which a query is hard
+    cells: dict[str, Cell]  # "intent/easy", "intent/hard" or "intent/*"
+    source: dict[str, Any] = field(default_factory=dict)
+    fallback: RulePolicy = field(default_factory=RulePolicy)
+
+    @classmethod
+    def load(cls, path: Path = POLICY_FILE, *, lam: float | None = None) -> CalibratedPolicy:
+        try:
+            data = json.loads(Path(path).read_text())
+        except FileNotFoundError as e:
+            raise UsageError(
+                f"policy file not found: {path}", "write one with `apportion calibrate`"
+            ) from e
+        except json.JSONDecodeError as e:
+            raise UsageError(f"{path} is not valid JSON: {e.msg}") from e
+        return cls.from_dict(data, lam=lam, where=str(path))
+
+    @classmethod
+    def from_dict(
+        cls, data: dict[str, Any], *, lam: float | None = None, where: str = "policy"
+    ) -> CalibratedPolicy:
+        if data.get("version") != POLICY_VERSION:
+            raise UsageError(
+                f"{where} has version {data.get('version')!r}; this apportion reads version "
+                f"{POLICY_VERSION}",
+                "re-run `apportion calibrate` with this version",
+            )
+        try:
+            cells = {
+                key: Cell(
+                    int(cell["n"]),
+                    tuple(
+                        Candidate(
+                            parse_plan_spec(c["plan"]),
+                            float(c["accuracy"]),
+                            float(c["flops"]),
+                            float(c["wall_s"]),
+                            float(c["cost_usd"]),
+                        )
+                        for c in cell["candidates"]
+                    ),
+                )
+                for key, cell in data["cells"].items()
+            }
+            return cls(
+                lam=float(data["lambda"] if lam is None else lam),
+                max_flops=float(data["max_flops"]),
+                thresholds={k: float(v) for k, v in data["thresholds"].items()},
+                cells=cells,
+                source=dict(data.get("source", {})),
+            )
+        except (KeyError, TypeError, ValueError) as e:
+            raise UsageError(f"{where} is not a policy file: {e!r}") from e
+
+    def difficulty(self, features: Features) -> str:
+        threshold = self.thresholds.get(features.intent)
+        if threshold is None:
+            return ANY
+        return HARD if difficulty_score(features) > threshold else EASY
+
+    def score(self, c: Candidate) -> float:
+        return c.accuracy - self.lam * c.flops / self.max_flops
+
+    def plan(
+        self, features: Features, budget: Budget, *, unavailable: frozenset[str] = frozenset()
+    ) -> Plan:
+        difficulty = self.difficulty(features)
+        key = f"{features.intent}/{difficulty}"
+        cell = self.cells.get(key) or self.cells.get(f"{features.intent}/{ANY}")
+        if cell is None:
+            return self.fallback.plan(features, budget, unavailable=unavailable)
+        usable = [c for c in cell.candidates if not c.strategies() & unavailable]
+        if not usable:
+            return self.fallback.plan(features, budget, unavailable=unavailable)
+        fits = [c for c in usable if _fits(c, budget)]
+        if fits:
+            best = max(fits, key=lambda c: (self.score(c), -c.flops))
+            why = f"max accuracy − {self.lam:g}·FLOPs/{self.max_flops:.3g}"
+            if len(fits) < len(usable):
+                why += f" among the {len(fits)} plans whose expected cost fits the budget"
+        else:
+            best = min(usable, key=lambda c: c.flops)
+            why = "no plan's expected cost fits the budget: the cheapest"
+        expected = {
+            "accuracy": best.accuracy, "flops": best.flops, "wall_s": best.wall_s,
+            "cost_usd": best.cost_usd, "n": float(cell.n),
+        }  # fmt: skip
+        return Plan(
+            best.steps,
+            f"cell {key} ({cell.n} calibration items): {best.spec}, {why}; expected accuracy "
+            f"{best.accuracy:.0%} at {best.flops:.3g} FLOPs",
+            expected=expected,
+            difficulty=difficulty,
+            alternatives=tuple((c, self.score(c)) for c in usable),
+        )
+
+
+def _fits(c: Candidate, budget: Budget) -> bool:
+    """Budgets are soft targets here (the executor enforces them as hard caps)."""
+    return (
+        (budget.max_flops is None or c.flops <= budget.max_flops)
+        and (budget.max_usd is None or c.cost_usd <= budget.max_usd)
+        and (budget.max_seconds is None or c.wall_s <= budget.max_seconds)
+    )
+
+
+def load_policy(path: Path | None = None, *, lam: float | None = None) -> Policy:
+    """The policy at `path`; else the shipped calibrated one; else the rule ladders."""
+    if path is not None:
+        return CalibratedPolicy.load(path, lam=lam)
+    if POLICY_FILE.is_file():
+        return CalibratedPolicy.load(POLICY_FILE, lam=lam)
+    return RulePolicy()
+
+
+__all__ = [
+    "ANY",
+    "EASY",
+    "HARD",
+    "INTENTS",
+    "POLICY_FILE",
+    "CalibratedPolicy",
+    "Candidate",
+    "Cell",
+    "Plan",
+    "Policy",
+    "RulePolicy",
+    "Step",
+    "difficulty_score",
+    "fallback_choice",
+    "load_policy",
+    "parse_plan_spec",
+    "plan_spec",
+    "stops_here",
+]

@@ -1,5 +1,14 @@
 """rag: retrieve passages from the document store, answer from them, cite them.
 
+The prompt gives the top ``k`` passages as context, the best one last (nearest the question),
+and asks for the shortest phrase copied from them. The passages that hold the answer are its
+citations. Measured on 30 SQuAD dev questions with qwen2.5-coder-0.5b (benchmarks/
+retrieval_squad.py indexes the same corpus): this prompt scored EM 27% / F1 0.50; numbered
+passages with the model asked to cite them scored EM 10% / F1 0.21 (a 0.5B model copies the
+wrong span when it must also track passage numbers), and adding "reply 'not found' when the
+context lacks the answer" cost 10 points of EM (it abstains on answerable questions), so
+abstention is left to the relevance gate.
+
 The relevance gate decides, before any model call, whether the store knows anything about the
 question, from the retrieved hits:
 
@@ -35,7 +44,6 @@ from apportion.types import Attempt, Message, Query
 
 ABSTAIN = "not found in the documents"
 ABSTAIN_CONFIDENCE = 0.05
-_CITATION_RE = re.compile(r"\[\s*(\d+(?:\s*[,;]\s*\d+)*)\s*\]")
 _NOT_FOUND_RE = re.compile(
     r"\bnot\s+(?:found|mentioned|given|stated)\b.*\b(?:document|passage)", re.IGNORECASE
 )
@@ -47,7 +55,7 @@ class Rag:
     # Read by `bench`, which refuses to run a store-reading strategy without --corpus.
     uses_store: ClassVar[bool] = True
 
-    k: int = 4
+    k: int = 3
     # Least relevance (cosine + half the word share, see above) of the best hit, with embeddings.
     min_score: float = 0.7
     # Without embeddings: least share of the question's content words found in one passage.
@@ -95,21 +103,19 @@ class Rag:
 
     def messages(self, query: Query, hits: Sequence[Hit]) -> list[Message]:
         if query.kind in (None, "text"):
-            what = "the shortest phrase, copied from a passage, that answers it"
+            instruction = (
+                "Answer the question with the shortest phrase copied from the context. "
+                "Reply with the phrase only."
+            )
         else:
-            what = answer_format(query)
-        system = (
-            "Answer the question using only the numbered passages. "
-            f"Reply on one line with {what}, then the numbers of the passages you used in "
-            "square brackets, for example: Denver Broncos [2]. "
-            f"If the passages do not contain the answer, reply exactly: {ABSTAIN}."
+            instruction = (
+                f"Answer the question from the context. Reply with {answer_format(query)}."
+            )
+        context = "\n\n".join(
+            f"{_title(h)}{_clip(h.text, self.passage_words)}" for h in reversed(hits)
         )
-        passages = "\n\n".join(
-            f"[{i}] {_title(h)}{_clip(h.text, self.passage_words)}"
-            for i, h in enumerate(hits, start=1)
-        )
-        user = f"Passages:\n\n{passages}\n\nQuestion: {query.text}"
-        return [Message("system", system), Message("user", user)]
+        user = f"Context:\n{context}\n\nQuestion: {query.text}"
+        return [Message("system", instruction), Message("user", user)]
 
     def run(self, query: Query, ctx: RunContext) -> Attempt:
         try:
@@ -131,20 +137,15 @@ class Rag:
             return Attempt(self.name, None, 0.0, rationale=rationale, error="empty answer")
         if _NOT_FOUND_RE.search(text) or normalize_text(text).startswith(normalize_text(ABSTAIN)):
             return Attempt(self.name, ABSTAIN, ABSTAIN_CONFIDENCE, rationale=rationale)
-        cited = _cited(text, len(hits))
-        answer = extract_answer(_CITATION_RE.sub("", text), query.kind, query.choices)
+        answer = extract_answer(text, query.kind, query.choices)
         if not answer:
             return Attempt(self.name, None, 0.0, rationale=rationale, error="no answer")
-        supporting = [i for i, h in enumerate(hits) if _contains(h.text, answer)]
-        if not cited:
-            # The model named no passage: cite the ones that hold the answer, if any do.
-            cited = supporting
-        # A span found in a passage the model cited is the grounded case; a kind that cannot be
-        # looked up verbatim (a number, a letter, yes/no) counts as grounded when it is cited.
-        verbatim_kind = query.kind in (None, "text")
-        if cited and (not verbatim_kind or set(cited) & set(supporting)):
+        supporting = [h for h in hits if _contains(f"{h.title} {h.text}", answer)]
+        # A span found verbatim in a passage is the grounded case. A number, a letter or
+        # yes/no cannot be looked up verbatim, so it rests on retrieval alone.
+        if supporting:
             confidence = 0.75
-        elif cited or supporting:
+        elif query.kind not in (None, "text"):
             confidence = 0.5
         else:
             confidence = 0.3
@@ -154,7 +155,7 @@ class Rag:
             confidence,
             candidates=(answer,),
             rationale=rationale,
-            citations=tuple(hits[i].chunk_id for i in cited),
+            citations=tuple(h.chunk_id for h in supporting),
         )
 
 
@@ -172,17 +173,6 @@ def term_overlap(question: str, passage: str) -> float:
         return 0.0
     found = {_stem(w) for w in keywords(passage)}
     return len(terms & found) / len(terms)
-
-
-def _cited(text: str, n: int) -> list[int]:
-    """Zero-based indices of the passages `text` cites as [i] or [i, j], first mention first."""
-    out: list[int] = []
-    for m in _CITATION_RE.finditer(text):
-        for part in re.split(r"[,;]", m.group(1)):
-            i = int(part) - 1
-            if 0 <= i < n and i not in out:
-                out.append(i)
-    return out
 
 
 def _contains(passage: str, answer: str) -> bool:

@@ -89,6 +89,12 @@ class StrategyRegistry:
     def names(self) -> list[str]:
         return sorted(self._factories)
 
+    def store_readers(self) -> frozenset[str]:
+        """The strategies that retrieve from the document store (their class says so)."""
+        return frozenset(
+            name for name, f in self._factories.items() if getattr(f, "uses_store", False)
+        )
+
     def parameters(self, name: str) -> dict[str, Any]:
         factory = self._factories[name]
         if not dataclasses.is_dataclass(factory):

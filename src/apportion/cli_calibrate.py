@@ -1,0 +1,96 @@
+"""`apportion calibrate`: bench traces in, a routing policy (policy.json) out."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from apportion.cli_common import err, fail, out
+from apportion.errors import ApportionError, UsageError
+
+
+def calibrate(
+    runs: Annotated[
+        list[Path],
+        typer.Option(
+            "--runs",
+            help="A bench output folder (its results.jsonl) or a results.jsonl. Repeatable; "
+            "the runs should use the same model.",
+            show_default=False,
+        ),
+    ],
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="Where to write the policy.", show_default=False)
+    ],
+    lam: Annotated[
+        float,
+        typer.Option(
+            "--lambda",
+            min=0.0,
+            help="Accuracy given up per unit of cost: the policy maximises accuracy − λ·FLOPs/"
+            "max FLOPs, where max FLOPs is the dearest fixed strategy's mean. 0 buys accuracy "
+            "at any price; 1 gives up a whole point of accuracy to save the dearest "
+            "strategy's FLOPs.",
+        ),
+    ] = 0.1,
+    min_cell: Annotated[
+        int,
+        typer.Option(
+            "--min-cell",
+            min=1,
+            help="Least items in a difficulty cell; an intent with fewer than twice this is "
+            "not split into easy and hard.",
+        ),
+    ] = 20,
+) -> None:
+    """Learn the `auto` policy from bench traces of fixed strategies.
+
+    For each (intent, difficulty) cell it measures every strategy and every two-step ladder
+    (cheap first, escalating below a confidence bar) by replaying the traces, keeps the
+    Pareto-optimal plans, and marks the one that maximises accuracy − λ·cost. Use the result
+    with `ask --policy FILE` or `bench --policy FILE`.
+
+    Example: apportion calibrate --runs runs/mixed -o policy.json
+    """
+    from apportion.bench.runner import RESULTS, read_results
+    from apportion.router.calibrate import calibrate as fit
+
+    try:
+        results = []
+        for run in runs:
+            path = run / RESULTS if run.is_dir() else run
+            if not path.is_file():
+                raise UsageError(
+                    f"no results at {path}", "give a folder that `apportion bench --out` wrote"
+                )
+            results += read_results(path)
+        command = "apportion calibrate " + shlex.join(sys.argv[2:])
+        policy = fit(
+            results,
+            lam=lam,
+            min_cell=min_cell,
+            source={"runs": [str(r) for r in runs], "command": command},
+        )
+    except ApportionError as e:
+        fail(e)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(policy, indent=1, sort_keys=True) + "\n")
+    table = Table("cell", "n", "plan", "accuracy", "mean FLOPs")
+    for key, cell in policy["cells"].items():
+        chosen = next(c for c in cell["candidates"] if c["plan"] == cell["chosen"])
+        table.add_row(
+            key, str(cell["n"]), cell["chosen"], f"{chosen['accuracy']:.0%}",
+            f"{chosen['flops']:.3g}",
+        )  # fmt: skip
+    out.print(table)
+    err.print(
+        f"wrote {output}: {policy['n_items']} items, strategies "
+        f"{', '.join(policy['strategies'])}, λ = {lam:g}",
+        highlight=False,
+    )

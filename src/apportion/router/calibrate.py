@@ -1,0 +1,207 @@
+"""Calibration: from bench traces of fixed strategies to a policy.json.
+
+For every item the traces hold each fixed strategy's outcome (answered, confidence, correct)
+and cost. A ladder ``a@t > b`` is replayed exactly as the executor would run it (router/policy:
+`stops_here`, `fallback_choice`): a's answer when it is confident enough, else b's, the costs
+added. So every candidate plan gets a measured accuracy and cost per cell without running
+anything.
+
+Cells are (intent, difficulty): the intent from the shipped classifier applied to the traced
+question, the difficulty from `difficulty_score`, split at the intent's median when the intent
+has at least ``2 · min_cell`` items (else one cell, ``intent/*``). Each cell keeps its
+Pareto-optimal plans (accuracy against mean FLOPs); the policy chooses among them at run time.
+
+Deterministic: items, strategies and candidates are visited in sorted order, ties broken by
+name, and numbers rounded before they are written, so the same traces give the same file.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from itertools import permutations
+from typing import Any
+
+from apportion.bench.runner import ItemResult
+from apportion.errors import UsageError
+from apportion.router.features import extract_features
+from apportion.router.policy import (
+    ANY,
+    EASY,
+    HARD,
+    POLICY_VERSION,
+    Step,
+    difficulty_score,
+    fallback_choice,
+    plan_spec,
+    stops_here,
+)
+
+__all__ = ["DEFAULT_BARS", "DEFAULT_LAMBDA", "calibrate"]
+
+DEFAULT_LAMBDA = 0.1
+DEFAULT_BARS = (0.3, 0.5, 0.7, 0.9)
+AUTO = "auto"
+
+
+@dataclass(frozen=True)
+class _Item:
+    intent: str
+    score: float
+    outcomes: dict[str, ItemResult]  # strategy -> its result on this item
+
+
+@dataclass(frozen=True)
+class _Measured:
+    steps: tuple[Step, ...]
+    accuracy: float
+    flops: float
+    wall_s: float
+    cost_usd: float
+
+
+def _ok(r: ItemResult) -> bool:
+    return r.answer is not None and r.error is None
+
+
+def replay(steps: Sequence[Step], outcomes: dict[str, ItemResult]) -> tuple[bool, list[ItemResult]]:
+    """(correct, results of the steps that ran): the ladder on one traced item."""
+    ran: list[ItemResult] = []
+    for step in steps:
+        r = outcomes[step.strategy]
+        ran.append(r)
+        if stops_here(_ok(r), r.confidence, step):
+            return r.correct, ran
+    best = fallback_choice([(_ok(r), r.confidence) for r in ran])
+    return best is not None and ran[best].correct, ran
+
+
+def _measure(steps: tuple[Step, ...], items: Sequence[_Item]) -> _Measured:
+    correct = flops = wall = usd = 0.0
+    for item in items:
+        won, ran = replay(steps, item.outcomes)
+        correct += won
+        flops += sum(r.flops for r in ran)
+        wall += sum(r.wall_s for r in ran)
+        usd += sum(r.cost_usd for r in ran)
+    n = len(items)
+    return _Measured(steps, correct / n, flops / n, wall / n, usd / n)
+
+
+def _candidates(strategies: Sequence[str], bars: Sequence[float]) -> list[tuple[Step, ...]]:
+    plans: list[tuple[Step, ...]] = [(Step(s, 0.0),) for s in strategies]
+    for a, b in permutations(strategies, 2):
+        plans += [(Step(a, bar), Step(b, 0.0)) for bar in bars]
+    return plans
+
+
+def _pareto(measured: list[_Measured]) -> list[_Measured]:
+    """Plans no other plan beats on both accuracy and FLOPs, cheapest first."""
+    ordered = sorted(measured, key=lambda m: (m.flops, -m.accuracy, plan_spec(m.steps)))
+    front: list[_Measured] = []
+    for m in ordered:
+        if not front or m.accuracy > front[-1].accuracy:
+            front.append(m)
+    return front
+
+
+def _items(results: Iterable[ItemResult]) -> tuple[list[_Item], list[str]]:
+    grouped: dict[tuple[str, str], dict[str, ItemResult]] = {}
+    questions: dict[tuple[str, str], str] = {}
+    for r in results:
+        if r.strategy == AUTO or ">" in r.strategy:
+            continue  # calibrate from fixed strategies only; auto is what is being built
+        grouped.setdefault((r.dataset, r.item_id), {})[r.strategy] = r
+        if r.question:
+            questions[(r.dataset, r.item_id)] = r.question
+    if not grouped:
+        raise UsageError("the runs hold no results of fixed strategies")
+    missing = [key for key in grouped if key not in questions]
+    if missing:
+        raise UsageError(
+            f"{len(missing)} traced items carry no question (e.g. {missing[0][0]}/{missing[0][1]})",
+            "re-run them with this version of `apportion bench` (--resume replays from cache)",
+        )
+    counts: dict[str, int] = {}
+    for outcomes in grouped.values():
+        for s in outcomes:
+            counts[s] = counts.get(s, 0) + 1
+    # Strategies run on (nearly) every item; items lacking one of them are left out.
+    strategies = sorted(s for s, c in counts.items() if c >= 0.9 * len(grouped))
+    items = []
+    for key in sorted(grouped):
+        outcomes = grouped[key]
+        if all(s in outcomes for s in strategies):
+            features = extract_features(questions[key])
+            items.append(_Item(features.intent, difficulty_score(features), outcomes))
+    return items, strategies
+
+
+def _r(x: float) -> float:
+    return float(f"{x:.6g}")
+
+
+def _candidate_json(m: _Measured) -> dict[str, Any]:
+    return {
+        "plan": plan_spec(m.steps),
+        "accuracy": _r(m.accuracy),
+        "flops": _r(m.flops),
+        "wall_s": _r(m.wall_s),
+        "cost_usd": _r(m.cost_usd),
+    }
+
+
+def calibrate(
+    results: Iterable[ItemResult],
+    *,
+    lam: float = DEFAULT_LAMBDA,
+    bars: Sequence[float] = DEFAULT_BARS,
+    min_cell: int = 20,
+    source: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The policy, as the JSON-ready dict that `CalibratedPolicy.from_dict` reads."""
+    if lam < 0:
+        raise UsageError(f"lambda must be at least 0, got {lam}")
+    items, strategies = _items(results)
+    singles = [_measure((Step(s, 0.0),), items) for s in strategies]
+    max_flops = max(m.flops for m in singles) or 1.0
+    plans = _candidates(strategies, bars)
+    by_intent: dict[str, list[_Item]] = {}
+    for item in items:
+        by_intent.setdefault(item.intent, []).append(item)
+    thresholds: dict[str, float] = {}
+    cells: dict[str, Any] = {}
+    for intent in sorted(by_intent):
+        group = by_intent[intent]
+        parts: dict[str, list[_Item]] = {ANY: group}
+        if len(group) >= 2 * min_cell:
+            threshold = statistics.median(i.score for i in group)
+            easy = [i for i in group if i.score <= threshold]
+            hard = [i for i in group if i.score > threshold]
+            if len(easy) >= min_cell and len(hard) >= min_cell:
+                thresholds[intent] = _r(threshold)
+                parts = {EASY: easy, HARD: hard}
+        for difficulty, members in parts.items():
+            front = _pareto([_measure(p, members) for p in plans])
+            chosen = max(front, key=lambda m: (m.accuracy - lam * m.flops / max_flops, -m.flops))
+            cells[f"{intent}/{difficulty}"] = {
+                "n": len(members),
+                "chosen": plan_spec(chosen.steps),
+                "candidates": [_candidate_json(m) for m in front],
+            }
+    return {
+        "version": POLICY_VERSION,
+        "lambda": lam,
+        "max_flops": _r(max_flops),
+        "strategies": strategies,
+        "bars": list(bars),
+        "min_cell": min_cell,
+        "n_items": len(items),
+        "thresholds": thresholds,
+        "fixed": {
+            plan_spec(m.steps): {"accuracy": _r(m.accuracy), "flops": _r(m.flops)} for m in singles
+        },
+        "cells": cells,
+        "source": source or {},
+    }
