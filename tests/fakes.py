@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field
 
+from apportion.engines.base import GenerationCancelled
 from apportion.ledger import ModelCost
 from apportion.types import Completion, Message
 
@@ -18,6 +20,7 @@ class ScriptedEngine:
     cost: ModelCost = field(init=False)
     context_size: int = 2048
     calls: list[list[Message]] = field(default_factory=list)
+    seconds_per_token: float = 0.0
 
     def __post_init__(self) -> None:
         self.cost = ModelCost(self.model_id, params=1e6)
@@ -42,6 +45,31 @@ class ScriptedEngine:
             text = self.replies.pop(0)
             out.append(Completion(text, self.count_tokens(messages), len(text.split()), "stop"))
         return out
+
+    def stream(
+        self,
+        messages: Sequence[Message],
+        *,
+        max_tokens: int,
+        temperature: float = 0.0,
+        stop: Sequence[str] | None = None,
+        seed: int | None = None,
+    ) -> Generator[str, None, Completion]:
+        """Yields the reply word by word, `seconds_per_token` apart; a GenerationCancelled
+        thrown in ends it with what was produced so far, as the real engines do."""
+        self.calls.append(list(messages))
+        words = self.replies.pop(0).split()
+        produced: list[str] = []
+        for word in words[:max_tokens]:
+            time.sleep(self.seconds_per_token)
+            produced.append(word)
+            try:
+                yield word + " "
+            except GenerationCancelled:
+                break
+        text = " ".join(produced)
+        finished = "stop" if len(produced) == len(words) else "length"
+        return Completion(text, self.count_tokens(messages), len(produced), finished)
 
     def close(self) -> None:
         pass

@@ -185,12 +185,25 @@ class Ledger:
                     f"${max(b.max_usd - spent.cost_usd, 0):.6f} remain",
                     "raise --budget-usd",
                 )
-        if b.max_seconds is not None and spent.wall_s >= b.max_seconds:
+        left = self.seconds_left(cost)
+        if left is not None and left <= 0:
+            what = "time" if b.max_seconds is not None and spent.wall_s >= b.max_seconds else "$"
             raise BudgetExceededError(
-                f"the time budget of {b.max_seconds}s is spent", "raise --budget-seconds"
+                f"the {what} budget is spent",
+                "raise --budget-seconds" if what == "time" else "raise --budget-usd",
             )
 
-    def remaining_seconds(self) -> float | None:
-        if self.budget.max_seconds is None:
-            return None
-        return max(self.budget.max_seconds - self.totals().wall_s, 0.0)
+    def seconds_left(self, cost: ModelCost | None = None) -> float | None:
+        """How long a call may still run: the time cap, and for a local model the money cap
+        turned into time at the hardware's $/hour (no `cost`: a tool call, the time cap only).
+        None when neither applies. A local call's time (and so its cost) is unknown in advance,
+        so the caller cuts generation off here, and tools get it as their timeout."""
+        spent = self.totals()
+        limits = []
+        if self.budget.max_seconds is not None:
+            limits.append(self.budget.max_seconds - spent.wall_s)
+        local = cost is not None and cost.local
+        if self.budget.max_usd is not None and local and self.hardware.usd_per_hour > 0:
+            usd_left = self.budget.max_usd - spent.cost_usd
+            limits.append(usd_left * 3600 / self.hardware.usd_per_hour)
+        return max(min(limits), 0.0) if limits else None

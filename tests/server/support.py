@@ -15,9 +15,9 @@ import uvicorn
 
 from apportion.config import Settings
 from apportion.engine import Engine
-from apportion.router.policy import RulePolicy
 from apportion.engines.base import GenerationCancelled
 from apportion.ledger import ModelCost
+from apportion.router.policy import RulePolicy
 from apportion.types import Completion, Message
 from servers import free_port
 

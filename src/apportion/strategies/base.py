@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Protocol
 
 from apportion.engines.base import GenerationCancelled
+from apportion.errors import BudgetExceededError
 from apportion.ledger import Ledger, RaplMeter
 from apportion.types import Attempt, Completion, Message, Query
 
@@ -74,7 +75,8 @@ class RunContext:
                 stop, seed, logprobs,
             )  # fmt: skip
             hit = self.cache.get(key)
-            if hit is not None:
+            seconds_left = self.ledger.seconds_left(engine.cost)
+            if hit is not None and (seconds_left is None or sum(w for _, w in hit) <= seconds_left):
                 for completion, wall_s in hit:
                     self._charge(engine, completion, wall_s, None, detail)
                 if self.on_token is not None and n == 1 and not logprobs:
@@ -83,10 +85,14 @@ class RunContext:
         energy_before = self.meter.read_j()
         started = time.perf_counter()
         cancelled: GenerationCancelled | None = None
-        if self.on_token is not None and n == 1 and not logprobs:
-            completion, cancelled = self._stream(
+        # A time cap (or a money cap on a local model, which bills by the second) is kept by
+        # streaming and cutting generation off when it runs out.
+        seconds_left = self.ledger.seconds_left(engine.cost)
+        out_of_time = False
+        if (self.on_token is not None or seconds_left is not None) and n == 1 and not logprobs:
+            completion, cancelled, out_of_time = self._stream(
                 engine, messages, max_tokens=max_tokens, temperature=temperature, stop=stop,
-                seed=seed,
+                seed=seed, deadline=None if seconds_left is None else started + seconds_left,
             )  # fmt: skip
             completions = [completion]
         else:
@@ -104,6 +110,12 @@ class RunContext:
         share = wall_s / max(len(completions), 1)
         for completion in completions:
             self._charge(engine, completion, share, measured, detail)
+        if out_of_time:
+            raise BudgetExceededError(
+                f"the budget ran out {wall_s:.2f} s into a {engine.model_id} call, which was cut "
+                f"off after {completions[0].completion_tokens} tokens",
+                "raise --budget-seconds or --budget-usd",
+            )
         if cancelled is not None:
             raise cancelled  # charged above; a partial completion is never cached
         if self.cache is not None and key is not None:
@@ -119,27 +131,41 @@ class RunContext:
         temperature: float,
         stop: Sequence[str] | None,
         seed: int,
-    ) -> tuple[Completion, GenerationCancelled | None]:
-        """Pass each piece to `on_token`; if it cancels, throw that into the engine's generator
-        so the engine stops and returns what it generated (which is then charged)."""
-        assert self.on_token is not None
+        deadline: float | None,
+    ) -> tuple[Completion, GenerationCancelled | None, bool]:
+        """Pass each piece to `on_token` (if set). If it cancels, or the next token would
+        likely arrive after `deadline` (perf_counter), throw a cancellation into the engine's
+        generator so the engine stops and returns what it generated (which is then charged).
+        Returns the completion, the listener's cancellation if any, and whether the deadline
+        cut it off."""
         pieces = engine.stream(
             messages, max_tokens=max_tokens, temperature=temperature, stop=stop, seed=seed
         )
         cancelled: GenerationCancelled | None = None
+        out_of_time = False
+        last: float | None = None  # when the previous piece arrived
+        step = 0.0  # the slowest token so far (after the first, which includes the prefill)
         try:
             piece = next(pieces)
             while True:
                 try:
-                    if cancelled is None:
-                        self.on_token(piece)
+                    now = time.perf_counter()
+                    step = step if last is None else max(step, now - last)
+                    last = now
+                    if cancelled is None and not out_of_time:
+                        if self.on_token is not None:
+                            self.on_token(piece)
+                        if deadline is not None and now + step >= deadline:
+                            out_of_time = True
+                            piece = pieces.throw(GenerationCancelled())
+                            continue
                     piece = next(pieces)
                 except GenerationCancelled as e:
                     cancelled = e
                     piece = pieces.throw(e)
         except StopIteration as done:
             completion: Completion = done.value
-            return completion, cancelled
+            return completion, cancelled, out_of_time
         finally:
             pieces.close()
 
@@ -163,9 +189,19 @@ class RunContext:
     def solve(self, question: str, *, detail: str = "") -> SolverResult:
         from apportion.tools.solver import solve
 
-        result = solve(question, timeout_s=self.solver_timeout_s)
+        result = solve(question, timeout_s=self._tool_timeout(self.solver_timeout_s))
         self.ledger.charge_tool("sympy", wall_s=result.wall_s, cpu_s=result.cpu_s, detail=detail)
         return result
+
+    def _tool_timeout(self, default_s: float) -> float:
+        """A tool's timeout, shortened to what the time budget has left; refuses the call
+        when nothing is left."""
+        left = self.ledger.seconds_left()
+        if left is None:
+            return default_s
+        if left <= 0:
+            raise BudgetExceededError("the time budget is spent", "raise --budget-seconds")
+        return min(default_s, left)
 
     def search(self, text: str, *, k: int = 5, detail: str = "") -> list[Hit]:
         """Retrieve passages from the document store, charged as a tool call."""
@@ -189,7 +225,11 @@ class RunContext:
     def run_program(self, code: str, *, detail: str = "") -> SandboxResult:
         from apportion.tools.sandbox import SandboxLimits, run_python
 
-        result = run_python(code, limits=self.sandbox_limits or SandboxLimits())
+        limits = self.sandbox_limits or SandboxLimits()
+        wall_s = self._tool_timeout(limits.wall_s)
+        if wall_s < limits.wall_s:
+            limits = replace(limits, wall_s=wall_s, cpu_s=min(limits.cpu_s, wall_s))
+        result = run_python(code, limits=limits)
         self.ledger.charge_tool("sandbox", wall_s=result.wall_s, cpu_s=result.cpu_s, detail=detail)
         return result
 
