@@ -48,6 +48,16 @@ def calibrate(
             "not split into easy and hard.",
         ),
     ] = 20,
+    train_share: Annotated[
+        float,
+        typer.Option(
+            "--train-share",
+            min=0.01,
+            max=1.0,
+            help="Learn from this share of the items (a stable hash of their ids) and report "
+            "the policy, replayed, on the rest: an honest out-of-sample check.",
+        ),
+    ] = 1.0,
 ) -> None:
     """Learn the `auto` policy from bench traces of fixed strategies.
 
@@ -60,6 +70,8 @@ def calibrate(
     """
     from apportion.bench.runner import RESULTS, read_results
     from apportion.router.calibrate import calibrate as fit
+    from apportion.router.calibrate import evaluate, in_training_share
+    from apportion.router.policy import CalibratedPolicy
 
     try:
         results = []
@@ -75,8 +87,22 @@ def calibrate(
             results,
             lam=lam,
             min_cell=min_cell,
+            train_share=train_share,
             source={"runs": [str(r) for r in runs], "command": command},
         )
+        held_out = None
+        if train_share < 1:
+            held_out = evaluate(
+                CalibratedPolicy.from_dict(policy),
+                results,
+                keep=lambda d, i: not in_training_share(d, i, train_share),
+            )
+            policy["held_out"] = {
+                "n": held_out.n,
+                "fixed": {k: list(v) for k, v in held_out.fixed.items()},
+                "auto": list(held_out.policy),
+                "oracle": list(held_out.oracle),
+            }
     except ApportionError as e:
         fail(e)
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -89,6 +115,16 @@ def calibrate(
             f"{chosen['flops']:.3g}",
         )  # fmt: skip
     out.print(table)
+    if held_out is not None:
+        check = Table(
+            "strategy", "accuracy", "mean FLOPs",
+            title=f"held out: {held_out.n} items calibration never saw",
+        )  # fmt: skip
+        rows = [*held_out.fixed.items(), ("auto (this policy)", held_out.policy),
+                ("oracle", held_out.oracle)]  # fmt: skip
+        for name, (accuracy, flops) in rows:
+            check.add_row(name, f"{accuracy:.1%}", f"{flops:.3g}")
+        out.print(check)
     err.print(
         f"wrote {output}: {policy['n_items']} items, strategies "
         f"{', '.join(policy['strategies'])}, λ = {lam:g}",

@@ -18,27 +18,37 @@ name, and numbers rounded before they are written, so the same traces give the s
 from __future__ import annotations
 
 import statistics
-from collections.abc import Iterable, Sequence
+import zlib
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from itertools import permutations
 from typing import Any
 
 from apportion.bench.runner import ItemResult
 from apportion.errors import UsageError
-from apportion.router.features import extract_features
+from apportion.router.features import Features, extract_features
 from apportion.router.policy import (
     ANY,
     EASY,
     HARD,
     POLICY_VERSION,
+    CalibratedPolicy,
     Step,
     difficulty_score,
     fallback_choice,
     plan_spec,
     stops_here,
 )
+from apportion.types import Budget
 
-__all__ = ["DEFAULT_BARS", "DEFAULT_LAMBDA", "calibrate"]
+__all__ = [
+    "DEFAULT_BARS",
+    "DEFAULT_LAMBDA",
+    "Evaluation",
+    "calibrate",
+    "evaluate",
+    "in_training_share",
+]
 
 DEFAULT_LAMBDA = 0.1
 DEFAULT_BARS = (0.3, 0.5, 0.7, 0.9)
@@ -47,9 +57,16 @@ AUTO = "auto"
 
 @dataclass(frozen=True)
 class _Item:
-    intent: str
-    score: float
+    features: Features
     outcomes: dict[str, ItemResult]  # strategy -> its result on this item
+
+    @property
+    def intent(self) -> str:
+        return self.features.intent
+
+    @property
+    def score(self) -> float:
+        return difficulty_score(self.features)
 
 
 @dataclass(frozen=True)
@@ -106,17 +123,27 @@ def _pareto(measured: list[_Measured]) -> list[_Measured]:
     return front
 
 
-def _items(results: Iterable[ItemResult]) -> tuple[list[_Item], list[str]]:
+def in_training_share(dataset: str, item_id: str, share: float) -> bool:
+    """Whether an item is among the `share` of items calibration may learn from: a stable
+    hash of its id, so the held-out rest is the same on every run and machine."""
+    return zlib.crc32(f"{dataset}|{item_id}".encode()) % 10_000 < share * 10_000
+
+
+def _items(
+    results: Iterable[ItemResult], keep: Callable[[str, str], bool] | None = None
+) -> tuple[list[_Item], list[str]]:
     grouped: dict[tuple[str, str], dict[str, ItemResult]] = {}
     questions: dict[tuple[str, str], str] = {}
     for r in results:
         if r.strategy == AUTO or ">" in r.strategy:
             continue  # calibrate from fixed strategies only; auto is what is being built
+        if keep is not None and not keep(r.dataset, r.item_id):
+            continue
         grouped.setdefault((r.dataset, r.item_id), {})[r.strategy] = r
         if r.question:
             questions[(r.dataset, r.item_id)] = r.question
     if not grouped:
-        raise UsageError("the runs hold no results of fixed strategies")
+        raise UsageError("the runs hold no results of fixed strategies (in this share)")
     missing = [key for key in grouped if key not in questions]
     if missing:
         raise UsageError(
@@ -133,8 +160,7 @@ def _items(results: Iterable[ItemResult]) -> tuple[list[_Item], list[str]]:
     for key in sorted(grouped):
         outcomes = grouped[key]
         if all(s in outcomes for s in strategies):
-            features = extract_features(questions[key])
-            items.append(_Item(features.intent, difficulty_score(features), outcomes))
+            items.append(_Item(extract_features(questions[key]), outcomes))
     return items, strategies
 
 
@@ -158,12 +184,17 @@ def calibrate(
     lam: float = DEFAULT_LAMBDA,
     bars: Sequence[float] = DEFAULT_BARS,
     min_cell: int = 20,
+    train_share: float = 1.0,
     source: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The policy, as the JSON-ready dict that `CalibratedPolicy.from_dict` reads."""
     if lam < 0:
         raise UsageError(f"lambda must be at least 0, got {lam}")
-    items, strategies = _items(results)
+    if not 0 < train_share <= 1:
+        raise UsageError(f"the training share is in (0, 1], got {train_share}")
+    items, strategies = _items(
+        results, None if train_share == 1 else lambda d, i: in_training_share(d, i, train_share)
+    )
     singles = [_measure((Step(s, 0.0),), items) for s in strategies]
     max_flops = max(m.flops for m in singles) or 1.0
     plans = _candidates(strategies, bars)
@@ -197,6 +228,7 @@ def calibrate(
         "strategies": strategies,
         "bars": list(bars),
         "min_cell": min_cell,
+        "train_share": train_share,
         "n_items": len(items),
         "thresholds": thresholds,
         "fixed": {
@@ -205,3 +237,50 @@ def calibrate(
         "cells": cells,
         "source": source or {},
     }
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Accuracy and mean FLOPs on a set of traced items, per fixed strategy, for the policy
+    (its plans replayed over the traces) and for the oracle (the cheapest right strategy)."""
+
+    n: int
+    fixed: dict[str, tuple[float, float]]
+    policy: tuple[float, float]
+    oracle: tuple[float, float]
+
+
+def evaluate(
+    policy: CalibratedPolicy,
+    results: Iterable[ItemResult],
+    *,
+    keep: Callable[[str, str], bool] | None = None,
+) -> Evaluation:
+    """Replay `policy` over the traced items that `keep` admits (all by default)."""
+    items, strategies = _items(results, keep)
+    budget = Budget()
+    fixed = {s: _measure((Step(s, 0.0),), items) for s in strategies}
+    correct = flops = oracle_correct = oracle_flops = 0.0
+    for item in items:
+        plan = policy.plan(item.features, budget)
+        if any(step.strategy not in item.outcomes for step in plan.steps):
+            raise UsageError(
+                f"the policy plans {plan_spec(plan.steps)!r}, which the traces do not cover",
+                "evaluate on runs of the strategies the policy was calibrated on",
+            )
+        won, ran = replay(plan.steps, item.outcomes)
+        correct += won
+        flops += sum(r.flops for r in ran)
+        right = [r for r in item.outcomes.values() if r.correct]
+        if right:
+            oracle_correct += 1
+            oracle_flops += min(r.flops for r in right)
+        else:
+            oracle_flops += min(r.flops for r in item.outcomes.values())
+    n = len(items)
+    return Evaluation(
+        n,
+        {s: (m.accuracy, m.flops) for s, m in fixed.items()},
+        (correct / n, flops / n),
+        (oracle_correct / n, oracle_flops / n),
+    )

@@ -1,0 +1,196 @@
+"""Calibration on constructed traces, and the calibrated policy that reads its output."""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from apportion.bench.runner import ItemResult
+from apportion.engine import execute
+from apportion.errors import UsageError
+from apportion.ledger import Ledger
+from apportion.router.calibrate import calibrate, replay
+from apportion.router.features import extract_features
+from apportion.router.policy import (
+    CalibratedPolicy,
+    Plan,
+    RulePolicy,
+    Step,
+    load_policy,
+    parse_plan_spec,
+    plan_spec,
+)
+from apportion.strategies.base import RunContext
+from apportion.strategies.registry import default_registry
+from apportion.types import Budget, Query
+from fakes import ScriptedEngine
+
+
+def result(
+    item: str, strategy: str, *, correct: bool, confidence: float, flops: float, question: str,
+    answer: str | None = "x",
+) -> ItemResult:  # fmt: skip
+    return ItemResult(
+        dataset="d", item_id=item, strategy=strategy, gold="g", answer=answer, correct=correct,
+        f1=float(correct), confidence=confidence, route=strategy, intent=None, error=None,
+        prompt_tokens=10, completion_tokens=10, flops=flops, wall_s=flops / 1e10, cpu_s=0.0,
+        energy_j=0.0, cost_usd=flops / 1e14, calls=1, question=question,
+    )  # fmt: skip
+
+
+def traces() -> list[ItemResult]:
+    """Arithmetic: symbolic is right and free. Word problems: program is right 60% of the
+    time and confident exactly then; cot is right where program fails, and dearer."""
+    out: list[ItemResult] = []
+    for i in range(30):
+        q = f"What is {i + 3}*{i + 7}+{i}?"
+        out += [
+            result(f"a{i}", "symbolic", correct=True, confidence=1.0, flops=0.0, question=q),
+            result(f"a{i}", "program", correct=True, confidence=0.9, flops=1e9, question=q),
+            result(f"a{i}", "cot", correct=i % 2 == 0, confidence=0.5, flops=5e9, question=q),
+        ]
+    for i in range(40):
+        q = (
+            f"Tom has {i + 2} apples and buys {i + 5} more at the market"
+            + " with his sister and her friends from school" * (i % 4)
+            + ". How many apples does Tom have now?"
+        )
+        ok = i % 5 < 3
+        out += [
+            result(
+                f"w{i}",
+                "symbolic",
+                correct=False,
+                confidence=0.0,
+                flops=0.0,
+                question=q,
+                answer=None,
+            ),
+            result(
+                f"w{i}", "program", correct=ok, confidence=0.9 if ok else 0.2, flops=1e9, question=q
+            ),
+            result(f"w{i}", "cot", correct=not ok, confidence=0.5, flops=4e9, question=q),
+        ]
+    return out
+
+
+def test_replay_matches_the_executor() -> None:
+    """The same attempts through `replay` and through `execute` choose the same answer."""
+    for program_reply, program_ok in [("no code", False), (
+        "```python\ndef solve():\n    return 72\n```", True)]:  # fmt: skip
+        engine = ScriptedEngine([program_reply, "The answer is 70."])
+        ctx = RunContext(engine_for=lambda _id, e=engine: e, default_model="scripted",
+                         ledger=Ledger(budget=Budget()), max_tokens=32)  # fmt: skip
+        plan = (Step("program", 0.5), Step("cot", 0.0))
+        answer = execute(Plan(plan, "t"), Query("q?", kind="number"), ctx, default_registry(),
+                         intent=None)  # fmt: skip
+        outcomes = {
+            a.strategy: result(
+                "i",
+                a.strategy,
+                correct=a.answer == "72",
+                confidence=a.confidence,
+                flops=1.0,
+                question="q",
+                answer=a.answer,
+            )
+            for a in answer.attempts
+        }
+        if "cot" not in outcomes:  # the ladder stopped at program; cot would not have run
+            outcomes["cot"] = result("i", "cot", correct=False, confidence=0.5, flops=1.0,
+                                     question="q")  # fmt: skip
+        won, ran = replay(plan, outcomes)
+        assert won == (answer.answer == "72") == program_ok
+        assert [r.strategy for r in ran] == [a.strategy for a in answer.attempts]
+
+
+def test_replay_falls_back_to_the_most_confident_answer() -> None:
+    outcomes = {
+        "a": result("i", "a", correct=True, confidence=0.4, flops=1, question="q"),
+        "b": result("i", "b", correct=False, confidence=0.3, flops=1, question="q", answer=None),
+    }
+    won, ran = replay((Step("a", 0.9), Step("b", 0.0)), outcomes)
+    assert won and len(ran) == 2  # b had no answer, so a's unsure answer stands
+
+
+def test_cells_pick_the_cheap_sure_plans() -> None:
+    policy = calibrate(traces(), lam=0.1, min_cell=10)
+    cells = policy["cells"]
+    assert set(policy["strategies"]) == {"symbolic", "program", "cot"}
+    arithmetic = [k for k in cells if k.startswith("arithmetic/")]
+    assert arithmetic and all(cells[k]["chosen"] == "symbolic" for k in arithmetic)
+    word = [k for k in cells if k.startswith("math_word/")]
+    # program first, escalating to cot when unsure (bars 0.3-0.7 tie here; the lowest wins)
+    assert word and all(cells[k]["chosen"] == "program@0.3>cot" for k in word)
+    assert policy["thresholds"]["math_word"] > 0  # 40 word problems: split by difficulty
+    for cell in cells.values():  # each cell's candidates form a Pareto front
+        flops = [c["flops"] for c in cell["candidates"]]
+        accuracy = [c["accuracy"] for c in cell["candidates"]]
+        assert flops == sorted(flops) and accuracy == sorted(set(accuracy))
+
+
+def test_lambda_trades_accuracy_for_cost() -> None:
+    rich = calibrate(traces(), lam=0.0, min_cell=100)["cells"]["math_word/*"]
+    poor = calibrate(traces(), lam=10.0, min_cell=100)["cells"]["math_word/*"]
+    best = max(c["accuracy"] for c in rich["candidates"])
+    assert next(c for c in rich["candidates"] if c["plan"] == rich["chosen"])["accuracy"] == best
+    assert poor["chosen"] == "symbolic"  # free, and wrong: λ = 10 values cost above all
+
+
+def test_same_traces_same_policy_whatever_their_order() -> None:
+    runs = traces()
+    shuffled = runs[:]
+    random.Random(3).shuffle(shuffled)
+    a = json.dumps(calibrate(runs), sort_keys=True)
+    b = json.dumps(calibrate(shuffled), sort_keys=True)
+    assert a == b
+
+
+def test_auto_results_are_ignored_and_questions_required() -> None:
+    runs = traces()
+    with_auto = [*runs, replace(runs[0], strategy="auto", correct=False)]
+    assert calibrate(with_auto) == calibrate(runs)
+    with pytest.raises(UsageError, match="carry no question"):
+        calibrate([replace(r, question="") for r in runs])
+    with pytest.raises(UsageError, match="no results"):
+        calibrate([])
+
+
+def test_the_calibrated_policy_plans_by_cell_budget_and_availability() -> None:
+    data = calibrate(traces(), lam=0.1, min_cell=10)
+    policy = CalibratedPolicy.from_dict(data)
+    word = extract_features("Tom has 3 apples and buys 6 more. How many apples does Tom have?")
+    plan = policy.plan(word, Budget())
+    assert plan_spec(plan.steps) == "program@0.3>cot"
+    assert plan.expected["accuracy"] == 1.0 and plan.difficulty in ("easy", "hard")
+    assert "math_word/" in plan.reason and plan.alternatives
+    # A FLOPs budget below the ladder's expected cost makes the policy pick a cheaper plan.
+    cheap = policy.plan(word, Budget(max_flops=1.5e9))
+    assert cheap.expected["flops"] <= 1.5e9 and "fits the budget" in cheap.reason
+    # Strategies that cannot run here are never planned.
+    no_program = policy.plan(word, Budget(), unavailable=frozenset({"program"}))
+    assert all(s.strategy != "program" for s in no_program.steps)
+    # An intent the traces never saw falls back to the rule ladders.
+    chat = extract_features("Tell me a joke about penguins")
+    assert policy.plan(chat, Budget()).steps == RulePolicy().plan(chat, Budget()).steps
+
+
+def test_plan_specs_round_trip() -> None:
+    steps = (Step("consistency:n=8,rule=esc", 0.7), Step("cot", 0.0))
+    assert parse_plan_spec(plan_spec(steps)) == steps
+
+
+def test_policy_files_are_checked(tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="not found"):
+        load_policy(tmp_path / "none.json")
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"version": 99}))
+    with pytest.raises(UsageError, match="version"):
+        load_policy(bad)
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps(calibrate(traces())))
+    assert isinstance(load_policy(good), CalibratedPolicy)

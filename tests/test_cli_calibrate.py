@@ -1,0 +1,73 @@
+"""`apportion calibrate`, and `ask --policy --explain`, as a user runs them."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+from router.test_calibrate import traces
+from test_cli import apportion
+
+
+def write_run(folder: Path) -> Path:
+    folder.mkdir(parents=True)
+    with (folder / "results.jsonl").open("w") as f:
+        for r in traces():
+            f.write(json.dumps(asdict(r)) + "\n")
+    return folder
+
+
+def test_calibrate_writes_a_deterministic_policy(tmp_path: Path) -> None:
+    run = write_run(tmp_path / "run")
+    first, second = tmp_path / "p1.json", tmp_path / "p2.json"
+    for out in (first, second):
+        proc = apportion("calibrate", "--runs", str(run), "-o", str(out), "--min-cell", "10")
+        assert proc.returncode == 0, proc.stderr
+    assert first.read_text() == second.read_text().replace(str(second), str(first))
+    policy = json.loads(first.read_text())
+    arithmetic = [c for k, c in policy["cells"].items() if k.startswith("arithmetic/")]
+    assert arithmetic and all(c["chosen"] == "symbolic" for c in arithmetic)
+    assert policy["source"]["command"].startswith("apportion calibrate --runs")
+    assert "math_word" in proc.stdout and "symbolic" in proc.stdout  # the table of cells
+
+
+def test_calibrate_errors_say_what_to_do(tmp_path: Path) -> None:
+    proc = apportion("calibrate", "--runs", str(tmp_path / "nope"), "-o", str(tmp_path / "p"))
+    assert proc.returncode == 2 and "apportion bench --out" in proc.stderr
+    proc = apportion("calibrate", "--help")
+    assert proc.returncode == 0 and "--lambda" in proc.stdout
+
+
+def test_ask_explains_its_plan(tmp_path: Path) -> None:
+    run = write_run(tmp_path / "run")
+    policy = tmp_path / "policy.json"
+    assert apportion("calibrate", "--runs", str(run), "-o", str(policy)).returncode == 0
+    proc = apportion("ask", "What is 17*23+5?", "--policy", str(policy), "--explain", "--json")
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["answer"] == "396" and out["strategy"] == "symbolic"
+    explain = out["explain"]
+    assert explain["features"]["intent"] == "arithmetic"
+    assert explain["features"]["intent_probabilities"]["arithmetic"] > 0.5
+    assert explain["plan"] == "symbolic" and "arithmetic/" in explain["reason"]
+    assert explain["expected"]["accuracy"] == 1.0
+    assert {a["plan"] for a in explain["alternatives"]} >= {"symbolic"}
+    # The human-readable form goes to stderr, beside the answer on stdout.
+    proc = apportion("ask", "What is 17*23+5?", "--policy", str(policy), "--explain")
+    assert proc.returncode == 0 and proc.stdout.strip() == "396"
+    assert "features" in proc.stderr and "plan" in proc.stderr and "why" in proc.stderr
+
+
+def test_a_training_share_reports_the_held_out_rest(tmp_path: Path) -> None:
+    run = write_run(tmp_path / "run")
+    out = tmp_path / "policy.json"
+    proc = apportion("calibrate", "--runs", str(run), "-o", str(out), "--train-share", "0.5")
+    assert proc.returncode == 0, proc.stderr
+    policy = json.loads(out.read_text())
+    held = policy["held_out"]
+    assert 0 < held["n"] < 70 and policy["train_share"] == 0.5
+    accuracy, flops = held["auto"]
+    # symbolic for arithmetic, program-then-cot for word problems: right on everything here
+    assert accuracy == 1.0 and flops < held["fixed"]["cot"][1]
+    assert "held out" in proc.stdout and "oracle" in proc.stdout
