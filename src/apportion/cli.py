@@ -19,7 +19,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from apportion.cli_common import ConfigOption, err, fail, out
+from apportion.cli_common import ConfigOption, PolicyOption, err, fail, out
 from apportion.config import Settings
 
 if TYPE_CHECKING:
@@ -42,15 +42,6 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-PolicyOption = Annotated[
-    Path | None,
-    typer.Option(
-        "--policy",
-        envvar="APPORTION_POLICY",
-        help="Routing policy for auto, from `apportion calibrate` (default: the shipped one).",
-        show_default=False,
-    ),
-]
 models_app = typer.Typer(help="List and pull the local models (pinned GGUF weights).")
 app.add_typer(models_app, name="models")
 

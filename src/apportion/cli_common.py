@@ -21,6 +21,16 @@ ConfigOption = Annotated[
     ),
 ]
 
+PolicyOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--policy",
+        envvar="APPORTION_POLICY",
+        help="Routing policy for auto, from `apportion calibrate` (default: the shipped one).",
+        show_default=False,
+    ),
+]
+
 
 def fail(error: ApportionError) -> NoReturn:
     """Print the error as one line (and its hint), then exit with the error's code."""

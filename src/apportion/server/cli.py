@@ -17,7 +17,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from apportion.cli_common import ConfigOption, err, fail, out
+from apportion.cli_common import ConfigOption, PolicyOption, err, fail, out
 from apportion.config import Settings
 from apportion.errors import ApportionError
 
@@ -69,6 +69,7 @@ def serve(
         int, typer.Option("--max-tokens-limit", min=1, help="Largest max_tokens a request may ask.")
     ] = 4096,
     keys_db: KeysDbOption = None,
+    policy: PolicyOption = None,
     log_level: Annotated[
         str, typer.Option("--log-level", help="uvicorn log level: debug, info, warning, error.")
     ] = "info",
@@ -81,6 +82,7 @@ def serve(
     import uvicorn
 
     from apportion.engine import Engine
+    from apportion.router.policy import load_policy
     from apportion.server.app import ServerOptions, create_app
     from apportion.server.auth import KeyStore
 
@@ -90,7 +92,7 @@ def serve(
             settings.default_model = model
         if threads is not None:
             settings.threads = threads
-        engine = Engine(settings=settings)
+        engine = Engine(settings=settings, policy=load_policy(policy))
         engine.check_model(settings.default_model)
         keys = KeyStore(_keys_path(settings, keys_db))
         # Load (or pull) the default model now, so the first request does not wait for it.
