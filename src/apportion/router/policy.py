@@ -10,9 +10,9 @@ Two policies:
 - `RulePolicy`, a fixed ladder per intent (the fallback, and the policy before calibration);
 - `CalibratedPolicy`, read from a policy.json that `apportion calibrate` wrote from bench
   traces: for each (intent, difficulty) cell, the Pareto-optimal plans with their measured
-  accuracy and cost; at run time it picks the plan that maximises
-  ``accuracy − λ · flops / max_flops``, among those whose expected cost fits the request's
-  budget.
+  accuracy and cost. At run time it picks the plan that maximises
+  ``accuracy − λ · flops / max_flops``; when the request has a budget, it picks instead the
+  most accurate plan whose expected cost fits it.
 """
 
 from __future__ import annotations
@@ -227,11 +227,14 @@ class CalibratedPolicy:
         if not usable:
             return self.fallback.plan(features, budget, unavailable=unavailable)
         fits = [c for c in usable if _fits(c, budget)]
-        if fits:
+        capped = (budget.max_flops, budget.max_usd, budget.max_seconds) != (None, None, None)
+        if fits and capped:
+            # Given a cost cap, the most accurate plan expected to fit it (cheaper on ties).
+            best = max(fits, key=lambda c: (c.accuracy, -c.flops))
+            why = f"the most accurate of the {len(fits)} plans whose expected cost fits the budget"
+        elif fits:
             best = max(fits, key=lambda c: (self.score(c), -c.flops))
             why = f"max accuracy − {self.lam:g}·FLOPs/{self.max_flops:.3g}"
-            if len(fits) < len(usable):
-                why += f" among the {len(fits)} plans whose expected cost fits the budget"
         else:
             best = min(usable, key=lambda c: c.flops)
             why = "no plan's expected cost fits the budget: the cheapest"
