@@ -81,8 +81,9 @@ def ask(
         typer.Option(
             "--strategy",
             "-s",
-            help="auto (route by intent), or one of: direct, cot, program, symbolic. "
-            "Parameters go after a colon, e.g. cot:temperature=0.7",
+            help="auto (the routing policy), or one of: direct, cot, program, symbolic, "
+            "consistency, best_of_n, cascade, rag. Parameters go after a colon, e.g. "
+            "consistency:n=8,rule=beta",
         ),
     ] = "auto",
     model: Annotated[
