@@ -93,3 +93,34 @@ def test_generic_jsonl_run_then_rerun_replays_from_cache(tmp_path: Path) -> None
 def test_bench_without_data_says_what_to_give(tmp_path: Path) -> None:
     proc = bench("--out", str(tmp_path / "x"))
     assert proc.returncode == 2 and "--data" in proc.stderr
+
+
+def test_rag_needs_a_corpus_and_retrieves_from_it(tmp_path: Path) -> None:
+    data = write_items(tmp_path / "q.jsonl", [
+        {"id": "q1", "question": "Which team won Super Bowl 50?", "answer": "Denver Broncos"},
+        {"id": "q2", "question": "When was the Eiffel Tower completed?", "answer": "1889"},
+    ])  # fmt: skip
+    proc = bench("--data", str(data), "--strategies", "rag", "--out", str(tmp_path / "r0"))
+    assert proc.returncode == 2 and "--corpus" in proc.stderr
+    corpus = write_items(tmp_path / "corpus.jsonl", [
+        {"id": "sb50", "title": "Super Bowl 50", "text": "The Denver Broncos defeated the "
+         "Carolina Panthers 24-10 to win Super Bowl 50 at Levi's Stadium."},
+        {"id": "eiffel", "title": "Eiffel Tower", "text": "The Eiffel Tower in Paris was "
+         "completed in 1889 for the World's Fair."},
+    ])  # fmt: skip
+    store = tmp_path / "store.sqlite"
+    args = ["--data", str(data), "--strategies", "direct,rag", "--corpus", str(corpus),
+            "--store", str(store), "--model", "smollm2-135m", "--cache",
+            str(tmp_path / "c.sqlite")]  # fmt: skip
+    proc = bench(*args, "--out", str(tmp_path / "r1"))
+    assert proc.returncode == 0, proc.stderr
+    assert store.is_file() and "corpus" in proc.stderr and "2 document(s) indexed" in proc.stderr
+    rows = [json.loads(line) for line in (tmp_path / "r1" / "results.jsonl").open()]
+    rag = [r for r in rows if r["strategy"] == "rag"]
+    assert len(rag) == 2 and all(r["route"] == "rag" and r["error"] is None for r in rag)
+    # the passages reached the model: rag prompts are longer than the closed-book ones
+    direct = {r["item_id"]: r for r in rows if r["strategy"] == "direct"}
+    assert all(r["prompt_tokens"] > direct[r["item_id"]]["prompt_tokens"] + 20 for r in rag)
+    # a second run finds the corpus already indexed
+    proc = bench(*args, "--out", str(tmp_path / "r2"))
+    assert proc.returncode == 0 and "0 document(s) indexed, 2 unchanged" in proc.stderr
