@@ -127,7 +127,7 @@ def add(
             fail(e)
         out.print(
             f"indexed {report.written} document(s), {report.chunks} chunk(s) in "
-            f"{report.seconds:.1f} s ({report.chunks_per_second:.0f} chunks/s); "
+            f"{report.seconds:.1f} s ({report.chunks_per_second:.3g} chunks/s); "
             f"{report.skipped} unchanged; the store now holds {db.count()} chunk(s)",
             highlight=False,
             soft_wrap=True,
