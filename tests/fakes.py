@@ -12,6 +12,16 @@ from apportion.types import Completion, Message
 
 
 @dataclass
+class FakeClock:
+    """A clock that moves only when told to: timing logic tested without timing."""
+
+    now: float = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@dataclass
 class ScriptedEngine:
     """Replays fixed completions, for testing ladder and ledger logic without a model."""
 
@@ -21,6 +31,8 @@ class ScriptedEngine:
     context_size: int = 2048
     calls: list[list[Message]] = field(default_factory=list)
     seconds_per_token: float = 0.0
+    # Streaming advances this clock by seconds_per_token per token (instead of sleeping).
+    clock: FakeClock | None = None
 
     def __post_init__(self) -> None:
         self.cost = ModelCost(self.model_id, params=1e6)
@@ -55,13 +67,17 @@ class ScriptedEngine:
         stop: Sequence[str] | None = None,
         seed: int | None = None,
     ) -> Generator[str, None, Completion]:
-        """Yields the reply word by word, `seconds_per_token` apart; a GenerationCancelled
+        """Yields the reply word by word, `seconds_per_token` apart (on `clock` if given, else
+        real time); a GenerationCancelled
         thrown in ends it with what was produced so far, as the real engines do."""
         self.calls.append(list(messages))
         words = self.replies.pop(0).split()
         produced: list[str] = []
         for word in words[:max_tokens]:
-            time.sleep(self.seconds_per_token)
+            if self.clock is not None:
+                self.clock.now += self.seconds_per_token
+            else:
+                time.sleep(self.seconds_per_token)
             produced.append(word)
             try:
                 yield word + " "

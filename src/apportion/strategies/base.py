@@ -49,6 +49,8 @@ class RunContext:
     # streamed from the engine. Raising GenerationCancelled from it stops that generation at
     # the next token: the partial call is charged, then the exception propagates.
     on_token: Callable[[str], None] | None = None
+    # The clock model calls are timed by (and time budgets kept by); tests substitute one.
+    clock: Callable[[], float] = field(default=time.perf_counter, repr=False)
 
     def generate(
         self,
@@ -83,7 +85,7 @@ class RunContext:
                     self.on_token(hit[0][0].text)  # a replay arrives in one piece
                 return [c for c, _ in hit]
         energy_before = self.meter.read_j()
-        started = time.perf_counter()
+        started = self.clock()
         cancelled: GenerationCancelled | None = None
         # A time cap (or a money cap on a local model, which bills by the second) is kept by
         # streaming and cutting generation off when it runs out.
@@ -100,7 +102,7 @@ class RunContext:
                 messages, max_tokens=max_tokens, temperature=temperature, n=n, stop=stop,
                 seed=seed, logprobs=logprobs,
             )  # fmt: skip
-        wall_s = time.perf_counter() - started
+        wall_s = self.clock() - started
         energy_after = self.meter.read_j()
         measured = (
             (energy_after - energy_before) / len(completions)
@@ -134,7 +136,7 @@ class RunContext:
         deadline: float | None,
     ) -> tuple[Completion, GenerationCancelled | None, bool]:
         """Pass each piece to `on_token` (if set). If it cancels, or the next token would
-        likely arrive after `deadline` (perf_counter), throw a cancellation into the engine's
+        likely arrive after `deadline` (on `clock`), throw a cancellation into the engine's
         generator so the engine stops and returns what it generated (which is then charged).
         Returns the completion, the listener's cancellation if any, and whether the deadline
         cut it off."""
@@ -149,7 +151,7 @@ class RunContext:
             piece = next(pieces)
             while True:
                 try:
-                    now = time.perf_counter()
+                    now = self.clock()
                     step = step if last is None else max(step, now - last)
                     last = now
                     if cancelled is None and not out_of_time:
