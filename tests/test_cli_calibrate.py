@@ -71,3 +71,16 @@ def test_a_training_share_reports_the_held_out_rest(tmp_path: Path) -> None:
     # symbolic for arithmetic, program-then-cot for word problems: right on everything here
     assert accuracy == 1.0 and flops < held["fixed"]["cot"][1]
     assert "held out" in proc.stdout and "oracle" in proc.stdout
+
+
+def test_gzipped_traces_calibrate_like_plain_ones(tmp_path: Path) -> None:
+    import gzip
+
+    run = write_run(tmp_path / "run")
+    packed = tmp_path / "traces.jsonl.gz"
+    packed.write_bytes(gzip.compress((run / "results.jsonl").read_bytes()))
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    assert apportion("calibrate", "--runs", str(run), "-o", str(a)).returncode == 0
+    assert apportion("calibrate", "--runs", str(packed), "-o", str(b)).returncode == 0
+    cells = [json.loads(p.read_text())["cells"] for p in (a, b)]
+    assert cells[0] == cells[1]

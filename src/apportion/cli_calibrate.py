@@ -20,8 +20,8 @@ def calibrate(
         list[Path],
         typer.Option(
             "--runs",
-            help="A bench output folder (its results.jsonl) or a results.jsonl. Repeatable; "
-            "the runs should use the same model.",
+            help="A bench output folder (its results.jsonl), a results.jsonl, or a gzipped one. "
+            "Repeatable; the runs should use the same model.",
             show_default=False,
         ),
     ],

@@ -8,6 +8,7 @@ the same command replays instead of regenerating.
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 from collections.abc import Callable, Iterator, Sequence
@@ -88,6 +89,9 @@ def read_results(path: Path, *, repair: bool = False) -> list[ItemResult]:
         return []
     results: list[ItemResult] = []
     good_bytes = 0
+    if path.suffix == ".gz":  # archived traces (benchmarks/traces): read only
+        with gzip.open(path, "rt", encoding="utf-8") as z:
+            return [ItemResult.from_json(json.loads(line)) for line in z if line.strip()]
     with path.open("rb") as f:
         for raw in f:
             if not raw.endswith(b"\n"):
