@@ -71,7 +71,7 @@ def calibrate(
     from apportion.bench.runner import RESULTS, read_results
     from apportion.router.calibrate import calibrate as fit
     from apportion.router.calibrate import evaluate, in_training_share
-    from apportion.router.policy import CalibratedPolicy
+    from apportion.router.policy import CalibratedPolicy, RulePolicy
 
     try:
         results = []
@@ -97,10 +97,18 @@ def calibrate(
                 results,
                 keep=lambda d, i: not in_training_share(d, i, train_share),
             )
+            try:  # the rule ladders, for comparison, where the traces cover their strategies
+                rules: tuple[float, float] | None = evaluate(
+                    RulePolicy(), results,
+                    keep=lambda d, i: not in_training_share(d, i, train_share),
+                ).policy  # fmt: skip
+            except UsageError:
+                rules = None
             policy["held_out"] = {
                 "n": held_out.n,
                 "fixed": {k: list(v) for k, v in held_out.fixed.items()},
                 "auto": list(held_out.policy),
+                "rule_ladders": None if rules is None else list(rules),
                 "oracle": list(held_out.oracle),
             }
     except ApportionError as e:
@@ -120,8 +128,10 @@ def calibrate(
             "strategy", "accuracy", "mean FLOPs",
             title=f"held out: {held_out.n} items calibration never saw",
         )  # fmt: skip
-        rows = [*held_out.fixed.items(), ("auto (this policy)", held_out.policy),
-                ("oracle", held_out.oracle)]  # fmt: skip
+        rows = [*held_out.fixed.items(), ("auto (this policy)", held_out.policy)]
+        if policy["held_out"]["rule_ladders"] is not None:
+            rows.append(("auto (rule ladders)", tuple(policy["held_out"]["rule_ladders"])))
+        rows.append(("oracle", held_out.oracle))
         for name, (accuracy, flops) in rows:
             check.add_row(name, f"{accuracy:.1%}", f"{flops:.3g}")
         out.print(check)

@@ -32,7 +32,7 @@ from apportion.router.policy import (
     EASY,
     HARD,
     POLICY_VERSION,
-    CalibratedPolicy,
+    Policy,
     Step,
     difficulty_score,
     fallback_choice,
@@ -251,7 +251,7 @@ class Evaluation:
 
 
 def evaluate(
-    policy: CalibratedPolicy,
+    policy: Policy,
     results: Iterable[ItemResult],
     *,
     keep: Callable[[str, str], bool] | None = None,
