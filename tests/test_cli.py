@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -15,13 +16,16 @@ NATALIA = (
 LEDGER_FIELDS = ("prompt_tokens", "completion_tokens", "flops", "wall_s", "energy_j", "cost_usd")
 
 
-def apportion(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+def apportion(
+    *args: str, timeout: float = 600, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "apportion.cli", *args],
         capture_output=True,
         text=True,
         timeout=timeout,
         check=False,
+        cwd=cwd,
     )
 
 

@@ -84,3 +84,23 @@ def test_gzipped_traces_calibrate_like_plain_ones(tmp_path: Path) -> None:
     assert apportion("calibrate", "--runs", str(packed), "-o", str(b)).returncode == 0
     cells = [json.loads(p.read_text())["cells"] for p in (a, b)]
     assert cells[0] == cells[1]
+
+
+def test_the_shipped_policy_is_what_its_recorded_command_rebuilds(tmp_path: Path) -> None:
+    """The default policy ships with its traces; rebuilding it gives the same file."""
+    import shlex
+
+    from apportion.router.policy import POLICY_FILE, CalibratedPolicy
+
+    shipped = json.loads(POLICY_FILE.read_text())
+    CalibratedPolicy.from_dict(shipped)  # it loads
+    args = shlex.split(shipped["source"]["command"])[1:]  # after "apportion"
+    out = args.index("-o") + 1
+    args[out] = str(tmp_path / "rebuilt.json")
+    repo = Path(__file__).resolve().parents[1]
+    proc = apportion(*args, cwd=repo)
+    assert proc.returncode == 0, proc.stderr
+    rebuilt = json.loads((tmp_path / "rebuilt.json").read_text())
+    for data in (shipped, rebuilt):
+        data.pop("source")
+    assert rebuilt == shipped

@@ -13,6 +13,7 @@ from rich.table import Table
 
 from apportion.cli_common import err, fail, out
 from apportion.errors import ApportionError, UsageError
+from apportion.router.policy import DEFAULT_LAMBDA
 
 
 def calibrate(
@@ -38,7 +39,7 @@ def calibrate(
             "at any price; 1 gives up a whole point of accuracy to save the dearest "
             "strategy's FLOPs.",
         ),
-    ] = 0.1,
+    ] = DEFAULT_LAMBDA,
     min_cell: Annotated[
         int,
         typer.Option(

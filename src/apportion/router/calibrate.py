@@ -29,6 +29,7 @@ from apportion.errors import UsageError
 from apportion.router.features import Features, extract_features
 from apportion.router.policy import (
     ANY,
+    DEFAULT_LAMBDA,
     EASY,
     HARD,
     POLICY_VERSION,
@@ -50,7 +51,6 @@ __all__ = [
     "in_training_share",
 ]
 
-DEFAULT_LAMBDA = 0.1
 DEFAULT_BARS = (0.3, 0.5, 0.7, 0.9)
 AUTO = "auto"
 
@@ -115,7 +115,11 @@ def _candidates(strategies: Sequence[str], bars: Sequence[float]) -> list[tuple[
 
 def _pareto(measured: list[_Measured]) -> list[_Measured]:
     """Plans no other plan beats on both accuracy and FLOPs, cheapest first."""
-    ordered = sorted(measured, key=lambda m: (m.flops, -m.accuracy, plan_spec(m.steps)))
+    # Ties go to the shorter ladder, then the quicker one: a step that adds no FLOPs (a tool,
+    # or rag abstaining) still costs time.
+    ordered = sorted(
+        measured, key=lambda m: (m.flops, -m.accuracy, len(m.steps), m.wall_s, plan_spec(m.steps))
+    )
     front: list[_Measured] = []
     for m in ordered:
         if not front or m.accuracy > front[-1].accuracy:
