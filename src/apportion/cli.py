@@ -537,7 +537,7 @@ def load_bench_items(
     for path in data:
         if not path.is_file():
             raise UsageError(f"data file not found: {path}")
-        groups.append((str(path), list(load_jsonl(path))))
+        groups.append((path.name, list(load_jsonl(path))))
     for name in names:
         groups.append((name, list(load_named(name, data_dir=data_dir))))
     items: list[BenchItem] = []

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -72,7 +73,8 @@ def plot_frontier(results: Sequence[ItemResult], metric: str, path: Path, title:
     ax.set_xlabel(label)
     ax.set_ylabel("accuracy, %")
     ax.set_ylim(-2, 102)
-    ax.set_title(title, fontsize=10)
+    # Many sources make a long title: wrap it rather than let the figure clip it.
+    ax.set_title("\n".join(textwrap.wrap(title, 95)[:3]), fontsize=9)
     ax.grid(True, which="both", alpha=0.25)
     if front:
         ax.legend(loc="lower right", fontsize=8)
