@@ -26,7 +26,8 @@ PolicyOption = Annotated[
     typer.Option(
         "--policy",
         envvar="APPORTION_POLICY",
-        help="Routing policy for auto, from `apportion calibrate` (default: the shipped one).",
+        help="Routing policy for auto: a policy.json from `apportion calibrate`, or 'rules' "
+        "for the fixed rule ladders (default: the shipped calibrated policy).",
         show_default=False,
     ),
 ]

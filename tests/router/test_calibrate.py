@@ -194,3 +194,8 @@ def test_policy_files_are_checked(tmp_path: Path) -> None:
     good = tmp_path / "good.json"
     good.write_text(json.dumps(calibrate(traces())))
     assert isinstance(load_policy(good), CalibratedPolicy)
+
+
+def test_the_rule_ladders_by_name_and_the_shipped_default() -> None:
+    assert isinstance(load_policy(Path("rules")), RulePolicy)
+    assert isinstance(load_policy(), CalibratedPolicy)  # the package ships one

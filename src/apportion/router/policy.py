@@ -265,8 +265,14 @@ def _fits(c: Candidate, budget: Budget) -> bool:
     )
 
 
+RULES = "rules"  # `--policy rules`: the fixed rule ladders
+
+
 def load_policy(path: Path | None = None, *, lam: float | None = None) -> Policy:
-    """The policy at `path`; else the shipped calibrated one; else the rule ladders."""
+    """The policy at `path` (or the rule ladders for the name "rules"); else the shipped
+    calibrated one; else the rule ladders."""
+    if path is not None and str(path) == RULES and not path.exists():
+        return RulePolicy()
     if path is not None:
         return CalibratedPolicy.load(path, lam=lam)
     if POLICY_FILE.is_file():
