@@ -33,6 +33,7 @@ from apportion.router.policy import (
     EASY,
     HARD,
     POLICY_VERSION,
+    Candidate,
     Policy,
     Step,
     difficulty_score,
@@ -69,15 +70,6 @@ class _Item:
         return difficulty_score(self.features)
 
 
-@dataclass(frozen=True)
-class _Measured:
-    steps: tuple[Step, ...]
-    accuracy: float
-    flops: float
-    wall_s: float
-    cost_usd: float
-
-
 def _ok(r: ItemResult) -> bool:
     return r.answer is not None and r.error is None
 
@@ -94,7 +86,7 @@ def replay(steps: Sequence[Step], outcomes: dict[str, ItemResult]) -> tuple[bool
     return best is not None and ran[best].correct, ran
 
 
-def _measure(steps: tuple[Step, ...], items: Sequence[_Item]) -> _Measured:
+def _measure(steps: tuple[Step, ...], items: Sequence[_Item]) -> Candidate:
     correct = flops = wall = usd = 0.0
     for item in items:
         won, ran = replay(steps, item.outcomes)
@@ -103,7 +95,7 @@ def _measure(steps: tuple[Step, ...], items: Sequence[_Item]) -> _Measured:
         wall += sum(r.wall_s for r in ran)
         usd += sum(r.cost_usd for r in ran)
     n = len(items)
-    return _Measured(steps, correct / n, flops / n, wall / n, usd / n)
+    return Candidate(steps, correct / n, flops / n, wall / n, usd / n)
 
 
 def _candidates(strategies: Sequence[str], bars: Sequence[float]) -> list[tuple[Step, ...]]:
@@ -113,14 +105,14 @@ def _candidates(strategies: Sequence[str], bars: Sequence[float]) -> list[tuple[
     return plans
 
 
-def _pareto(measured: list[_Measured]) -> list[_Measured]:
+def _pareto(measured: list[Candidate]) -> list[Candidate]:
     """Plans no other plan beats on both accuracy and FLOPs, cheapest first."""
     # Ties go to the shorter ladder, then the quicker one: a step that adds no FLOPs (a tool,
     # or rag abstaining) still costs time.
     ordered = sorted(
         measured, key=lambda m: (m.flops, -m.accuracy, len(m.steps), m.wall_s, plan_spec(m.steps))
     )
-    front: list[_Measured] = []
+    front: list[Candidate] = []
     for m in ordered:
         if not front or m.accuracy > front[-1].accuracy:
             front.append(m)
@@ -172,7 +164,7 @@ def _r(x: float) -> float:
     return float(f"{x:.6g}")
 
 
-def _candidate_json(m: _Measured) -> dict[str, Any]:
+def _candidate_json(m: Candidate) -> dict[str, Any]:
     return {
         "plan": plan_spec(m.steps),
         "accuracy": _r(m.accuracy),
