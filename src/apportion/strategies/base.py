@@ -70,6 +70,10 @@ class RunContext:
         seed = self.seed if seed is None else seed
         prompt_tokens = engine.count_tokens(messages)
         self.ledger.check_model_call(engine.cost, prompt_tokens, max_tokens * n)
+        # A time cap (or a money cap on a local model, which bills by the second) is kept by
+        # streaming and cutting generation off when it runs out; a cached reply that took
+        # longer than what is left is not replayed.
+        seconds_left = self.ledger.seconds_left(engine.cost)
         key = None
         if self.cache is not None:
             key = _cache_key(
@@ -77,7 +81,6 @@ class RunContext:
                 stop, seed, logprobs,
             )  # fmt: skip
             hit = self.cache.get(key)
-            seconds_left = self.ledger.seconds_left(engine.cost)
             if hit is not None and (seconds_left is None or sum(w for _, w in hit) <= seconds_left):
                 for completion, wall_s in hit:
                     self._charge(engine, completion, wall_s, None, detail)
@@ -87,9 +90,6 @@ class RunContext:
         energy_before = self.meter.read_j()
         started = self.clock()
         cancelled: GenerationCancelled | None = None
-        # A time cap (or a money cap on a local model, which bills by the second) is kept by
-        # streaming and cutting generation off when it runs out.
-        seconds_left = self.ledger.seconds_left(engine.cost)
         out_of_time = False
         if (self.on_token is not None or seconds_left is not None) and n == 1 and not logprobs:
             completion, cancelled, out_of_time = self._stream(
