@@ -130,8 +130,9 @@ def ask(
 
     Example: apportion ask "What is 17*23+5?" --json
     """
-    from apportion.engine import Engine, execute
+    from apportion.engine import Engine
     from apportion.router.policy import load_policy
+    from apportion.tools.store import open_store
 
     try:
         settings = Settings.load(config)
@@ -141,34 +142,26 @@ def ask(
             settings=settings, pull_progress=RichPullProgress(err), policy=load_policy(policy)
         )
         if store is not None or strategy.split(":")[0] == "rag":
-            from apportion.tools.store import open_store
-
             engine.store = open_store(store or settings.store_path)
         elif settings.store_path.exists():
             # auto may route a factual question to rag: open the index only if it does.
-            engine.store_opener = lambda: open_store_quietly(settings.store_path)
+            engine.store_opener = lambda: open_store(settings.store_path)
         budget = Budget(max_flops=budget_flops, max_usd=budget_usd, max_seconds=budget_seconds)
         prepared = engine.prepare(
             question, strategy=strategy, model=model, max_tokens=max_tokens, budget=budget
         )
-        answer = execute(
-            prepared.plan,
-            prepared.query,
-            prepared.ctx,
-            engine.registry,
-            intent=prepared.features.intent,
-        )
+        answer = engine.run(prepared)
     except ApportionError as e:
         fail(e)
-    explanation = explain_plan(prepared.query.text, prepared.features, prepared.plan)
+    explanation = explain_plan(prepared.features, prepared.plan) if explain else None
     if as_json:
         payload = answer.to_dict()
-        if explain:
+        if explanation is not None:
             payload["explain"] = explanation
         sys.stdout.write(json.dumps(payload) + "\n")
     else:
         print_answer(answer)
-        if explain:
+        if explanation is not None:
             print_explanation(explanation)
     if answer.error:
         if not as_json:
@@ -176,25 +169,15 @@ def ask(
         raise typer.Exit(1)
 
 
-def open_store_quietly(path: Path) -> DocumentStore:
-    from apportion.tools.store import open_store
-
-    return open_store(path)
-
-
-def explain_plan(text: str, features: Features, plan: Plan) -> dict[str, Any]:
+def explain_plan(features: Features, plan: Plan) -> dict[str, Any]:
     """What `ask --explain` shows: the features, the plan, and why."""
-    from apportion.router.intent import default_classifier
     from apportion.router.policy import difficulty_score, plan_spec
 
-    shares = default_classifier().probabilities(
-        text, has_math_expression=features.has_math_expression
-    )
     return {
         "features": {
             "intent": features.intent,
             "intent_probabilities": {k: round(v, 4) for k, v in sorted(
-                shares.items(), key=lambda kv: -kv[1]
+                features.intent_probabilities, key=lambda kv: -kv[1]
             )},
             "has_math_expression": features.has_math_expression,
             "n_words": features.n_words,

@@ -18,7 +18,7 @@ from apportion.config import Settings
 from apportion.engines import catalogue
 from apportion.errors import BudgetExceededError, UnknownNameError, UsageError
 from apportion.ledger import Ledger, RaplMeter
-from apportion.router.features import Features, classify_conversation, extract_features
+from apportion.router.features import Features, extract_features, intent_probabilities
 from apportion.router.policy import (
     Plan,
     Policy,
@@ -55,7 +55,7 @@ def conversation_features(query: Query) -> Features:
     """Routing features for a query and the conversation before it.
 
     The intent blends the final message with the user turns before it (see
-    `classify_conversation`), so a follow-up ("How many altogether?") routes as the problem it
+    `intent_probabilities`), so a follow-up ("How many altogether?") routes as the problem it
     follows up on. Whether there is a math expression is judged on the final message alone:
     only that message ever reaches the solver, and an expression in an earlier turn would
     otherwise send every later question down the arithmetic ladder.
@@ -65,10 +65,12 @@ def conversation_features(query: Query) -> Features:
     if not turns:
         return last
     text = "\n".join([*turns, query.text])
+    shares = intent_probabilities(
+        query.text, has_math_expression=last.has_math_expression, earlier=turns
+    )
     return Features(
-        intent=classify_conversation(
-            turns, query.text, has_math_expression=last.has_math_expression
-        ),
+        intent=max(shares, key=lambda c: shares[c]),
+        intent_probabilities=tuple(shares.items()),
         has_math_expression=last.has_math_expression,
         n_numbers=sum(ch.isdigit() for ch in text),
         n_words=len(text.split()),
@@ -239,6 +241,10 @@ class Engine:
             question, history=history, strategy=strategy, model=model, max_tokens=max_tokens,
             budget=budget, kind=kind, choices=choices, seed=seed, cache=cache,
         )  # fmt: skip
+        return self.run(prepared)
+
+    def run(self, prepared: Prepared) -> Answer:
+        """Execute what `prepare` planned."""
         return execute(
             prepared.plan,
             prepared.query,
