@@ -36,7 +36,7 @@ def calibrate(
             min=0.0,
             help="Accuracy given up per unit of cost: the policy maximises accuracy − λ·FLOPs/"
             "max FLOPs, where max FLOPs is the dearest fixed strategy's mean. 0 buys accuracy "
-            "at any price; 1 gives up a whole point of accuracy to save the dearest "
+            "at any price; 0.2 gives up 2 points of accuracy to save a tenth of the dearest "
             "strategy's FLOPs.",
         ),
     ] = DEFAULT_LAMBDA,
@@ -94,22 +94,17 @@ def calibrate(
         held_out = None
         if train_share < 1:
             held_out = evaluate(
-                CalibratedPolicy.from_dict(policy),
+                {"auto": CalibratedPolicy.from_dict(policy), "rules": RulePolicy()},
                 results,
                 keep=lambda d, i: not in_training_share(d, i, train_share),
             )
-            try:  # the rule ladders, for comparison, where the traces cover their strategies
-                rules: tuple[float, float] | None = evaluate(
-                    RulePolicy(), results,
-                    keep=lambda d, i: not in_training_share(d, i, train_share),
-                ).policy  # fmt: skip
-            except UsageError:
-                rules = None
             policy["held_out"] = {
                 "n": held_out.n,
                 "fixed": {k: list(v) for k, v in held_out.fixed.items()},
-                "auto": list(held_out.policy),
-                "rule_ladders": None if rules is None else list(rules),
+                "auto": list(held_out.policies["auto"] or ()),
+                "rule_ladders": (
+                    None if held_out.policies["rules"] is None else list(held_out.policies["rules"])
+                ),
                 "oracle": list(held_out.oracle),
             }
     except ApportionError as e:
@@ -129,9 +124,11 @@ def calibrate(
             "strategy", "accuracy", "mean FLOPs",
             title=f"held out: {held_out.n} items calibration never saw",
         )  # fmt: skip
-        rows = [*held_out.fixed.items(), ("auto (this policy)", held_out.policy)]
-        if policy["held_out"]["rule_ladders"] is not None:
-            rows.append(("auto (rule ladders)", tuple(policy["held_out"]["rule_ladders"])))
+        rows = [*held_out.fixed.items()]
+        for name, label in (("auto", "auto (this policy)"), ("rules", "auto (rule ladders)")):
+            replayed = held_out.policies[name]
+            if replayed is not None:
+                rows.append((label, replayed))
         rows.append(("oracle", held_out.oracle))
         for name, (accuracy, flops) in rows:
             check.add_row(name, f"{accuracy:.1%}", f"{flops:.3g}")

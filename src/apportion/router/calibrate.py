@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import statistics
 import zlib
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import permutations
 from typing import Any
 
+from apportion.bench.frontier import ADAPTIVE, oracle
 from apportion.bench.runner import ItemResult
 from apportion.errors import UsageError
 from apportion.router.features import Features, extract_features
@@ -40,6 +41,7 @@ from apportion.router.policy import (
     fallback_choice,
     plan_spec,
     stops_here,
+    trade_off,
 )
 from apportion.types import Budget
 
@@ -53,7 +55,6 @@ __all__ = [
 ]
 
 DEFAULT_BARS = (0.3, 0.5, 0.7, 0.9)
-AUTO = "auto"
 
 
 @dataclass(frozen=True)
@@ -131,7 +132,7 @@ def _items(
     grouped: dict[tuple[str, str], dict[str, ItemResult]] = {}
     questions: dict[tuple[str, str], str] = {}
     for r in results:
-        if r.strategy == AUTO or ">" in r.strategy:
+        if r.strategy in ADAPTIVE:
             continue  # calibrate from fixed strategies only; auto is what is being built
         if keep is not None and not keep(r.dataset, r.item_id):
             continue
@@ -166,7 +167,7 @@ def _r(x: float) -> float:
 
 def _candidate_json(m: Candidate) -> dict[str, Any]:
     return {
-        "plan": plan_spec(m.steps),
+        "plan": m.spec,
         "accuracy": _r(m.accuracy),
         "flops": _r(m.flops),
         "wall_s": _r(m.wall_s),
@@ -211,7 +212,7 @@ def calibrate(
                 parts = {EASY: easy, HARD: hard}
         for difficulty, members in parts.items():
             front = _pareto([_measure(p, members) for p in plans])
-            chosen = max(front, key=lambda m: (m.accuracy - lam * m.flops / max_flops, -m.flops))
+            chosen = max(front, key=lambda m: (trade_off(m, lam, max_flops), -m.flops))
             cells[f"{intent}/{difficulty}"] = {
                 "n": len(members),
                 "chosen": plan_spec(chosen.steps),
@@ -237,46 +238,43 @@ def calibrate(
 
 @dataclass(frozen=True)
 class Evaluation:
-    """Accuracy and mean FLOPs on a set of traced items, per fixed strategy, for the policy
-    (its plans replayed over the traces) and for the oracle (the cheapest right strategy)."""
+    """Accuracy and mean FLOPs on a set of traced items: per fixed strategy, per policy (its
+    plans replayed over the traces; None where they need a strategy the traces lack) and for
+    the oracle (bench.frontier's: the cheapest right strategy)."""
 
     n: int
     fixed: dict[str, tuple[float, float]]
-    policy: tuple[float, float]
+    policies: dict[str, tuple[float, float] | None]
     oracle: tuple[float, float]
 
 
 def evaluate(
-    policy: Policy,
+    policies: Mapping[str, Policy],
     results: Iterable[ItemResult],
     *,
     keep: Callable[[str, str], bool] | None = None,
 ) -> Evaluation:
-    """Replay `policy` over the traced items that `keep` admits (all by default)."""
+    """Replay each policy over the traced items that `keep` admits (all by default)."""
     items, strategies = _items(results, keep)
-    budget = Budget()
-    fixed = {s: _measure((Step(s, 0.0),), items) for s in strategies}
-    correct = flops = oracle_correct = oracle_flops = 0.0
-    for item in items:
-        plan = policy.plan(item.features, budget)
-        if any(step.strategy not in item.outcomes for step in plan.steps):
-            raise UsageError(
-                f"the policy plans {plan_spec(plan.steps)!r}, which the traces do not cover",
-                "evaluate on runs of the strategies the policy was calibrated on",
-            )
-        won, ran = replay(plan.steps, item.outcomes)
-        correct += won
-        flops += sum(r.flops for r in ran)
-        right = [r for r in item.outcomes.values() if r.correct]
-        if right:
-            oracle_correct += 1
-            oracle_flops += min(r.flops for r in right)
-        else:
-            oracle_flops += min(r.flops for r in item.outcomes.values())
     n = len(items)
+    fixed = {s: _measure((Step(s, 0.0),), items) for s in strategies}
+    replayed: dict[str, tuple[float, float] | None] = {}
+    for name, policy in policies.items():
+        plans = [policy.plan(item.features, Budget()).steps for item in items]
+        pairs = list(zip(plans, items, strict=True))
+        if any(s.strategy not in item.outcomes for steps, item in pairs for s in steps):
+            replayed[name] = None
+            continue
+        correct = flops = 0.0
+        for steps, item in pairs:
+            won, ran = replay(steps, item.outcomes)
+            correct += won
+            flops += sum(r.flops for r in ran)
+        replayed[name] = (correct / n, flops / n)
+    best = oracle(r for item in items for r in item.outcomes.values())
     return Evaluation(
         n,
         {s: (m.accuracy, m.flops) for s, m in fixed.items()},
-        (correct / n, flops / n),
-        (oracle_correct / n, oracle_flops / n),
+        replayed,
+        (sum(r.correct for r in best) / n, sum(r.flops for r in best) / n),
     )
