@@ -10,7 +10,6 @@ a fresh one.
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,19 +37,7 @@ class BenchCorpus:
     digest: str  # of the bytes and the chunk spec: equal digests index identically
 
     def documents(self) -> Iterator[SourceDocument]:
-        if self.id_field == "id":
-            yield from read_documents(self.path)
-            return
-        with self.path.open(encoding="utf-8") as f:
-            for n, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                record = json.loads(line)
-                if self.id_field not in record or "text" not in record:
-                    raise UsageError(f"{self.path}:{n} needs '{self.id_field}' and 'text'")
-                yield SourceDocument(
-                    str(record[self.id_field]), record["text"], str(record.get("title") or "")
-                )
+        return read_documents(self.path, id_field=self.id_field)
 
     def default_store(self, home: Path) -> Path:
         stem = Path(self.label).stem if self.label not in NAMED_CORPORA else self.label

@@ -81,10 +81,10 @@ def find_files(paths: Iterable[str | Path]) -> list[Path]:
     return list(dict.fromkeys(files))
 
 
-def read_documents(path: Path) -> Iterator[SourceDocument]:
-    """The documents in one file."""
+def read_documents(path: Path, *, id_field: str = "id") -> Iterator[SourceDocument]:
+    """The documents in one file; a .jsonl names each document's id in `id_field`."""
     if path.suffix.lower() == ".jsonl":
-        yield from _read_jsonl(path)
+        yield from _read_jsonl(path, id_field)
         return
     text = path.read_text(encoding="utf-8", errors="replace")
     heading = _HEADING_RE.search(text) if path.suffix.lower() != ".txt" else None
@@ -92,7 +92,7 @@ def read_documents(path: Path) -> Iterator[SourceDocument]:
     yield SourceDocument(str(path.resolve()), text, title)
 
 
-def _read_jsonl(path: Path) -> Iterator[SourceDocument]:
+def _read_jsonl(path: Path, id_field: str) -> Iterator[SourceDocument]:
     with path.open(encoding="utf-8", errors="replace") as f:
         for n, line in enumerate(f, start=1):
             if not line.strip():
@@ -102,14 +102,17 @@ def _read_jsonl(path: Path) -> Iterator[SourceDocument]:
                 record = json.loads(line)
             except json.JSONDecodeError as e:
                 raise UsageError(f"{where} is not valid JSON: {e.msg}") from e
-            if not isinstance(record, dict) or "id" not in record or "text" not in record:
+            if not isinstance(record, dict) or id_field not in record or "text" not in record:
                 raise UsageError(
-                    f"{where} needs an object with 'id' and 'text'",
-                    'one document per line: {"id": "...", "text": "...", "title": "..."}',
+                    f"{where} needs an object with '{id_field}' and 'text'",
+                    f'one document per line: {{"{id_field}": "...", "text": "...", '
+                    '"title": "..."}',
                 )
             if not isinstance(record["text"], str):
                 raise UsageError(f"{where}: 'text' must be a string")
-            yield SourceDocument(str(record["id"]), record["text"], str(record.get("title") or ""))
+            yield SourceDocument(
+                str(record[id_field]), record["text"], str(record.get("title") or "")
+            )
 
 
 def count_documents(files: Sequence[Path]) -> int:
