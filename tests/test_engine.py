@@ -61,6 +61,19 @@ def test_engine_rejects_bad_input_before_work() -> None:
         engine.ask("hi", strategy="nope")
 
 
+def test_symbolic_evaluates_a_boolean_formula_with_z3() -> None:
+    answer = Engine().ask("not ( True ) and ( True ) or not False is", strategy="symbolic")
+    assert answer.answer == "True"
+    (call,) = answer.ledger.calls
+    assert (call.kind, call.name, call.flops) == ("tool", "z3", 0)
+
+
+def test_symbolic_declines_what_no_solver_reads() -> None:
+    answer = Engine().ask("Is the sky blue and the grass green?", strategy="symbolic")
+    assert answer.answer == "" and answer.error == "solver: no_math"
+    assert [c.name for c in answer.ledger.calls] == ["sympy"]
+
+
 def test_symbolic_route_needs_no_model() -> None:
     answer = Engine().ask("What is 17*23+5?")
     assert (answer.answer, answer.strategy, answer.intent) == ("396", "symbolic", "arithmetic")

@@ -18,6 +18,7 @@ from apportion.types import Attempt, Completion, Message, Query
 
 if TYPE_CHECKING:
     from apportion.engines.base import TextEngine
+    from apportion.tools.logic import LogicResult
     from apportion.tools.sandbox import SandboxLimits, SandboxResult
     from apportion.tools.solver import SolverResult
     from apportion.tools.store.base import DocumentStore, Hit
@@ -193,6 +194,13 @@ class RunContext:
 
         result = solve(question, timeout_s=self._tool_timeout(self.solver_timeout_s))
         self.ledger.charge_tool("sympy", wall_s=result.wall_s, cpu_s=result.cpu_s, detail=detail)
+        return result
+
+    def evaluate_logic(self, question: str, *, detail: str = "") -> LogicResult:
+        from apportion.tools.logic import evaluate_boolean
+
+        result = evaluate_boolean(question)
+        self.ledger.charge_tool("z3", wall_s=result.wall_s, cpu_s=result.cpu_s, detail=detail)
         return result
 
     def _tool_timeout(self, default_s: float) -> float:

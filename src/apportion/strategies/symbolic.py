@@ -1,11 +1,22 @@
-"""symbolic: arithmetic and algebra go to SymPy through the safe parser; no model call at all."""
+"""symbolic: answer exactly with a solver, no model call at all.
+
+A bare propositional formula ("not ( True ) and False is") goes to Z3 (`tools/logic.py`);
+arithmetic and algebra go to SymPy through the safe parser (`tools/solver.py`). A question that
+is neither is declined, so a ladder can fall through to a model.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from apportion.strategies.base import RunContext
+from apportion.tools.logic import extract_boolean
 from apportion.types import Attempt, Query
+
+if TYPE_CHECKING:
+    from apportion.tools.logic import LogicResult
+    from apportion.tools.solver import SolverResult
 
 
 @dataclass(frozen=True)
@@ -15,10 +26,14 @@ class Symbolic:
         return "symbolic"
 
     def run(self, query: Query, ctx: RunContext) -> Attempt:
-        result = ctx.solve(query.text, detail="symbolic")
+        result: LogicResult | SolverResult
+        if extract_boolean(query.text) is not None:
+            result = ctx.evaluate_logic(query.text, detail="symbolic: z3")
+        else:
+            result = ctx.solve(query.text, detail="symbolic: sympy")
         if not result.ok or result.answer is None:
             return Attempt(self.name, None, 0.0, error=f"solver: {result.error}")
-        # An exact symbolic result is as sure as an answer gets, if the question was parsed right.
+        # An exact result is as sure as an answer gets, if the question was parsed right.
         return Attempt(
             self.name,
             result.answer,
