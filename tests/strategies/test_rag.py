@@ -11,7 +11,7 @@ import pytest
 
 from apportion.ledger import Ledger
 from apportion.strategies.base import RunContext
-from apportion.strategies.rag import ABSTAIN, Rag, term_overlap
+from apportion.strategies.rag import ABSTAIN, Rag, select_sentences, split_sentences, term_overlap
 from apportion.tools.store.base import DocumentVersion, Hit
 from apportion.tools.store.chunking import chunk_document
 from apportion.tools.store.embed import Embedder, MiniLMEmbedder, minilm_available
@@ -186,3 +186,35 @@ def test_bad_parameters(bad: str) -> None:
     key, value = bad.split("=")
     with pytest.raises(ValueError):
         Rag(**{key: float(value) if "." in value or key != "k" else int(value)})  # type: ignore[arg-type]
+
+
+def test_context_keeps_the_sentences_that_share_the_question_terms() -> None:
+    first = Hit(
+        "sb50", "sb50#0", 0.9,
+        "Super Bowl 50 was an American football game. The Denver Broncos defeated the Carolina "
+        "Panthers 24-10. The game was played on February 7, 2016. It was held at Levi's Stadium.",
+        "Super_Bowl_50",
+    )  # fmt: skip
+    second = Hit("nfl", "nfl#0", 0.5, "The NFL has 32 teams. Its season runs from September.")
+    kept = select_sentences("Which team did the Denver Broncos defeat?", [first, second], 8)
+    assert kept == [(first, "The Denver Broncos defeated the Carolina Panthers 24-10.")]
+    # a larger budget adds sentences by shared terms, printed in each passage's own order
+    kept = select_sentences("When was the Super Bowl 50 game played?", [first, second], 16)
+    assert kept == [
+        (first, "Super Bowl 50 was an American football game. The game was played on February "
+         "7, 2016."),
+    ]  # fmt: skip
+    # the prompt holds only what was kept; 0 turns compression off
+    (_, user) = Rag(context_words=10).messages(Query("Who did the Broncos defeat?"), [first])
+    assert "Levi's" not in user.content and "Carolina Panthers" in user.content
+    (_, user) = Rag(context_words=0).messages(Query("Who did the Broncos defeat?"), [first])
+    assert "Levi's" in user.content
+
+
+def test_split_sentences_keeps_abbreviation_free_text_whole() -> None:
+    assert split_sentences("One. Two? Three! 4 is a number. \"Quoted.\" (Aside.)") == [
+        "One.", "Two?", "Three!", "4 is a number.", '"Quoted."', "(Aside.)",
+    ]  # fmt: skip
+    assert split_sentences("Version 2.5 shipped. e.g. lower case stays.") == [
+        "Version 2.5 shipped. e.g. lower case stays."
+    ]

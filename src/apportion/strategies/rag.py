@@ -47,6 +47,8 @@ _NOT_FOUND_RE = re.compile(
     r"\bnot\s+(?:found|mentioned|given|stated)\b.*\b(?:document|passage)", re.IGNORECASE
 )
 _SUFFIXES = ("ing", "ed", "es", "s")
+# a sentence ends at . ! or ? (perhaps inside a closing quote or bracket) before a capital
+_SENTENCE_END = re.compile(r"(?:(?<=[.!?])|(?<=[.!?][\"')\]]))\s+(?=[\"'(\[]?[A-Z0-9])")
 
 
 @dataclass(frozen=True)
@@ -63,6 +65,9 @@ class Rag:
     max_tokens: int | None = None
     # Each passage is cut to this many words in the prompt, to fit small context windows.
     passage_words: int = 220
+    # Context compression: keep only the sentences of the retrieved passages that share the
+    # most content words with the question, about this many words in all (0: whole passages).
+    context_words: int = 80
 
     def __post_init__(self) -> None:
         if self.k < 1:
@@ -73,6 +78,8 @@ class Rag:
             raise ValueError(f"min_overlap is a share, in [0, 1]; got {self.min_overlap}")
         if self.passage_words < 1:
             raise ValueError(f"passage_words must be at least 1, got {self.passage_words}")
+        if self.context_words < 0:
+            raise ValueError(f"context_words must be 0 (off) or more, got {self.context_words}")
 
     @property
     def name(self) -> str:
@@ -110,9 +117,11 @@ class Rag:
             instruction = (
                 f"Answer the question from the context. Reply with {answer_format(query)}."
             )
-        context = "\n\n".join(
-            f"{_title(h)}{_clip(h.text, self.passage_words)}" for h in reversed(hits)
-        )
+        if self.context_words:
+            passages = select_sentences(query.text, hits, self.context_words)
+        else:
+            passages = [(h, _clip(h.text, self.passage_words)) for h in hits]
+        context = "\n\n".join(f"{_title(h)}{text}" for h, text in reversed(passages))
         user = f"Context:\n{context}\n\nQuestion: {query.text}"
         return [Message("system", instruction), Message("user", user)]
 
@@ -167,11 +176,40 @@ def _stem(word: str) -> str:
 
 def term_overlap(question: str, passage: str) -> float:
     """Share of the question's content words (lightly stemmed) that occur in `passage`."""
-    terms = {_stem(w) for w in keywords(question)}
+    terms = _terms(question)
     if not terms:
         return 0.0
-    found = {_stem(w) for w in keywords(passage)}
-    return len(terms & found) / len(terms)
+    return len(terms & _terms(passage)) / len(terms)
+
+
+def _terms(text: str) -> set[str]:
+    return {_stem(w) for w in keywords(text)}
+
+
+def split_sentences(text: str) -> list[str]:
+    return [s for s in _SENTENCE_END.split(text.strip()) if s]
+
+
+def select_sentences(question: str, hits: Sequence[Hit], words: int) -> list[tuple[Hit, str]]:
+    """The sentences of `hits` that share the most content words with `question`, best first
+    until about `words` words are kept (at least one sentence), given back per hit, in the hits'
+    order and each passage's own sentence order; hits with nothing kept are left out."""
+    terms = _terms(question)
+    ranked = []
+    for rank, hit in enumerate(hits):
+        for position, sentence in enumerate(split_sentences(hit.text)):
+            shared = len(terms & _terms(sentence))
+            # most shared terms first; then the better-ranked passage; then earlier sentences
+            ranked.append((-shared, rank, position, sentence))
+    ranked.sort()
+    kept: dict[int, list[tuple[int, str]]] = {}
+    total = 0
+    for _, rank, position, sentence in ranked:
+        if total >= words:
+            break
+        kept.setdefault(rank, []).append((position, sentence))
+        total += len(sentence.split())
+    return [(hits[rank], " ".join(s for _, s in sorted(kept[rank]))) for rank in sorted(kept)]
 
 
 def _contains(passage: str, answer: str) -> bool:
