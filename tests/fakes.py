@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field
@@ -31,6 +32,8 @@ class ScriptedEngine:
     context_size: int = 2048
     calls: list[list[Message]] = field(default_factory=list)
     seconds_per_token: float = 0.0
+    # When set, calls that ask for log-probabilities get this one for every generated token.
+    token_logprob: float | None = None
     # Streaming advances this clock by seconds_per_token per token (instead of sleeping).
     clock: FakeClock | None = None
 
@@ -55,7 +58,9 @@ class ScriptedEngine:
         for _ in range(n):
             self.calls.append(list(messages))
             text = self.replies.pop(0)
-            out.append(Completion(text, self.count_tokens(messages), len(text.split()), "stop"))
+            tokens = len(text.split())
+            lps = (self.token_logprob,) * tokens if logprobs and self.token_logprob else None
+            out.append(Completion(text, self.count_tokens(messages), tokens, "stop", lps))
         return out
 
     def stream(
@@ -71,7 +76,8 @@ class ScriptedEngine:
         real time); a GenerationCancelled
         thrown in ends it with what was produced so far, as the real engines do."""
         self.calls.append(list(messages))
-        words = self.replies.pop(0).split()
+        # one "token" per word, with the whitespace after it, so code keeps its line breaks
+        words = re.findall(r"\S+\s*", self.replies.pop(0))
         produced: list[str] = []
         for word in words[:max_tokens]:
             if self.clock is not None:
@@ -80,10 +86,10 @@ class ScriptedEngine:
                 time.sleep(self.seconds_per_token)
             produced.append(word)
             try:
-                yield word + " "
+                yield word
             except GenerationCancelled:
                 break
-        text = " ".join(produced)
+        text = "".join(produced).rstrip()
         finished = "stop" if len(produced) == len(words) else "length"
         return Completion(text, self.count_tokens(messages), len(produced), finished)
 

@@ -3,6 +3,8 @@ completions (the stopping maths is in test_stopping.py; real-model runs are in t
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from apportion.errors import UsageError
@@ -11,6 +13,7 @@ from apportion.strategies.base import RunContext
 from apportion.strategies.best_of_n import BestOfN
 from apportion.strategies.cascade import Cascade
 from apportion.strategies.consistency import SelfConsistency
+from apportion.strategies.program import Program
 from apportion.strategies.registry import default_registry
 from apportion.types import Budget, Query
 from fakes import ScriptedEngine
@@ -82,7 +85,9 @@ def test_best_of_n_agreement_prefers_what_programs_confirm() -> None:
 def test_cascade_keeps_a_confident_small_answer() -> None:
     small = ScriptedEngine([ans(3)] * 3, model_id="small")
     large = ScriptedEngine([ans(4)], model_id="large")
-    cascade = Cascade(small="small", large="large", threshold=0.6, probe="cot", probe_n=3)
+    cascade = Cascade(
+        small="small", large="large", threshold=0.6, probe="cot", probe_n=3, final="cot"
+    )
     attempt = cascade.run(Q, ctx_for(small, large))
     assert attempt.answer == "3" and large.calls == []
 
@@ -91,10 +96,53 @@ def test_cascade_escalates_when_the_small_model_disagrees_with_itself() -> None:
     small = ScriptedEngine([ans(1), ans(2), ans(3)], model_id="small")
     large = ScriptedEngine([ans(4)], model_id="large")
     ctx = ctx_for(small, large)
-    cascade = Cascade(small="small", large="large", threshold=0.6, probe="cot", probe_n=3)
+    cascade = Cascade(
+        small="small", large="large", threshold=0.6, probe="cot", probe_n=3, final="cot"
+    )
     attempt = cascade.run(Q, ctx)
     assert attempt.answer == "4"
     assert [c.name for c in ctx.ledger.totals().calls] == ["small"] * 3 + ["large"]
+
+
+def program(x: object) -> str:
+    return f"```python\ndef solve():\n    return {x}\n```"
+
+
+def test_program_with_logprobs_is_as_sure_as_its_tokens() -> None:
+    engine = ScriptedEngine([program(7)], token_logprob=math.log(0.9))
+    attempt = Program(logprobs=True).run(Q, ctx_for(engine))
+    assert attempt.answer == "7" and attempt.confidence == pytest.approx(0.9)
+    plain = Program().run(Q, ctx_for(ScriptedEngine([program(7)], token_logprob=-3.0)))
+    assert plain.confidence == 0.8  # no log-probabilities asked for: the fixed value
+
+
+def test_a_time_cap_drops_logprobs_to_keep_the_cap() -> None:
+    # the cap is kept by streaming, which carries no log-probabilities
+    engine = ScriptedEngine([program(7)], token_logprob=math.log(0.9))
+    ctx = ctx_for(engine, budget=Budget(max_seconds=60))
+    attempt = Program(logprobs=True).run(Q, ctx)
+    assert attempt.answer == "7" and attempt.confidence == 0.8
+
+
+def test_default_cascade_keeps_a_probable_small_program() -> None:
+    small = ScriptedEngine([program(3)], model_id="small", token_logprob=math.log(0.95))
+    large = ScriptedEngine([program(4)], model_id="large")
+    ctx = ctx_for(small, large)
+    attempt = Cascade(small="small", large="large", threshold=0.9).run(Q, ctx)
+    assert attempt.answer == "3" and attempt.confidence == pytest.approx(0.95)
+    assert large.calls == [] and len(small.calls) == 1
+    assert [c.name for c in ctx.ledger.totals().calls] == ["small", "sandbox"]
+
+
+def test_default_cascade_escalates_an_improbable_small_program_to_a_large_one() -> None:
+    small = ScriptedEngine([program(3)], model_id="small", token_logprob=math.log(0.5))
+    large = ScriptedEngine([program(4)], model_id="large")
+    ctx = ctx_for(small, large)
+    attempt = Cascade(small="small", large="large", threshold=0.9).run(Q, ctx)
+    assert attempt.answer == "4" and "escalated to large" in attempt.rationale
+    assert [c.name for c in ctx.ledger.totals().calls] == ["small", "sandbox", "large", "sandbox"]
+    # the large model's program is written greedily and without log-probabilities
+    assert "def solve" in large.calls[0][0].content or "solve()" in large.calls[0][0].content
 
 
 def test_parameters_in_names_and_their_errors() -> None:

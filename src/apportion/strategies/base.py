@@ -75,6 +75,10 @@ class RunContext:
         # streaming and cutting generation off when it runs out; a cached reply that took
         # longer than what is left is not replayed.
         seconds_left = self.ledger.seconds_left(engine.cost)
+        if seconds_left is not None and n == 1:
+            # A time cap is kept by the streamed path, which carries no log-probabilities;
+            # the cap wins, and callers fall back to their confidence without them.
+            logprobs = False
         key = None
         if self.cache is not None:
             key = _cache_key(

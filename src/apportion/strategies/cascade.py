@@ -1,8 +1,14 @@
 """cascade: answer on a small model; escalate to a large one only when the small one is unsure.
 
-The small model's confidence comes from a cheap self-consistency probe (`probe`, `probe_n`
-samples with the Beta stopping rule: two agreeing samples usually settle it). Below
-`threshold`, the large model answers with `final` (greedy). Both models' calls are charged.
+The probe (`probe`, on `small`) is one greedy answer whose confidence is its geometric-mean
+token probability (`probe_n=1`, the default), or a self-consistency vote over `probe_n`
+samples (Beta stopping rule; confidence = the winner's vote share). Below `threshold`, the
+large model answers with `final` (greedy). Both models' calls are charged.
+
+Why one sample by default: a cascade pays only if its probe is much cheaper than the large
+model's answer. On gsm8k with qwen2.5-coder-0.5b → 1.5b, three probe programs cost about as
+much as one 1.5B chain of thought; one greedy program costs a third of it, and its token
+probability ranks right above wrong programs well (AUROC ≈ 0.8 on 200 dev questions).
 """
 
 from __future__ import annotations
@@ -11,7 +17,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from apportion.config import DEFAULT_MODEL, LARGE_MODEL
-from apportion.strategies.base import RunContext
+from apportion.strategies.base import RunContext, Strategy
 from apportion.strategies.consistency import SelfConsistency
 from apportion.strategies.cot import ChainOfThought
 from apportion.strategies.program import Program
@@ -26,9 +32,9 @@ class Cascade:
     large: str = LARGE_MODEL
     threshold: float = 0.6
     probe: Method = "program"
-    probe_n: int = 3
+    probe_n: int = 1
     probe_confidence: float = 0.8
-    final: Method = "cot"
+    final: Method = "program"
 
     def __post_init__(self) -> None:
         if not 0 <= self.threshold <= 1:
@@ -42,12 +48,18 @@ class Cascade:
     def name(self) -> str:
         return "cascade"
 
-    def run(self, query: Query, ctx: RunContext) -> Attempt:
-        probe = SelfConsistency(
+    def probe_strategy(self) -> Strategy:
+        if self.probe_n == 1:
+            if self.probe == "program":
+                return Program(model=self.small, logprobs=True)
+            return ChainOfThought(self.small, logprobs=True)
+        return SelfConsistency(
             n=self.probe_n, rule="beta", confidence=self.probe_confidence, base=self.probe,
             model=self.small,
         )  # fmt: skip
-        first = probe.run(query, ctx)
+
+    def run(self, query: Query, ctx: RunContext) -> Attempt:
+        first = self.probe_strategy().run(query, ctx)
         if first.ok and first.confidence >= self.threshold:
             return Attempt(
                 self.name, first.answer, first.confidence, first.candidates,
