@@ -1,12 +1,13 @@
 """rag: retrieve passages from the document store, answer from them, cite them.
 
-The prompt gives the top ``k`` passages as context, the best one last (nearest the question),
-and asks for the shortest phrase copied from them; the passages that hold the answer are its
-citations. The model is not asked to number its sources or to say "not found" itself: in a
-small probe with qwen2.5-coder-0.5b both made it copy the wrong span or abstain on answerable
-questions, so abstention is left to the relevance gate. With this prompt,
-`apportion bench --dataset squad --limit 200 --corpus squad --strategies direct,rag` gives
-rag EM 29.5% / F1 0.40 against direct's 2.0% / 0.07.
+The prompt gives the top ``k`` passages as context, compressed to their sentences that share
+the most content words with the question (``context_words``), the best passage last (nearest
+the question), and asks for the shortest phrase copied from them; the passages that hold the
+answer are its citations. The model is not asked to number its sources or to say "not found"
+itself: in a small probe with qwen2.5-coder-0.5b both made it copy the wrong span or abstain on
+answerable questions, so abstention is left to the relevance gate.
+`apportion bench --dataset squad --limit 200 --corpus squad --strategies direct,rag,rag:context_words=0`
+measures what compression does (README, Retrieval).
 
 The relevance gate decides, before any model call, whether the store knows anything about the
 question, from the retrieved hits:
@@ -67,7 +68,9 @@ class Rag:
     passage_words: int = 220
     # Context compression: keep only the sentences of the retrieved passages that share the
     # most content words with the question, about this many words in all (0: whole passages).
-    context_words: int = 80
+    # On 100 SQuAD dev questions (seed 1), EM was 33% at 40 and 60 words, 34% at 80, 33% at
+    # 120 and 1.61e11, 1.91e11, 2.25e11, 2.89e11 FLOPs: the answer sentence is what counts.
+    context_words: int = 40
 
     def __post_init__(self) -> None:
         if self.k < 1:
