@@ -5,9 +5,9 @@ the most content words with the question (``context_words``), the best passage l
 the question), and asks for the shortest phrase copied from them; the passages that hold the
 answer are its citations. The model is not asked to number its sources or to say "not found"
 itself: in a small probe with qwen2.5-coder-0.5b both made it copy the wrong span or abstain on
-answerable questions, so abstention is left to the relevance gate.
-`apportion bench --dataset squad --limit 200 --corpus squad --strategies direct,rag,rag:context_words=0`
-measures what compression does (README, Retrieval).
+answerable questions, so abstention is left to the relevance gate. What compression does is
+measured by `apportion bench --dataset squad --limit 200 --corpus squad --strategies
+direct,rag,rag:context_words=0` (README, Retrieval).
 
 The relevance gate decides, before any model call, whether the store knows anything about the
 question, from the retrieved hits:
