@@ -138,7 +138,27 @@ def test_lambda_trades_accuracy_for_cost() -> None:
     poor = calibrate(traces(), lam=10.0, min_cell=100)["cells"]["math_word/*"]
     best = max(c["accuracy"] for c in rich["candidates"])
     assert next(c for c in rich["candidates"] if c["plan"] == rich["chosen"])["accuracy"] == best
-    assert poor["chosen"] == "symbolic"  # free, and wrong: λ = 10 values cost above all
+    # λ = 10 values cost above all, yet symbolic, free but declining every word problem, is
+    # not a plan: the cheapest plan that answers is
+    assert poor["chosen"] == "program"
+    assert all("symbolic" not in c["plan"].split(">")[-1] for c in poor["candidates"])
+
+
+def test_a_plan_that_declines_for_free_is_never_chosen() -> None:
+    # rag abstains on every question here at no cost; direct answers, rightly a third of the time
+    runs = []
+    for i in range(30):
+        q = f"Who painted picture number {i} in the gallery?"
+        runs += [
+            result(f"f{i}", "rag", correct=False, confidence=0.05, flops=0.0, question=q,
+                   answer="not found in the documents"),
+            result(f"f{i}", "direct", correct=i % 3 == 0, confidence=0.5, flops=1e9, question=q),
+        ]  # fmt: skip
+    cell = calibrate(runs, lam=10.0, min_cell=100)["cells"]["factual/*"]
+    assert cell["chosen"] == "direct"
+    assert {c["plan"] for c in cell["candidates"]} <= {"direct", "rag@0.3>direct"} | {
+        f"rag@{b}>direct" for b in (0.5, 0.7, 0.9)
+    }
 
 
 def test_same_traces_same_policy_whatever_their_order() -> None:
@@ -199,3 +219,15 @@ def test_policy_files_are_checked(tmp_path: Path) -> None:
 def test_the_rule_ladders_by_name_and_the_shipped_default() -> None:
     assert isinstance(load_policy(Path("rules")), RulePolicy)
     assert isinstance(load_policy(), CalibratedPolicy)  # the package ships one
+
+
+def test_rule_ladders_skip_what_cannot_run_and_always_end_answering() -> None:
+    rules = RulePolicy()
+    word = extract_features("Tom has 3 apples and buys 6 more. How many apples does Tom have?")
+    assert plan_spec(rules.plan(word, Budget()).steps) == "program@0.5>cot"
+    no_cot = rules.plan(word, Budget(), unavailable=frozenset({"cot"})).steps
+    assert no_cot == (Step("program", 0.0),)  # the last step left must answer, bar or not
+    logic = extract_features("not ( True ) and ( False or True ) is")
+    assert plan_spec(rules.plan(logic, Budget()).steps) == "symbolic@0.9>cot"
+    nothing = rules.plan(word, Budget(), unavailable=frozenset({"program", "cot"}))
+    assert nothing.steps == (Step("direct", 0.0),) and "can run here" in nothing.reason

@@ -43,6 +43,7 @@ from apportion.router.policy import (
     stops_here,
     trade_off,
 )
+from apportion.strategies.rag import ABSTAIN
 from apportion.types import Budget
 
 __all__ = [
@@ -55,6 +56,8 @@ __all__ = [
 ]
 
 DEFAULT_BARS = (0.3, 0.5, 0.7, 0.9)
+# Least share of a cell's questions a plan must answer to be chosen there (see calibrate).
+MIN_ANSWERED = 0.9
 
 
 @dataclass(frozen=True)
@@ -75,16 +78,31 @@ def _ok(r: ItemResult) -> bool:
     return r.answer is not None and r.error is None
 
 
-def replay(steps: Sequence[Step], outcomes: dict[str, ItemResult]) -> tuple[bool, list[ItemResult]]:
-    """(correct, results of the steps that ran): the ladder on one traced item."""
+def _run_ladder(
+    steps: Sequence[Step], outcomes: dict[str, ItemResult]
+) -> tuple[ItemResult | None, list[ItemResult]]:
+    """(the attempt the ladder answers with, or None; the results of the steps that ran)."""
     ran: list[ItemResult] = []
     for step in steps:
         r = outcomes[step.strategy]
         ran.append(r)
         if stops_here(_ok(r), r.confidence, step):
-            return r.correct, ran
+            return r, ran
     best = fallback_choice([(_ok(r), r.confidence) for r in ran])
-    return best is not None and ran[best].correct, ran
+    return (None if best is None else ran[best]), ran
+
+
+def replay(steps: Sequence[Step], outcomes: dict[str, ItemResult]) -> tuple[bool, list[ItemResult]]:
+    """(correct, results of the steps that ran): the ladder on one traced item."""
+    final, ran = _run_ladder(steps, outcomes)
+    return final is not None and final.correct, ran
+
+
+def _answers(steps: Sequence[Step], outcomes: dict[str, ItemResult]) -> bool:
+    """Whether the ladder ends with an answer: not a decline (no answer, an error) and not
+    rag's "not found in the documents"."""
+    final, _ = _run_ladder(steps, outcomes)
+    return final is not None and _ok(final) and final.answer != ABSTAIN
 
 
 def _measure(steps: tuple[Step, ...], items: Sequence[_Item]) -> Candidate:
@@ -97,6 +115,10 @@ def _measure(steps: tuple[Step, ...], items: Sequence[_Item]) -> Candidate:
         usd += sum(r.cost_usd for r in ran)
     n = len(items)
     return Candidate(steps, correct / n, flops / n, wall / n, usd / n)
+
+
+def _answer_share(steps: tuple[Step, ...], items: Sequence[_Item]) -> float:
+    return sum(_answers(steps, item.outcomes) for item in items) / len(items)
 
 
 def _candidates(strategies: Sequence[str], bars: Sequence[float]) -> list[tuple[Step, ...]]:
@@ -211,7 +233,11 @@ def calibrate(
                 thresholds[intent] = _r(threshold)
                 parts = {EASY: easy, HARD: hard}
         for difficulty, members in parts.items():
-            front = _pareto([_measure(p, members) for p in plans])
+            # Only plans that answer nearly every question of the cell compete: otherwise a
+            # plan that declines for free (symbolic on a word problem, rag on one its store
+            # cannot know) wins whenever λ prices compute above the accuracy it forgoes.
+            answering = [p for p in plans if _answer_share(p, members) >= MIN_ANSWERED]
+            front = _pareto([_measure(p, members) for p in answering or plans])
             chosen = max(front, key=lambda m: (trade_off(m, lam, max_flops), -m.flops))
             cells[f"{intent}/{difficulty}"] = {
                 "n": len(members),

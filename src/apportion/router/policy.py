@@ -101,7 +101,7 @@ class Policy(Protocol):
 RULE_LADDERS: dict[Intent, tuple[Step, ...]] = {
     "arithmetic": (Step("symbolic", 0.9), Step("program", 0.5), Step("cot", 0.0)),
     "math_word": (Step("program", 0.5), Step("cot", 0.0)),
-    "logic": (Step("cot", 0.0),),
+    "logic": (Step("symbolic", 0.9), Step("cot", 0.0)),
     "factual": (Step("direct", 0.0),),
     "code": (Step("direct", 0.0),),
     "chat": (Step("direct", 0.0),),
@@ -115,8 +115,16 @@ class RulePolicy:
     def plan(
         self, features: Features, budget: Budget, *, unavailable: frozenset[str] = frozenset()
     ) -> Plan:
-        steps = RULE_LADDERS[features.intent]
-        return Plan(steps, f"rule ladder for intent {features.intent!r} (no calibrated cell)")
+        steps = tuple(
+            s for s in RULE_LADDERS[features.intent]
+            if s.strategy.split(":", 1)[0] not in unavailable
+        )  # fmt: skip
+        if not steps:
+            steps = (Step("direct", 0.0),)
+        if steps[-1].stop_at:
+            steps = (*steps[:-1], Step(steps[-1].strategy, 0.0))  # the last step always answers
+        why = "no calibrated cell" if not unavailable else "no calibrated plan that can run here"
+        return Plan(steps, f"rule ladder for intent {features.intent!r} ({why})")
 
 
 @dataclass(frozen=True)
