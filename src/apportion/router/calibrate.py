@@ -128,8 +128,10 @@ def _candidates(strategies: Sequence[str], bars: Sequence[float]) -> list[tuple[
     return plans
 
 
-def _pareto(measured: list[Candidate]) -> list[Candidate]:
-    """Plans no other plan beats on both accuracy and FLOPs, cheapest first."""
+def _pareto(measured: list[Candidate], n: int) -> list[Candidate]:
+    """Plans no other plan beats on both accuracy and FLOPs, cheapest first. A dearer plan
+    must be right on at least two more of the cell's `n` questions than the cheaper one before
+    it: one question is noise, and would let a plan win a cell by luck."""
     # Ties go to the shorter ladder, then the quicker one: a step that adds no FLOPs (a tool,
     # or rag abstaining) still costs time.
     ordered = sorted(
@@ -137,7 +139,7 @@ def _pareto(measured: list[Candidate]) -> list[Candidate]:
     )
     front: list[Candidate] = []
     for m in ordered:
-        if not front or m.accuracy > front[-1].accuracy:
+        if not front or m.accuracy > front[-1].accuracy + 1.5 / n:
             front.append(m)
     return front
 
@@ -237,7 +239,7 @@ def calibrate(
             # plan that declines for free (symbolic on a word problem, rag on one its store
             # cannot know) wins whenever λ prices compute above the accuracy it forgoes.
             answering = [p for p in plans if _answer_share(p, members) >= MIN_ANSWERED]
-            front = _pareto([_measure(p, members) for p in answering or plans])
+            front = _pareto([_measure(p, members) for p in answering or plans], len(members))
             chosen = max(front, key=lambda m: (trade_off(m, lam, max_flops), -m.flops))
             cells[f"{intent}/{difficulty}"] = {
                 "n": len(members),
