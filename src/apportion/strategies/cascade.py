@@ -30,8 +30,8 @@ Method = Literal["cot", "program"]
 class Cascade:
     small: str = DEFAULT_MODEL
     large: str = LARGE_MODEL
-    # Chosen on 100 gsm8k training questions (disjoint from the dev items the README reports):
-    # the most accurate threshold whose cascade stayed under 60% of the 1.5B CoT's FLOPs.
+    # Chosen on 100 other gsm8k questions (disjoint from the 100 the README reports): the most
+    # accurate threshold whose cascade stayed under 60% of the 1.5B chain of thought's FLOPs.
     threshold: float = 0.81
     probe: Method = "program"
     probe_n: int = 1
