@@ -18,9 +18,8 @@ from apportion.types import Attempt, Completion, Message, Query
 
 if TYPE_CHECKING:
     from apportion.engines.base import TextEngine
-    from apportion.tools.logic import LogicResult
+    from apportion.tools.results import SolverResult
     from apportion.tools.sandbox import SandboxLimits, SandboxResult
-    from apportion.tools.solver import SolverResult
     from apportion.tools.store.base import DocumentStore, Hit
 
 
@@ -200,7 +199,7 @@ class RunContext:
         self.ledger.charge_tool("sympy", wall_s=result.wall_s, cpu_s=result.cpu_s, detail=detail)
         return result
 
-    def evaluate_logic(self, question: str, *, detail: str = "") -> LogicResult:
+    def evaluate_logic(self, question: str, *, detail: str = "") -> SolverResult:
         from apportion.tools.logic import evaluate_boolean
 
         result = evaluate_boolean(question)

@@ -8,15 +8,10 @@ is neither is declined, so a ladder can fall through to a model.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from apportion.strategies.base import RunContext
 from apportion.tools.logic import extract_boolean
 from apportion.types import Attempt, Query
-
-if TYPE_CHECKING:
-    from apportion.tools.logic import LogicResult
-    from apportion.tools.solver import SolverResult
 
 
 @dataclass(frozen=True)
@@ -26,7 +21,6 @@ class Symbolic:
         return "symbolic"
 
     def run(self, query: Query, ctx: RunContext) -> Attempt:
-        result: LogicResult | SolverResult
         if extract_boolean(query.text) is not None:
             result = ctx.evaluate_logic(query.text, detail="symbolic: z3")
         else:

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import re
 import time
-from dataclasses import dataclass
 
 import z3
 
-__all__ = ["LogicResult", "evaluate_boolean", "extract_boolean"]
+from apportion.tools.results import SolverResult
+
+__all__ = ["evaluate_boolean", "extract_boolean"]
 
 # Deeper nesting than this is declined rather than parsed (the parser recurses per level).
 MAX_DEPTH = 100
@@ -34,18 +35,6 @@ _WORDS = {
     "(": "(", ")": ")",
 }  # fmt: skip
 _OPERATORS = frozenset({"not", "and", "or", "xor"})
-
-
-@dataclass(frozen=True)
-class LogicResult:
-    """`answer` is "True" or "False"; `error` is "no_logic" when the text is no formula."""
-
-    ok: bool
-    answer: str | None
-    expression: str | None
-    error: str | None
-    wall_s: float
-    cpu_s: float
 
 
 def _tokens(text: str) -> list[str] | None:
@@ -133,12 +122,12 @@ def extract_boolean(text: str) -> str | None:
     return " ".join(t.capitalize() if t in ("true", "false") else t for t in tokens)
 
 
-def evaluate_boolean(text: str) -> LogicResult:
+def evaluate_boolean(text: str) -> SolverResult:
     """Evaluate the formula in `text` with Z3; never raises for bad input."""
     wall0, cpu0 = time.perf_counter(), time.thread_time()
 
-    def result(answer: str | None, expression: str | None, error: str | None) -> LogicResult:
-        return LogicResult(
+    def result(answer: str | None, expression: str | None, error: str | None) -> SolverResult:
+        return SolverResult(
             answer is not None, answer, expression, error,
             time.perf_counter() - wall0, time.thread_time() - cpu0,
         )  # fmt: skip

@@ -27,6 +27,7 @@ from typing import Any
 import mpmath
 import sympy
 
+from apportion.tools.results import SolverResult
 from apportion.tools.safe_math import (
     CONSTANTS,
     FUNCTIONS,
@@ -60,26 +61,6 @@ SIGNIFICANT_DIGITS = 10
 MAX_EXACT_DIGITS = 1000
 # Longer answers (a huge expansion) are reported as unsupported rather than returned.
 MAX_ANSWER_CHARS = 2000
-
-
-@dataclass(frozen=True)
-class SolverResult:
-    """Outcome of `solve`.
-
-    `answer`: integers exactly ("396"), other numbers as decimals with at most 10 significant
-    digits ("3.5", "0.3333333333"), complex numbers as "1 + 2i", equations as "x = -2, 2",
-    systems as "x = 2, y = 1", numeric equalities as "true"/"false".
-    `error`: "no_math", "parse_error: ...", "undefined: ...", "timeout", "no_solution",
-    "unsupported: ...", "resource_limit" or "crashed".
-    `cpu_s`: CPU seconds of the calling thread plus the child process.
-    """
-
-    ok: bool
-    answer: str | None
-    expression: str | None
-    error: str | None
-    wall_s: float
-    cpu_s: float
 
 
 # --------------------------------------------------------------------------- extraction
