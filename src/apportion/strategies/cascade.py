@@ -8,7 +8,8 @@ large model answers with `final` (greedy). Both models' calls are charged.
 Why one sample by default: a cascade pays only if its probe is much cheaper than the large
 model's answer. On gsm8k with qwen2.5-coder-0.5b → 1.5b, three probe programs cost about as
 much as one 1.5B chain of thought; one greedy program costs a third of it, and its token
-probability ranks right above wrong programs well (AUROC ≈ 0.8 on 200 dev questions).
+probability (0 for a program that fails) ranks right above wrong answers with AUROC 0.78 on
+200 gsm8k questions (0.70 among programs that ran).
 """
 
 from __future__ import annotations

@@ -121,7 +121,10 @@ class Rag:
                 f"Answer the question from the context. Reply with {answer_format(query)}."
             )
         if self.context_words:
-            passages = select_sentences(query.text, hits, self.context_words)
+            passages = [
+                (h, _clip(text, self.passage_words))
+                for h, text in select_sentences(query.text, hits, self.context_words)
+            ]
         else:
             passages = [(h, _clip(h.text, self.passage_words)) for h in hits]
         context = "\n\n".join(f"{_title(h)}{text}" for h, text in reversed(passages))
