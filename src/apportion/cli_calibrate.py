@@ -64,8 +64,9 @@ def calibrate(
 
     For each (intent, difficulty) cell it measures every strategy and every two-step ladder
     (cheap first, escalating below a confidence bar) by replaying the traces, keeps the
-    Pareto-optimal plans, and marks the one that maximises accuracy − λ·cost. Use the result
-    with `ask --policy FILE` or `bench --policy FILE`.
+    Pareto-optimal plans among those that answer at least 90% of the cell's questions, and
+    marks the one that maximises accuracy − λ·cost. Use the result with `ask --policy FILE`
+    or `bench --policy FILE`.
 
     Example: apportion calibrate --runs runs/mixed -o policy.json
     """
