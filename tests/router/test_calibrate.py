@@ -194,6 +194,16 @@ def test_the_calibrated_policy_plans_by_cell_budget_and_availability() -> None:
     # Strategies that cannot run here are never planned.
     no_program = policy.plan(word, Budget(), unavailable=frozenset({"program"}))
     assert all(s.strategy != "program" for s in no_program.steps)
+    # a calibrated plan skipped for that reason is named in the explanation
+    data["cells"]["math_word/easy"]["candidates"].append(
+        {"plan": "rag@0.3>cot", "accuracy": 1.0, "flops": 9e9, "wall_s": 1.0, "cost_usd": 0.0}
+    )
+    with_rag = CalibratedPolicy.from_dict(data)
+    easy = extract_features("Tom has 3 apples and buys 6 more. How many apples does he have?")
+    assert with_rag.difficulty(easy) == "easy"
+    skipped = with_rag.plan(easy, Budget(), unavailable=frozenset({"rag"}))
+    assert "skipped rag@0.3>cot: rag cannot run here" in skipped.reason
+    assert "rag" not in plan_spec(skipped.steps)
     # An intent the traces never saw falls back to the rule ladders.
     chat = extract_features("Tell me a joke about penguins")
     assert policy.plan(chat, Budget()).steps == RulePolicy().plan(chat, Budget()).steps

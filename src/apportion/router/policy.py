@@ -261,6 +261,10 @@ class CalibratedPolicy:
             "accuracy": best.accuracy, "flops": best.flops, "wall_s": best.wall_s,
             "cost_usd": best.cost_usd, "n": float(cell.n),
         }  # fmt: skip
+        skipped = [c.spec for c in cell.candidates if c not in usable]
+        if skipped:
+            needs = sorted(set().union(*(c.strategies() for c in cell.candidates)) & unavailable)
+            why += f" (skipped {', '.join(skipped)}: {', '.join(needs)} cannot run here)"
         return Plan(
             best.steps,
             f"cell {key} ({cell.n} calibration items): {best.spec}, {why}; expected accuracy "
