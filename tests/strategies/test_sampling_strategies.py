@@ -82,6 +82,18 @@ def test_best_of_n_agreement_prefers_what_programs_confirm() -> None:
     assert attempt.confidence == pytest.approx(4 / (2 * 2 + 2))
 
 
+def test_best_of_n_logprob_falls_back_to_agreement_without_logprobs() -> None:
+    # under a time cap samples are streamed, without log-probabilities
+    engine = ScriptedEngine([ans(3), ans(5), ans(5)], token_logprob=math.log(0.9))
+    ctx = ctx_for(engine, budget=Budget(max_seconds=60))
+    attempt = BestOfN(n=3, verifier="logprob").run(Q, ctx)
+    assert attempt.answer == "5" and attempt.confidence == pytest.approx(2 / 3)
+    # with them, the geometric-mean token probability scores each chain
+    engine = ScriptedEngine([ans(3), ans(5), ans(5)], token_logprob=math.log(0.9))
+    attempt = BestOfN(n=3, verifier="logprob").run(Q, ctx_for(engine))
+    assert attempt.confidence == pytest.approx(0.9)
+
+
 def test_cascade_keeps_a_confident_small_answer() -> None:
     small = ScriptedEngine([ans(3)] * 3, model_id="small")
     large = ScriptedEngine([ans(4)], model_id="large")

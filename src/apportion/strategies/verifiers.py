@@ -1,7 +1,8 @@
 """Verifiers score candidate answers for best-of-N. One small protocol, two implementations.
 
 - `logprob`: the model's own geometric-mean token probability, exp(mean log-probability), of
-  each chain (generic; free, since it is recorded during sampling).
+  each chain (generic; free, since it is recorded during sampling). Without log-probabilities
+  (under a time cap, or from a server that gives none), the share of chains that agree.
 - `agreement`: for math, run independent programs for the same problem and score each chain of
   thought by how many executed programs (weight 2) and other chains (weight 1) reach its answer.
   Executed code is a check the chain cannot talk its way past.
@@ -49,7 +50,12 @@ class LogprobVerifier:
     needs_logprobs: bool = True
 
     def score(self, query: Query, candidates: Sequence[Candidate], ctx: RunContext) -> list[float]:
-        return [math.exp(c.mean_logprob) if c.mean_logprob is not None else 0.0 for c in candidates]
+        if any(c.mean_logprob is None for c in candidates):
+            # No log-probabilities (a time cap streams calls, which carry none; some servers
+            # give none): score each chain by the share of chains that reach its answer.
+            keys = [vote_key(c.answer, query.kind) for c in candidates]
+            return [keys.count(k) / len(keys) if k is not None else 0.0 for k in keys]
+        return [math.exp(c.mean_logprob) for c in candidates if c.mean_logprob is not None]
 
 
 @dataclass(frozen=True)
