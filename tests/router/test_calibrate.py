@@ -204,9 +204,10 @@ def test_the_calibrated_policy_plans_by_cell_budget_and_availability() -> None:
     skipped = with_rag.plan(easy, Budget(), unavailable=frozenset({"rag"}))
     assert "skipped rag@0.3>cot: rag cannot run here" in skipped.reason
     assert "rag" not in plan_spec(skipped.steps)
-    # An intent the traces never saw falls back to the rule ladders.
+    # An intent the traces never saw falls back to the rule ladders, and says so.
     chat = extract_features("Tell me a joke about penguins")
     assert policy.plan(chat, Budget()).steps == RulePolicy().plan(chat, Budget()).steps
+    assert policy.plan(chat, Budget()).reason.startswith("no calibrated cell for chat/")
 
 
 def test_plan_specs_round_trip() -> None:
@@ -240,4 +241,5 @@ def test_rule_ladders_skip_what_cannot_run_and_always_end_answering() -> None:
     logic = extract_features("not ( True ) and ( False or True ) is")
     assert plan_spec(rules.plan(logic, Budget()).steps) == "symbolic@0.9>cot"
     nothing = rules.plan(word, Budget(), unavailable=frozenset({"program", "cot"}))
-    assert nothing.steps == (Step("direct", 0.0),) and "can run here" in nothing.reason
+    assert nothing.steps == (Step("direct", 0.0),)
+    assert "skipped program, cot: cannot run here" in nothing.reason

@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -117,16 +117,17 @@ class RulePolicy:
     def plan(
         self, features: Features, budget: Budget, *, unavailable: frozenset[str] = frozenset()
     ) -> Plan:
-        steps = tuple(
-            s for s in RULE_LADDERS[features.intent]
-            if s.strategy.split(":", 1)[0] not in unavailable
-        )  # fmt: skip
+        ladder = RULE_LADDERS[features.intent]
+        skipped = [s.strategy for s in ladder if s.strategy.split(":", 1)[0] in unavailable]
+        steps = tuple(s for s in ladder if s.strategy not in skipped)
         if not steps:
             steps = (Step("direct", 0.0),)
         if steps[-1].stop_at:
             steps = (*steps[:-1], Step(steps[-1].strategy, 0.0))  # the last step always answers
-        why = "no calibrated cell" if not unavailable else "no calibrated plan that can run here"
-        return Plan(steps, f"rule ladder for intent {features.intent!r} ({why})")
+        why = f"rule ladder for intent {features.intent!r}"
+        if skipped:
+            why += f" (skipped {', '.join(skipped)}: cannot run here)"
+        return Plan(steps, why)
 
 
 @dataclass(frozen=True)
@@ -241,10 +242,12 @@ class CalibratedPolicy:
         key = f"{features.intent}/{difficulty}"
         cell = self.cells.get(key) or self.cells.get(f"{features.intent}/{ANY}")
         if cell is None:
-            return self.fallback.plan(features, budget, unavailable=unavailable)
+            rules = self.fallback.plan(features, budget, unavailable=unavailable)
+            return replace(rules, reason=f"no calibrated cell for {key}: {rules.reason}")
         usable = [c for c in cell.candidates if not c.strategies() & unavailable]
         if not usable:
-            return self.fallback.plan(features, budget, unavailable=unavailable)
+            rules = self.fallback.plan(features, budget, unavailable=unavailable)
+            return replace(rules, reason=f"no plan of cell {key} can run here: {rules.reason}")
         fits = [c for c in usable if _fits(c, budget)]
         capped = (budget.max_flops, budget.max_usd, budget.max_seconds) != (None, None, None)
         if fits and capped:
