@@ -18,7 +18,7 @@ from apportion.config import Settings
 from apportion.engines import catalogue
 from apportion.errors import BudgetExceededError, UnknownNameError, UsageError
 from apportion.ledger import Ledger, RaplMeter
-from apportion.router.features import Features, extract_features, intent_probabilities
+from apportion.router.features import Features, extract_features, top_intent, with_earlier_turns
 from apportion.router.policy import (
     Plan,
     Policy,
@@ -55,7 +55,7 @@ def conversation_features(query: Query) -> Features:
     """Routing features for a query and the conversation before it.
 
     The intent blends the final message with the user turns before it (see
-    `intent_probabilities`), so a follow-up ("How many altogether?") routes as the problem it
+    `with_earlier_turns`), so a follow-up ("How many altogether?") routes as the problem it
     follows up on. Whether there is a math expression is judged on the final message alone:
     only that message ever reaches the solver, and an expression in an earlier turn would
     otherwise send every later question down the arithmetic ladder.
@@ -65,11 +65,10 @@ def conversation_features(query: Query) -> Features:
     if not turns:
         return last
     text = "\n".join([*turns, query.text])
-    shares = intent_probabilities(
-        query.text, has_math_expression=last.has_math_expression, earlier=turns
-    )
+    # the last message was classified above; only the earlier turns are new
+    shares = with_earlier_turns(dict(last.intent_probabilities), turns)
     return Features(
-        intent=max(shares, key=lambda c: shares[c]),
+        intent=top_intent(shares),
         intent_probabilities=tuple(shares.items()),
         has_math_expression=last.has_math_expression,
         n_numbers=sum(ch.isdigit() for ch in text),

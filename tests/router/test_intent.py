@@ -4,15 +4,15 @@ ingredients (the latency itself is measured by scripts/build_intent_model.py, no
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from apportion.bench.datasets import DATA_DIR_ENV, default_data_dir
+from apportion.engine import conversation_features
 from apportion.errors import UsageError
-from apportion.router.features import INTENTS, classify_conversation
+from apportion.router.features import INTENTS
 from apportion.router.intent import (
     DIM,
     MODEL_FILE,
@@ -21,6 +21,7 @@ from apportion.router.intent import (
     hashed_features,
 )
 from apportion.tools.solver import extract_math
+from apportion.types import Message, Query
 
 
 def data_dir() -> Path:
@@ -77,11 +78,14 @@ def test_typical_queries(text: str, intent: str) -> None:
 
 
 def test_a_follow_up_takes_its_conversations_intent() -> None:
-    earlier = ["Natalia sold clips to 48 of her friends in April, and half as many in May."]
-    assert classify_conversation(earlier, "How many did she sell altogether?",
-                                 has_math_expression=False) == "math_word"  # fmt: skip
-    assert classify_conversation(["What is 17*23+5?"], "Who wrote Hamlet?",
-                                 has_math_expression=False) == "factual"  # fmt: skip
+    # through the engine's own routing path, which classifies the last message once
+    def routed(earlier: str, last: str) -> str:
+        history = (Message("user", earlier), Message("assistant", "OK."))
+        return conversation_features(Query(last, history=history)).intent
+
+    clips = "Natalia sold clips to 48 of her friends in April, and half as many in May."
+    assert routed(clips, "How many did she sell altogether?") == "math_word"
+    assert routed("What is 17*23+5?", "Who wrote Hamlet?") == "factual"
 
 
 def test_save_and_load_round_trip(tmp_path: Path) -> None:
@@ -117,6 +121,6 @@ def test_no_shared_data_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.Mon
     from apportion.router.intent_data import labelled_queries
 
     monkeypatch.setenv(DATA_DIR_ENV, str(tmp_path / "missing"))
-    with pytest.raises(UsageError, match=DATA_DIR_ENV):
+    with pytest.raises(UsageError, match=DATA_DIR_ENV) as info:
         labelled_queries()
-    assert os.environ[DATA_DIR_ENV].endswith("missing")
+    assert str(tmp_path / "missing") in str(info.value)  # it names the folder it looked in

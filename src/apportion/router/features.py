@@ -28,37 +28,25 @@ class Features:
 LAST_TURN_WEIGHT = 0.6
 
 
-def intent_probabilities(
-    text: str, *, has_math_expression: bool, earlier: Sequence[str] = ()
-) -> dict[Intent, float]:
-    """The trained classifier's class probabilities (see router/intent.py) for `text`; in a
-    conversation, blended with those of the `earlier` user turns. A vague follow-up ("How many
-    did she sell altogether?") takes the intent of the problem it follows; a clear new question
-    ("Who wrote Hamlet?") keeps its own."""
+def intent_probabilities(text: str, *, has_math_expression: bool) -> dict[Intent, float]:
+    """The trained classifier's class probabilities for `text` (see router/intent.py)."""
     from apportion.router.intent import default_classifier
 
-    model = default_classifier()
-    own = model.probabilities(text, has_math_expression=has_math_expression)
+    return default_classifier().probabilities(text, has_math_expression=has_math_expression)
+
+
+def with_earlier_turns(own: dict[Intent, float], earlier: Sequence[str]) -> dict[Intent, float]:
+    """A message's class probabilities blended with those of the user turns before it, so a
+    vague follow-up ("How many did she sell altogether?") takes the intent of the problem it
+    follows, while a clear new question ("Who wrote Hamlet?") keeps its own."""
     if not earlier:
         return own
-    before = model.probabilities("\n".join(earlier), has_math_expression=False)
+    before = intent_probabilities("\n".join(earlier), has_math_expression=False)
     return {c: LAST_TURN_WEIGHT * own[c] + (1 - LAST_TURN_WEIGHT) * before[c] for c in own}
 
 
-def _top(shares: dict[Intent, float]) -> Intent:
+def top_intent(shares: dict[Intent, float]) -> Intent:
     return max(shares, key=lambda c: shares[c])
-
-
-def classify_intent(text: str, *, has_math_expression: bool) -> Intent:
-    return _top(intent_probabilities(text, has_math_expression=has_math_expression))
-
-
-def classify_conversation(
-    earlier: Sequence[str], last: str, *, has_math_expression: bool
-) -> Intent:
-    return _top(
-        intent_probabilities(last, has_math_expression=has_math_expression, earlier=earlier)
-    )
 
 
 def extract_features(text: str) -> Features:
@@ -67,7 +55,7 @@ def extract_features(text: str) -> Features:
     has_math = extract_math(text) is not None
     shares = intent_probabilities(text, has_math_expression=has_math)
     return Features(
-        intent=_top(shares),
+        intent=top_intent(shares),
         intent_probabilities=tuple(shares.items()),
         has_math_expression=has_math,
         n_numbers=len(_NUMBER.findall(text)),
