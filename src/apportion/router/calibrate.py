@@ -98,27 +98,25 @@ def replay(steps: Sequence[Step], outcomes: dict[str, ItemResult]) -> tuple[bool
     return final is not None and final.correct, ran
 
 
-def _answers(steps: Sequence[Step], outcomes: dict[str, ItemResult]) -> bool:
-    """Whether the ladder ends with an answer: not a decline (no answer, an error) and not
+def _answers(final: ItemResult | None) -> bool:
+    """Whether a ladder ended with an answer: not a decline (no answer, an error) and not
     rag's "not found in the documents"."""
-    final, _ = _run_ladder(steps, outcomes)
     return final is not None and _ok(final) and final.answer != ABSTAIN
 
 
-def _measure(steps: tuple[Step, ...], items: Sequence[_Item]) -> Candidate:
-    correct = flops = wall = usd = 0.0
+def _measure(steps: tuple[Step, ...], items: Sequence[_Item]) -> tuple[Candidate, float]:
+    """The plan replayed over `items`: its accuracy and mean costs, and the share of the
+    items it answered."""
+    correct = flops = wall = usd = answered = 0.0
     for item in items:
-        won, ran = replay(steps, item.outcomes)
-        correct += won
+        final, ran = _run_ladder(steps, item.outcomes)
+        correct += final is not None and final.correct
+        answered += _answers(final)
         flops += sum(r.flops for r in ran)
         wall += sum(r.wall_s for r in ran)
         usd += sum(r.cost_usd for r in ran)
     n = len(items)
-    return Candidate(steps, correct / n, flops / n, wall / n, usd / n)
-
-
-def _answer_share(steps: tuple[Step, ...], items: Sequence[_Item]) -> float:
-    return sum(_answers(steps, item.outcomes) for item in items) / len(items)
+    return Candidate(steps, correct / n, flops / n, wall / n, usd / n), answered / n
 
 
 def _candidates(strategies: Sequence[str], bars: Sequence[float]) -> list[tuple[Step, ...]]:
@@ -216,7 +214,7 @@ def calibrate(
     items, strategies = _items(
         results, None if train_share == 1 else lambda d, i: in_training_share(d, i, train_share)
     )
-    singles = [_measure((Step(s, 0.0),), items) for s in strategies]
+    singles = [_measure((Step(s, 0.0),), items)[0] for s in strategies]
     max_flops = max(m.flops for m in singles) or 1.0
     plans = _candidates(strategies, bars)
     by_intent: dict[str, list[_Item]] = {}
@@ -238,8 +236,9 @@ def calibrate(
             # Only plans that answer nearly every question of the cell compete: otherwise a
             # plan that declines for free (symbolic on a word problem, rag on one its store
             # cannot know) wins whenever λ prices compute above the accuracy it forgoes.
-            answering = [p for p in plans if _answer_share(p, members) >= MIN_ANSWERED]
-            front = _pareto([_measure(p, members) for p in answering or plans], len(members))
+            measured = [_measure(p, members) for p in plans]
+            answering = [m for m, share in measured if share >= MIN_ANSWERED]
+            front = _pareto(answering or [m for m, _ in measured], len(members))
             chosen = max(front, key=lambda m: (trade_off(m, lam, max_flops), -m.flops))
             cells[f"{intent}/{difficulty}"] = {
                 "n": len(members),
@@ -285,7 +284,7 @@ def evaluate(
     """Replay each policy over the traced items that `keep` admits (all by default)."""
     items, strategies = _items(results, keep)
     n = len(items)
-    fixed = {s: _measure((Step(s, 0.0),), items) for s in strategies}
+    fixed = {s: _measure((Step(s, 0.0),), items)[0] for s in strategies}
     replayed: dict[str, tuple[float, float] | None] = {}
     for name, policy in policies.items():
         plans = [policy.plan(item.features, Budget()).steps for item in items]
