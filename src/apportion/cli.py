@@ -132,6 +132,7 @@ def ask(
     """
     from apportion.engine import Engine
     from apportion.router.policy import load_policy
+    from apportion.strategies.registry import parse_spec
     from apportion.tools.store import open_store
 
     try:
@@ -141,7 +142,7 @@ def ask(
         engine = Engine(
             settings=settings, pull_progress=RichPullProgress(err), policy=load_policy(policy)
         )
-        if store is not None or strategy.split(":")[0] == "rag":
+        if store is not None or parse_spec(strategy).name in engine.registry.store_readers():
             engine.store = open_store(store or settings.store_path)
         elif settings.store_path.exists():
             # auto may route a factual question to rag: open the index only if it does.

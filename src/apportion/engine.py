@@ -28,7 +28,7 @@ from apportion.router.policy import (
     stops_here,
 )
 from apportion.strategies.base import CompletionCache, RunContext
-from apportion.strategies.registry import StrategyRegistry, default_registry, parse_spec
+from apportion.strategies.registry import StrategyRegistry, default_registry
 from apportion.types import Answer, AnswerKind, Attempt, Budget, Message, Query
 
 if TYPE_CHECKING:
@@ -204,7 +204,7 @@ class Engine:
         features = conversation_features(query)
         plan = self.plan(features, strategy, budget)
         readers = self.registry.store_readers()
-        retrieves = any(parse_spec(step.strategy).name in readers for step in plan.steps)
+        retrieves = any(step.name in readers for step in plan.steps)
         if retrieves and self.store is None and self.store_opener is not None:
             self.store = self.store_opener()
         ledger = Ledger(hardware=self.settings.hardware, budget=budget)

@@ -26,6 +26,7 @@ from typing import Any, Protocol
 
 from apportion.errors import UsageError
 from apportion.router.features import Features, Intent
+from apportion.strategies.registry import parse_spec
 from apportion.types import Budget
 
 POLICY_FILE = Path(__file__).with_name("policy.json")
@@ -43,6 +44,11 @@ DEFAULT_LAMBDA = 0.2
 class Step:
     strategy: str  # a strategy spec, e.g. "program" or "consistency:n=8"
     stop_at: float  # stop the ladder when this step's confidence reaches this
+
+    @property
+    def name(self) -> str:
+        """The strategy's name, without its parameters."""
+        return parse_spec(self.strategy).name
 
 
 @dataclass(frozen=True)
@@ -118,7 +124,7 @@ class RulePolicy:
         self, features: Features, budget: Budget, *, unavailable: frozenset[str] = frozenset()
     ) -> Plan:
         ladder = RULE_LADDERS[features.intent]
-        skipped = [s.strategy for s in ladder if s.strategy.split(":", 1)[0] in unavailable]
+        skipped = [s.strategy for s in ladder if s.name in unavailable]
         steps = tuple(s for s in ladder if s.strategy not in skipped)
         if not steps:
             steps = (Step("direct", 0.0),)
@@ -145,7 +151,7 @@ class Candidate:
         return plan_spec(self.steps)
 
     def strategies(self) -> set[str]:
-        return {s.strategy.split(":", 1)[0] for s in self.steps}
+        return {s.name for s in self.steps}
 
 
 @dataclass(frozen=True)
