@@ -193,17 +193,17 @@ class RunContext:
         )
 
     def solve(self, question: str, *, detail: str = "") -> SolverResult:
+        """Answer exactly, without a model: a bare boolean formula with Z3, anything else with
+        SymPy (which declines what holds no math). Charged as the tool that ran."""
+        from apportion.tools.logic import NO_LOGIC, evaluate_boolean
         from apportion.tools.solver import solve
 
-        result = solve(question, timeout_s=self._tool_timeout(self.solver_timeout_s))
-        self.ledger.charge_tool("sympy", wall_s=result.wall_s, cpu_s=result.cpu_s, detail=detail)
-        return result
-
-    def evaluate_logic(self, question: str, *, detail: str = "") -> SolverResult:
-        from apportion.tools.logic import evaluate_boolean
-
-        result = evaluate_boolean(question)
-        self.ledger.charge_tool("z3", wall_s=result.wall_s, cpu_s=result.cpu_s, detail=detail)
+        result = evaluate_boolean(question)  # declines at once unless the text is a formula
+        tool = "z3"
+        if result.error == NO_LOGIC:
+            result = solve(question, timeout_s=self._tool_timeout(self.solver_timeout_s))
+            tool = "sympy"
+        self.ledger.charge_tool(tool, wall_s=result.wall_s, cpu_s=result.cpu_s, detail=detail)
         return result
 
     def _tool_timeout(self, default_s: float) -> float:

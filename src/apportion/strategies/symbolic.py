@@ -1,8 +1,9 @@
 """symbolic: answer exactly with a solver, no model call at all.
 
 A bare propositional formula ("not ( True ) and False is") goes to Z3 (`tools/logic.py`);
-arithmetic and algebra go to SymPy through the safe parser (`tools/solver.py`). A question that
-is neither is declined, so a ladder can fall through to a model.
+arithmetic and algebra go to SymPy through the safe parser (`tools/solver.py`); the choice is
+`RunContext.solve`'s. A question that is neither is declined, so a ladder can fall through to a
+model.
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from apportion.strategies.base import RunContext
-from apportion.tools.logic import extract_boolean
 from apportion.types import Attempt, Query
 
 
@@ -21,10 +21,7 @@ class Symbolic:
         return "symbolic"
 
     def run(self, query: Query, ctx: RunContext) -> Attempt:
-        if extract_boolean(query.text) is not None:
-            result = ctx.evaluate_logic(query.text, detail="symbolic: z3")
-        else:
-            result = ctx.solve(query.text, detail="symbolic: sympy")
+        result = ctx.solve(query.text, detail="symbolic")
         if not result.ok or result.answer is None:
             return Attempt(self.name, None, 0.0, error=f"solver: {result.error}")
         # An exact result is as sure as an answer gets, if the question was parsed right.

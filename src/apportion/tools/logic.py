@@ -16,11 +16,12 @@ import z3
 
 from apportion.tools.results import SolverResult
 
-__all__ = ["evaluate_boolean", "extract_boolean"]
+__all__ = ["NO_LOGIC", "evaluate_boolean", "extract_boolean"]
 
 # Deeper nesting than this is declined rather than parsed (the parser recurses per level).
 MAX_DEPTH = 100
 MAX_TOKENS = 1000
+NO_LOGIC = "no_logic"  # the error for text that is no formula
 
 _LEAD = re.compile(
     r"^\s*(?:(?:evaluate|compute|simplify|what\s+is|what's|is)\b\s*(?:the\s+)?"
@@ -134,7 +135,7 @@ def evaluate_boolean(text: str) -> SolverResult:
 
     expression = extract_boolean(text)
     if expression is None:
-        return result(None, None, "no_logic")
+        return result(None, None, NO_LOGIC)
     parser = _Parser(expression.lower().split())
     try:
         term = parser.expr(0)
