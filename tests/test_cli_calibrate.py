@@ -71,6 +71,11 @@ def test_a_training_share_reports_the_held_out_rest(tmp_path: Path) -> None:
     # symbolic for arithmetic, program-then-cot for word problems: right on everything here
     assert accuracy == 1.0 and flops < held["fixed"]["cot"][1]
     assert "held out" in proc.stdout and "oracle" in proc.stdout
+    # the floor: arithmetic answered free by symbolic, word problems by program (symbolic
+    # declines them, so it cannot be their cheapest answer)
+    floor_accuracy, floor_flops = held["cheapest_answer"]
+    assert 0 < floor_flops < held["fixed"]["program"][1] and floor_accuracy < 1.0
+    assert "cheapest answer (hindsight)" in proc.stdout
 
 
 def test_gzipped_traces_calibrate_like_plain_ones(tmp_path: Path) -> None:

@@ -107,6 +107,7 @@ def calibrate(
                     None if held_out.policies["rules"] is None else list(held_out.policies["rules"])
                 ),
                 "oracle": list(held_out.oracle),
+                "cheapest_answer": list(held_out.cheapest_answer),
             }
     except ApportionError as e:
         fail(e)
@@ -131,6 +132,7 @@ def calibrate(
             if replayed is not None:
                 rows.append((label, replayed))
         rows.append(("oracle", held_out.oracle))
+        rows.append(("cheapest answer (hindsight)", held_out.cheapest_answer))
         for name, (accuracy, flops) in rows:
             check.add_row(name, f"{accuracy:.1%}", f"{flops:.3g}")
         out.print(check)

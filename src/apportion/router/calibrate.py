@@ -273,6 +273,9 @@ class Evaluation:
     fixed: dict[str, tuple[float, float]]
     policies: dict[str, tuple[float, float] | None]
     oracle: tuple[float, float]
+    # Each item answered by its cheapest strategy that gives an answer, chosen with hindsight:
+    # a floor under the FLOPs of any policy that answers every question.
+    cheapest_answer: tuple[float, float]
 
 
 def evaluate(
@@ -299,9 +302,15 @@ def evaluate(
             flops += sum(r.flops for r in ran)
         replayed[name] = (correct / n, flops / n)
     best = oracle(r for item in items for r in item.outcomes.values())
+    cheapest = [
+        min((r for r in item.outcomes.values() if _answers(r)), key=lambda r: r.flops,
+            default=min(item.outcomes.values(), key=lambda r: r.flops))
+        for item in items
+    ]  # fmt: skip
     return Evaluation(
         n,
         {s: (m.accuracy, m.flops) for s, m in fixed.items()},
         replayed,
         (sum(r.correct for r in best) / n, sum(r.flops for r in best) / n),
+        (sum(r.correct for r in cheapest) / n, sum(r.flops for r in cheapest) / n),
     )
