@@ -69,7 +69,8 @@ class Rag:
     # Context compression: keep only the sentences of the retrieved passages that share the
     # most content words with the question, about this many words in all (0: whole passages).
     # On 100 SQuAD dev questions (seed 1), EM was 33% at 40 and 60 words, 34% at 80, 33% at
-    # 120 and 1.61e11, 1.91e11, 2.25e11, 2.89e11 FLOPs: the answer sentence is what counts.
+    # 120, at 1.61e11, 1.90e11, 2.23e11, 2.88e11 FLOPs: the answer sentence is what counts
+    # (README, Retrieval, has the command).
     context_words: int = 40
 
     def __post_init__(self) -> None:
