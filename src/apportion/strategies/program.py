@@ -74,9 +74,9 @@ class Program:
     max_tokens: int | None = None
     temperature: float = 0.0
     # With log-probabilities, the confidence of a program that ran is its geometric-mean token
-    # probability, exp(mean log-prob): on gsm8k with qwen2.5-coder-0.5b it separates right
-    # from wrong programs far better than the fixed 0.8 / 0.6 (see cascade.py). Without them
-    # (or when the engine cannot give them), the fixed values.
+    # probability, exp(mean log-prob), which ranks right programs above wrong ones (the AUROC
+    # is in benchmarks/cascade_threshold.py's output); the cascade thresholds it. Without them
+    # (or when the engine cannot give them), the fixed 0.8 for solve(), 0.6 for a script.
     logprobs: bool = False
 
     @property
