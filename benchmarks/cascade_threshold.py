@@ -14,9 +14,10 @@ Then it replays the cascade for each threshold from the traces, with `Cascade.ru
 model's answer, or the probe's if the large model gave none), and prints accuracy, mean FLOPs,
 the escalated share, and the probe's AUROC (how well its confidence ranks right answers above
 wrong ones, a failed program counting as confidence 0). The recommended threshold is the most
-accurate one whose mean FLOPs stay within `--flops-share` of the large model's chain of thought.
+accurate one whose mean FLOPs stay within a budget: `--max-flops` per question, or by default
+`--flops-share` of the large model's chain of thought on these same questions.
 
-    python benchmarks/cascade_threshold.py --out runs/cascade-threshold
+    python benchmarks/cascade_threshold.py --out runs/cascade-threshold --max-flops 5.65e11
 """
 
 from __future__ import annotations
@@ -74,6 +75,7 @@ def main() -> None:
     parser.add_argument("--large", default="qwen2.5-coder-1.5b")
     parser.add_argument("--n", type=int, default=100, help="tuning questions")
     parser.add_argument("--flops-share", type=float, default=0.6)
+    parser.add_argument("--max-flops", type=float, default=None, help="an absolute budget")
     parser.add_argument("--data-dir", type=Path, default=None)
     args = parser.parse_args()
 
@@ -101,6 +103,7 @@ def main() -> None:
           f"{auroc([confidence[k] for k in ran], [right[k] for k in ran]):.2f} among programs "
           "that ran\n")  # fmt: skip
     print(f"{'threshold':>9}  {'accuracy':>8}  {'mean FLOPs':>10}  {'/ cot':>6}  escalated")
+    budget = args.max_flops if args.max_flops is not None else args.flops_share * cot_flops
     best: float | None = None
     best_accuracy = -1.0
     for t in THRESHOLDS:
@@ -117,9 +120,9 @@ def main() -> None:
         accuracy, mean = correct / n, flops / n
         print(f"{t:>9g}  {accuracy:>8.1%}  {mean:>10.3g}  {mean / cot_flops:>6.0%}  "
               f"{escalated / n:.0%}")  # fmt: skip
-        if mean <= args.flops_share * cot_flops and accuracy > best_accuracy:
+        if mean <= budget and accuracy > best_accuracy:
             best, best_accuracy = t, accuracy
-    print(f"\nmost accurate within {args.flops_share:.0%} of the large cot's FLOPs: {best}")
+    print(f"\nmost accurate within {budget:.3g} FLOPs per question: {best}")
 
 
 if __name__ == "__main__":
