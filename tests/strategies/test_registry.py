@@ -39,3 +39,56 @@ def test_bad_parameter_names_valid_ones() -> None:
         default_registry().build("cot:max_tokens=lots")
     with pytest.raises(UsageError, match="key=value"):
         default_registry().build("cot:oops")
+
+
+@pytest.mark.parametrize(
+    ("spec", "words"),
+    [
+        ("consistency:n=100000,rule=fixed", "consistency:n must be between 1 and 64"),
+        ("consistency:n=0", "consistency:n must be between 1 and 64"),
+        ("best_of_n:n=1000", "best_of_n:n must be between 1 and 32"),
+        ("cascade:probe_n=500", "cascade:probe_n must be between 1 and 32"),
+        ("cot:max_tokens=10000000", "cot:max_tokens must be between 1 and 32768"),
+        ("direct:max_tokens=0", "direct:max_tokens must be between 1 and 32768"),
+        ("rag:k=100000", "rag:k must be between 1 and 50"),
+        ("cot:temperature=50", "cot:temperature must be between 0 and 2"),
+        ("consistency:window=1000", "consistency:window must be between 1 and 64"),
+    ],
+)
+def test_parameters_out_of_bounds_are_refused(spec: str, words: str) -> None:
+    with pytest.raises(UsageError, match=words):
+        default_registry().build(spec)
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+def test_non_finite_numbers_are_refused(value: str) -> None:
+    with pytest.raises(UsageError, match="finite"):
+        default_registry().build(f"cot:temperature={value}")
+
+
+def test_bounds_are_declared_on_the_parameters_and_hold_the_defaults() -> None:
+    """Every count, token limit and sampling parameter of a built-in strategy is bounded, and
+    every default lies inside its bounds."""
+    registry = default_registry()
+    bounded = {
+        "consistency": {"n", "window", "confidence", "temperature", "max_tokens"},
+        "best_of_n": {"n", "temperature", "max_tokens"},
+        "cascade": {"threshold", "probe_n", "probe_confidence"},
+        "cot": {"temperature", "max_tokens"},
+        "program": {"temperature", "max_tokens"},
+        "direct": {"max_tokens"},
+        "rag": {"k", "max_tokens", "passage_words", "context_words", "min_overlap"},
+    }
+    for name, expected in bounded.items():
+        bounds = registry.bounds(name)
+        assert expected <= set(bounds), (name, set(bounds))
+        defaults = registry.parameters(name)
+        for param, limit in bounds.items():
+            limit.check(defaults[param], f"{name}:{param}")  # raises if a default is out
+
+
+def test_values_at_the_bounds_are_accepted() -> None:
+    registry = default_registry()
+    assert registry.build("consistency:n=64,rule=fixed").n == 64  # type: ignore[attr-defined]
+    assert registry.build("consistency:n=1").n == 1  # type: ignore[attr-defined]
+    assert registry.build("cot:max_tokens=32768").max_tokens == 32768  # type: ignore[attr-defined]

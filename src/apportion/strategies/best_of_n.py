@@ -3,20 +3,22 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Annotated
 
 from apportion.strategies.base import RunContext
 from apportion.strategies.cot import ChainOfThought
+from apportion.strategies.registry import MAX_TOKENS_BOUND, Bounds
 from apportion.strategies.verifiers import VERIFIERS, Candidate, make_verifier
 from apportion.types import Attempt, Query
 
 
 @dataclass(frozen=True)
 class BestOfN:
-    n: int = 4
+    n: Annotated[int, Bounds(1, 32)] = 4
     verifier: str = "logprob"
-    temperature: float = 0.7
+    temperature: Annotated[float, Bounds(0, 2)] = 0.7
     model: str | None = None
-    max_tokens: int | None = None
+    max_tokens: Annotated[int | None, Bounds(1, MAX_TOKENS_BOUND)] = None
 
     def __post_init__(self) -> None:
         if self.n < 1:

@@ -15,13 +15,14 @@ the 100 tuning questions of benchmarks/cascade_threshold.py (0.76 among programs
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, Literal
 
 from apportion.config import DEFAULT_MODEL, LARGE_MODEL
 from apportion.strategies.base import RunContext, Strategy
 from apportion.strategies.consistency import SelfConsistency
 from apportion.strategies.cot import ChainOfThought
 from apportion.strategies.program import Program
+from apportion.strategies.registry import Bounds
 from apportion.types import Attempt, Query
 
 Method = Literal["cot", "program"]
@@ -35,10 +36,10 @@ class Cascade:
     # the README reports: the most accurate threshold whose cascade stayed within a budget of
     # 5.65e11 FLOPs per question there (60% of the 1.5B chain of thought's cost measured in
     # issue 3's dev run); the command is in the README.
-    threshold: float = 0.81
+    threshold: Annotated[float, Bounds(0, 1)] = 0.81
     probe: Method = "program"
-    probe_n: int = 1
-    probe_confidence: float = 0.8
+    probe_n: Annotated[int, Bounds(1, 32)] = 1
+    probe_confidence: Annotated[float, Bounds(0, 1)] = 0.8
     final: Method = "program"
 
     def __post_init__(self) -> None:

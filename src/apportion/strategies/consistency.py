@@ -16,13 +16,14 @@ processing. The ledger still charges every sample its full prompt (see ledger.py
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, Literal
 
 from apportion.answers import vote_key
 from apportion.errors import BudgetExceededError
 from apportion.strategies.base import RunContext
 from apportion.strategies.cot import ChainOfThought
 from apportion.strategies.program import Program
+from apportion.strategies.registry import MAX_TOKENS_BOUND, Bounds
 from apportion.strategies.stopping import STOP_RULES, StopRule, leader, should_stop
 from apportion.types import Attempt, Query
 
@@ -31,14 +32,14 @@ Base = Literal["cot", "program"]
 
 @dataclass(frozen=True)
 class SelfConsistency:
-    n: int = 8
+    n: Annotated[int, Bounds(1, 64)] = 8
     rule: StopRule = "esc"
-    window: int = 2
-    confidence: float = 0.95
+    window: Annotated[int, Bounds(1, 64)] = 2
+    confidence: Annotated[float, Bounds(0, 1)] = 0.95
     base: Base = "cot"
-    temperature: float = 0.7
+    temperature: Annotated[float, Bounds(0, 2)] = 0.7
     model: str | None = None
-    max_tokens: int | None = None
+    max_tokens: Annotated[int | None, Bounds(1, MAX_TOKENS_BOUND)] = None
 
     def __post_init__(self) -> None:
         if self.n < 1:

@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Annotated
 
 from apportion.answers import extract_answer
 from apportion.strategies.base import RunContext
 from apportion.strategies.prompts import FINAL_LINE, answer_format
+from apportion.strategies.registry import MAX_TOKENS_BOUND, Bounds
 from apportion.types import Attempt, Message, Query
 
 
 @dataclass(frozen=True)
 class ChainOfThought:
     model: str | None = None
-    max_tokens: int | None = None
-    temperature: float = 0.0
+    max_tokens: Annotated[int | None, Bounds(1, MAX_TOKENS_BOUND)] = None
+    temperature: Annotated[float, Bounds(0, 2)] = 0.0
     logprobs: bool = False
 
     @property

@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Annotated
 
 from apportion.answers import extract_answer
 from apportion.strategies.base import RunContext
 from apportion.strategies.prompts import answer_format
+from apportion.strategies.registry import MAX_TOKENS_BOUND, Bounds
 from apportion.types import Attempt, Message, Query
 
 
 @dataclass(frozen=True)
 class Direct:
     model: str | None = None
-    max_tokens: int | None = None
+    max_tokens: Annotated[int | None, Bounds(1, MAX_TOKENS_BOUND)] = None
     # Record token log-probabilities and use their mean as the confidence (a cheap signal for
     # cascades). Off by default: the direct path should cost what a raw call costs.
     logprobs: bool = False

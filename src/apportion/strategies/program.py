@@ -9,9 +9,11 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
+from typing import Annotated
 
 from apportion.answers import canonical_number
 from apportion.strategies.base import RunContext
+from apportion.strategies.registry import MAX_TOKENS_BOUND, Bounds
 from apportion.types import Attempt, Message, Query
 
 RESULT_MARKER = "__APPORTION_RESULT__="
@@ -71,8 +73,8 @@ def parse_result(stdout: str) -> str | None:
 @dataclass(frozen=True)
 class Program:
     model: str | None = None
-    max_tokens: int | None = None
-    temperature: float = 0.0
+    max_tokens: Annotated[int | None, Bounds(1, MAX_TOKENS_BOUND)] = None
+    temperature: Annotated[float, Bounds(0, 2)] = 0.0
     # With log-probabilities, the confidence of a program that ran is its geometric-mean token
     # probability, exp(mean log-prob), which ranks right programs above wrong ones (the AUROC
     # is in benchmarks/cascade_threshold.py's output); the cascade thresholds it. Without them

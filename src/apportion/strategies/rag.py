@@ -33,12 +33,13 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Annotated, ClassVar
 
 from apportion.answers import extract_answer, normalize_text
 from apportion.errors import ToolError
 from apportion.strategies.base import RunContext
 from apportion.strategies.prompts import answer_format
+from apportion.strategies.registry import MAX_TOKENS_BOUND, Bounds
 from apportion.tools.store.base import Hit, keywords
 from apportion.types import Attempt, Message, Query
 
@@ -57,21 +58,21 @@ class Rag:
     # Read by `bench`, which refuses to run a store-reading strategy without --corpus.
     uses_store: ClassVar[bool] = True
 
-    k: int = 3
+    k: Annotated[int, Bounds(1, 50)] = 3
     # Least relevance (cosine + half the word share, see above) of the best hit, with embeddings.
-    min_score: float = 0.7
+    min_score: Annotated[float, Bounds(-1, 1.5)] = 0.7
     # Without embeddings: least share of the question's content words found in one passage.
-    min_overlap: float = 0.5
+    min_overlap: Annotated[float, Bounds(0, 1)] = 0.5
     model: str | None = None
-    max_tokens: int | None = None
+    max_tokens: Annotated[int | None, Bounds(1, MAX_TOKENS_BOUND)] = None
     # Each passage is cut to this many words in the prompt, to fit small context windows.
-    passage_words: int = 220
+    passage_words: Annotated[int, Bounds(1, 2000)] = 220
     # Context compression: keep only the sentences of the retrieved passages that share the
     # most content words with the question, about this many words in all (0: whole passages).
     # On 100 SQuAD dev questions (seed 1), EM was 33% at 40 and 60 words, 34% at 80, 33% at
     # 120, at 1.61e11, 1.90e11, 2.23e11, 2.88e11 FLOPs: the answer sentence is what counts
     # (README, Retrieval, has the command).
-    context_words: int = 40
+    context_words: Annotated[int, Bounds(0, 5000)] = 40
 
     def __post_init__(self) -> None:
         if self.k < 1:

@@ -2,13 +2,15 @@
 `cascade:small=qwen2.5-coder-0.5b,large=qwen2.5-coder-1.5b,threshold=0.6`.
 
 A strategy is a dataclass; its fields are its parameters, and their annotations give the types
-that `key=value` strings are coerced to. Third-party strategies register through the
-`apportion.strategies` entry-point group (name → dataclass), without touching the core.
+that `key=value` strings are coerced to, and the range each may take (`Bounds`, declared beside
+the field). Third-party strategies register through the `apportion.strategies` entry-point group
+(name → dataclass), without touching the core.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -19,6 +21,28 @@ from apportion.errors import UnknownNameError, UsageError
 from apportion.strategies.base import Strategy
 
 StrategyFactory = Callable[..., Strategy]
+
+# The most tokens any one call of a strategy may ask for: beyond every context window served.
+MAX_TOKENS_BOUND = 32_768
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """The range a numeric strategy parameter may take, declared in its field's annotation:
+    `n: Annotated[int, Bounds(1, 64)] = 8`. `StrategyRegistry.build` refuses a value outside it
+    with a UsageError (the CLI exits 2, the server answers 400) before any work: an unbounded
+    `consistency:n=100000` would hold the model until the request timed out."""
+
+    low: float
+    high: float
+
+    def check(self, value: object, where: str) -> None:
+        if value is None or isinstance(value, bool) or not isinstance(value, int | float):
+            return
+        if not self.low <= value <= self.high:
+            raise UsageError(
+                f"{where} must be between {self.low:g} and {self.high:g}, got {value:g}"
+            )
 
 
 @dataclass(frozen=True)
@@ -71,7 +95,12 @@ def _coerce(value: str, annotation: Any, where: str) -> Any:
             if lowered not in {"true", "false", "1", "0", "yes", "no"}:
                 raise ValueError(value)
             return lowered in {"true", "1", "yes"}
-        if target in (int, float, str):
+        if target is float:
+            number = float(value)
+            if not math.isfinite(number):
+                raise UsageError(f"{where} must be a finite number, got {value!r}")
+            return number
+        if target in (int, str):
             return target(value)
     except ValueError:
         raise UsageError(
@@ -101,6 +130,20 @@ class StrategyRegistry:
             return {}
         return {f.name: f.default for f in dataclasses.fields(factory) if f.init}
 
+    def bounds(self, name: str) -> dict[str, Bounds]:
+        """The declared range of each bounded parameter of strategy `name`."""
+        factory = self._factories[name]
+        if not dataclasses.is_dataclass(factory):
+            return {}
+        hints = typing.get_type_hints(factory, include_extras=True)
+        return {
+            f.name: bound
+            for f in dataclasses.fields(factory)
+            if f.init
+            for bound in getattr(hints.get(f.name), "__metadata__", ())
+            if isinstance(bound, Bounds)
+        }
+
     def build(self, spec_text: str) -> Strategy:
         spec = parse_spec(spec_text)
         factory = self._factories.get(spec.name)
@@ -112,13 +155,17 @@ class StrategyRegistry:
                 raise UsageError(f"strategy {spec.name!r} takes no parameters")
             hints = typing.get_type_hints(factory)
             valid = [f.name for f in dataclasses.fields(factory) if f.init]
+            bounds = self.bounds(spec.name)
             for key, value in spec.params:
                 if key not in valid:
                     raise UsageError(
                         f"strategy {spec.name!r} has no parameter {key!r}",
                         f"valid parameters: {', '.join(valid) or 'none'}",
                     )
-                kwargs[key] = _coerce(value, hints[key], f"{spec.name}:{key}")
+                where = f"{spec.name}:{key}"
+                kwargs[key] = _coerce(value, hints[key], where)
+                if key in bounds:
+                    bounds[key].check(kwargs[key], where)
         try:
             strategy = factory(**kwargs)
         except ValueError as e:
