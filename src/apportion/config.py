@@ -68,6 +68,13 @@ class Settings(BaseModel):
         """The embedded document store `apportion index` fills and `rag` searches by default."""
         return self.home / "store.sqlite"
 
+    def data_paths(self) -> tuple[Path, ...]:
+        """Every place this configuration keeps apportion's data: the home folder (models, store,
+        keys, bench caches and stores live there by default) and any other path a setting names.
+        The sandbox hides them all from the code it runs."""
+        named = [value for value in dict(self).values() if isinstance(value, Path)]
+        return tuple(dict.fromkeys([self.home, self.models_dir, self.store_path, *named]))
+
     @classmethod
     def load(cls, path: Path | None = None, env: dict[str, str] | None = None) -> Settings:
         """Defaults ← TOML file (explicit path, else $APPORTION_CONFIG if set) ← environment."""

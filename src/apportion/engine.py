@@ -29,6 +29,7 @@ from apportion.router.policy import (
 )
 from apportion.strategies.base import CompletionCache, RunContext
 from apportion.strategies.registry import StrategyRegistry, default_registry
+from apportion.tools.sandbox import SandboxLimits
 from apportion.types import Answer, AnswerKind, Attempt, Budget, Message, Query
 
 if TYPE_CHECKING:
@@ -218,6 +219,10 @@ class Engine:
             cache_namespace=self.model_fingerprint,
             store=self.store,
             meter=self.meter,
+            # programs never see apportion's data (store, keys, caches), wherever it lives
+            sandbox_limits=SandboxLimits(
+                hidden_paths=tuple(str(p) for p in self.settings.data_paths())
+            ),
         )
         return Prepared(query, features, plan, ctx)
 

@@ -9,10 +9,14 @@ exercised even where bwrap wins the public selection.
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import sys
+import tempfile
 import time
 import uuid
+from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -419,6 +423,62 @@ def test_ignoring_sigxcpu_still_hits_the_hard_cpu_limit(backend: str) -> None:
     assert r.cpu_s >= 1.9
 
 
+# Each process of the tree reports its own CPU time (os.times) every ~50 ms of CPU, until it
+# is killed; the sum of the last reports is a lower bound on what the tree really used.
+CPU_REPORTER = """
+import os, signal, sys
+
+def burn():
+    last = 0.0
+    while True:
+        t = os.times()
+        cpu = t.user + t.system
+        if cpu - last >= 0.05:
+            last = cpu
+            os.write(1, ("cpu %d %.3f\\n" % (os.getpid(), cpu)).encode())
+"""
+
+
+def _reported_cpu(stdout: str) -> float:
+    last: dict[str, float] = {}
+    for line in stdout.splitlines():
+        parts = line.split()
+        if len(parts) == 3 and parts[0] == "cpu":
+            last[parts[1]] = float(parts[2])
+    assert len(last) >= 3, stdout[-500:]  # the parent and both children reported
+    return sum(last.values())
+
+
+def test_cpu_of_children_killed_at_the_wall_limit_is_charged(backend: str) -> None:
+    """Two children burn CPU until the wall-clock kill; the parent also burns. Their CPU must
+    reach the result, not vanish with the namespace (it read 0.04 s where several were used)."""
+    code = CPU_REPORTER + ("for _ in range(2):\n    if os.fork() == 0:\n        burn()\nburn()\n")
+    limits = SandboxLimits(cpu_s=30, wall_s=2.5, output_bytes=200_000)
+    r = run(backend, code, limits)
+    assert r.error == "timeout", r
+    reported = _reported_cpu(r.stdout)
+    assert reported > 0.5  # the tree really burnt CPU (on any share of two cores)
+    assert reported - 0.05 <= r.cpu_s <= reported + 1.0, (r.cpu_s, reported)
+
+
+def test_cpu_of_children_outliving_a_cpu_limited_parent_is_charged(backend: str) -> None:
+    """The parent dies at its CPU limit while its children (which ignore SIGXCPU) still run:
+    their CPU up to the kill is charged too."""
+    code = CPU_REPORTER + (
+        "for _ in range(2):\n"
+        "    if os.fork() == 0:\n"
+        "        signal.signal(signal.SIGXCPU, signal.SIG_IGN)\n"
+        "        burn()\n"
+        "burn()\n"
+    )
+    limits = SandboxLimits(cpu_s=1, wall_s=30, output_bytes=200_000)
+    r = run(backend, code, limits)
+    assert r.error == "cpu_limit", r
+    reported = _reported_cpu(r.stdout)
+    assert reported >= 1.2  # the parent's second and more from the children
+    assert reported - 0.05 <= r.cpu_s <= reported + 1.0, (r.cpu_s, reported)
+
+
 def test_host_files_are_invisible(backend: str, tmp_path: Path) -> None:
     secret = tmp_path / "secret.txt"
     secret.write_text("host secret")
@@ -443,3 +503,99 @@ def test_host_files_are_invisible(backend: str, tmp_path: Path) -> None:
 def test_ci_has_a_working_sandbox() -> None:
     # The isolation tests skip where no backend works; in CI that would hide a broken sandbox.
     assert sandbox_backend() != "unavailable", sandbox._select_backend()[1]
+
+
+# --------------------------------------------------------------------------- apportion's own data
+
+READ_ALL = (
+    "import os, sys\n"
+    "for p in sys.stdin.read().split():\n"
+    "    try:\n"
+    "        if os.path.isdir(p):\n"
+    "            print(p, 'listed', sorted(os.listdir(p)))\n"
+    "        else:\n"
+    "            print(p, 'read', open(p).read())\n"
+    "    except OSError as e:\n"
+    "        print(p, type(e).__name__)\n"
+)
+
+
+@pytest.fixture
+def unusual_place() -> Iterator[Path]:
+    """A fresh folder outside every folder the sandbox hides anyway (/tmp, /home, /root, /run,
+    /var/tmp): /srv or /opt where we may write there, else under the repository."""
+    for parent in ("/srv", "/opt", "/mnt", str(REPO_ROOT)):
+        if os.path.isdir(parent) and os.access(parent, os.W_OK | os.X_OK):
+            break
+    place = Path(tempfile.mkdtemp(prefix="apportion-sandbox-test-", dir=parent))
+    place.chmod(0o755)
+    try:
+        yield place
+    finally:
+        shutil.rmtree(place, ignore_errors=True)
+
+
+def _secret_file(path: Path, text: str) -> Path:
+    """A world-readable file in world-readable folders: only the sandbox's hiding keeps it."""
+    path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+    path.write_text(text)
+    path.chmod(0o644)
+    return path
+
+
+def test_apportion_home_is_hidden_wherever_it_is(
+    backend: str, unusual_place: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With APPORTION_HOME outside the folders hidden by name, sandboxed code read every chunk
+    of the store and the key digests there."""
+    home = unusual_place / "apportion-home"
+    store = _secret_file(home / "store.sqlite", "chunk: the launch code is 0000")
+    keys = _secret_file(home / "keys.sqlite3", "digest: 5e884898da28047151d0e56f8dc629")
+    monkeypatch.setenv("APPORTION_HOME", str(home))
+    r = run(backend, READ_ALL, stdin=f"{home} {store} {keys}")
+    assert r.ok, r
+    assert "launch code" not in r.stdout and "digest" not in r.stdout, r.stdout
+    assert f"{home} listed []" in r.stdout  # an empty folder stands in for it
+
+
+def test_data_paths_passed_in_are_hidden_files_and_folders(
+    backend: str, unusual_place: Path
+) -> None:
+    cache = _secret_file(unusual_place / "caches" / "bench-cache.sqlite", "SECRET-CACHE")
+    wal = _secret_file(unusual_place / "caches" / "bench-cache.sqlite-wal", "SECRET-WAL")
+    models = _secret_file(unusual_place / "models" / "weights.gguf", "SECRET-MODEL")
+    beside = _secret_file(unusual_place / "caches" / "readme.txt", "not apportion's")
+    limits = replace(FAST, hidden_paths=(str(cache), str(models.parent)))
+    r = run(backend, READ_ALL, limits, stdin=f"{cache} {wal} {models} {beside}")
+    assert r.ok, r
+    assert "SECRET" not in r.stdout, r.stdout
+    assert f"{beside} read not apportion's" in r.stdout  # only what was named is hidden
+
+
+def test_a_hidden_data_path_may_hold_the_interpreter(backend: str) -> None:
+    """Hiding a folder that holds the interpreter (a venv inside APPORTION_HOME, say) must not
+    break the sandbox: the interpreter's own folders are bound back in."""
+    prefix = Path(sys.prefix).resolve()
+    limits = replace(FAST, hidden_paths=(str(prefix.parent),))
+    r = run(backend, "import json\nprint(json.dumps([1]))", limits)
+    assert r.ok and r.stdout == "[1]\n", r
+
+
+def test_engine_hides_the_configured_data_paths(unusual_place: Path) -> None:
+    """Through the engine: every data path its settings name is hidden from programs."""
+    if sandbox_backend() == "unavailable":
+        pytest.skip(f"no sandbox backend here: {sandbox._select_backend()[1]}")
+    from apportion.config import Settings
+    from apportion.engine import Engine
+
+    home = unusual_place / "home"
+    store = _secret_file(home / "store.sqlite", "chunk: secret")
+    models = _secret_file(home / "models" / "m.gguf", "weights")
+    settings = Settings(home=home)
+    assert {home, settings.models_dir, settings.store_path} <= set(settings.data_paths())
+    ctx = Engine(settings=settings).prepare("What is 2+2?", strategy="direct").ctx
+    result = ctx.run_program(
+        f"import os\nfor p in [{str(store)!r}, {str(models)!r}]:\n    print(p, os.path.exists(p))\n"
+    )
+    assert result.ok, result
+    assert result.stdout == f"{store} False\n{models} False\n"

@@ -7,11 +7,15 @@ instead of running the code unconfined.
 What the child gets, in both backends:
 
 * its own pid, network, IPC and UTS namespaces: only a loopback interface (nothing reachable
-  outside), no view of or signals to host processes, and when the sandbox's first process dies
-  the kernel kills everything left in the namespace, so forked children cannot linger;
-* a read-only view of the host filesystem, with /root, /home, /run and /var/tmp hidden, and a
-  private, size-capped tmpfs as the only writable place: /tmp (the scratch dir and cwd, which
-  holds the code as /tmp/main.py) and /dev/shm. Nothing the code writes reaches the host;
+  outside), no view of or signals to host processes, and when the sandbox ends (the code
+  exits, or the host stops it at a limit) its pid 1 kills and reaps every process left, so
+  forked children cannot linger and the CPU time of the whole tree is charged (should pid 1
+  itself be killed, the kernel still kills them all);
+* a read-only view of the host filesystem, with /root, /home, /run and /var/tmp hidden, and
+  apportion's own data too ($APPORTION_HOME and `SandboxLimits.hidden_paths`: the document
+  store, key store, caches and models, wherever they are), and a private, size-capped tmpfs
+  as the only writable place: /tmp (the scratch dir and cwd, which holds the code as
+  /tmp/main.py) and /dev/shm. Nothing the code writes reaches the host;
 * uid/gid 65534 (nobody) with no supplementary groups, no capabilities and no_new_privs, so
   RLIMIT_NPROC is enforced (root ignores it) and setuid binaries cannot give root back;
 * rlimits, soft == hard so they cannot be raised back: CPU seconds, address space, file size,
@@ -57,6 +61,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Literal
 
@@ -84,6 +89,10 @@ class SandboxLimits:
     output_bytes: int = 64_000  # stdout+stderr together; beyond this -> killed, "output_limit"
     scratch_mb: int = 64  # size of the /tmp and /dev/shm tmpfs, and RLIMIT_FSIZE
     max_processes: int = 32  # RLIMIT_NPROC for uid 65534
+    # Host files and folders the code may not see, beyond the folders hidden by name: apportion's
+    # own data (`Settings.data_paths()`: document store, key store, caches, models), wherever
+    # the configuration puts it. $APPORTION_HOME is hidden whether named here or not.
+    hidden_paths: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         for name in ("cpu_s", "wall_s", "memory_mb", "output_bytes", "scratch_mb"):
@@ -101,7 +110,8 @@ class SandboxResult:
     exit_code: int | None  # -N when the code was killed by signal N (subprocess convention)
     error: SandboxError | None
     wall_s: float
-    cpu_s: float  # user+sys CPU seconds of the whole sandbox, from the kernel's rusage
+    # user+sys CPU seconds of the whole sandbox, every process of it, from the kernel's rusage
+    cpu_s: float
 
 
 # The sandbox identity. 65534 is "nobody" on every mainstream distro; it owns nothing, so after
@@ -118,6 +128,7 @@ _HIDDEN = ("/root", "/home", "/run", "/var/tmp")
 _SCRATCH_DIRS = ("/tmp", "/dev/shm")
 _NOFILE = 256
 _KILL_GRACE_S = 2.0
+_STOP_GRACE_S = 1.0  # for pid 1 to kill and reap the sandbox itself, before it is killed
 _ENV = {
     "PATH": "/usr/local/bin:/usr/bin:/bin",
     "HOME": _SCRATCH,
@@ -153,7 +164,7 @@ def _fail(msg):
 
 
 def _args():
-    opts, lists = {}, {"bind": [], "hide": [], "site": []}
+    opts, lists = {}, {"bind": [], "hide": [], "mask": [], "site": []}
     for item in sys.argv[1:]:
         key, _, value = item.partition("=")
         if key in lists:
@@ -208,6 +219,12 @@ def _mount_tree(opts, lists):
             os.makedirs(p, exist_ok=True)
             mount("/proc/self/fd/%d" % fd, p, None, BIND | REC)
             os.close(fd)
+        # apportion's data, after the binds so that none of them brings it back into view.
+        for m in lists["mask"]:
+            if os.path.isdir(m):
+                mount("tmpfs", m, "tmpfs", NOSUID | NODEV, "mode=0755,size=64k")
+            else:
+                mount("/dev/null", m, None, BIND)
         code_fd = int(opts["code_fd"])
         out = os.open(opts["code"], os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o444)
         while True:
@@ -254,20 +271,41 @@ def _init(opts, lists):
     if pid == 0:
         os.setsid()
         return
-    # Exit with the child's status, 128+N for signal N (as a shell or bwrap would); our exit
-    # makes the kernel kill whatever is left in the namespace before our parent sees it.
     null = os.open("/dev/null", os.O_RDWR)
     for i in (0, 1, 2):
         os.dup2(null, i)
     os.closerange(3, 65536)
-    # Backstop should our parent die without killing us (unshare has no --die-with-parent).
-    # pid 1 ignores signals it has no handler for, so SIGALRM needs one.
-    signal.signal(signal.SIGALRM, lambda *_: os.kill(pid, signal.SIGKILL))
+
+    def reap_all():
+        # Kill and reap every process left in the namespace ourselves. Were we to exit with
+        # them alive, the kernel would kill and auto-reap them, and their CPU time would reach
+        # no one's rusage; reaped here, it adds to ours, which the launcher hands to the host.
+        while True:
+            try:
+                os.kill(-1, signal.SIGKILL)  # from pid 1: everyone in the namespace but us
+            except OSError:
+                pass
+            try:
+                os.wait()
+            except ChildProcessError:
+                return
+
+    def stop(*_):
+        reap_all()
+        os._exit(128 + signal.SIGKILL)
+
+    # The host asks for a stop with SIGUSR1 (at a limit it enforces), and the alarm is the
+    # backstop should our parent die without killing us (unshare has no --die-with-parent).
+    # pid 1 ignores signals it has no handler for, so both need one.
+    signal.signal(signal.SIGUSR1, stop)
+    signal.signal(signal.SIGALRM, stop)
     signal.alarm(int(opts["backstop"]))
     while True:
         wpid, status = os.wait()
         if wpid == pid:
             break
+    reap_all()
+    # Exit with the child's status, 128+N for signal N (as a shell or bwrap would).
     code = os.waitstatus_to_exitcode(status)
     os._exit(128 - code if code < 0 else code)
 
@@ -506,7 +544,7 @@ def _code_file(code: str) -> int:
 
 
 def _command(backend: str, limits: SandboxLimits, *, code_fd: int, status_fd: int) -> list[str]:
-    hides, binds = _mount_plan()
+    hides, binds, masks = _mount_plan(limits.hidden_paths)
     scratch_bytes = limits.scratch_mb * 1024 * 1024
     cpu = max(1, math.ceil(limits.cpu_s))
     boot_args = [
@@ -545,6 +583,11 @@ def _command(backend: str, limits: SandboxLimits, *, code_fd: int, status_fd: in
                     made.add(parent)
                     argv += ["--perms", "0755", "--dir", parent]
             argv += ["--ro-bind", p, p]
+        for m in masks:
+            if os.path.isdir(m):
+                argv += ["--perms", "0755", "--size", "65536", "--tmpfs", m]
+            else:
+                argv += ["--ro-bind", "/dev/null", m]
         argv += ["--perms", "0444", "--file", str(code_fd), _CODE_PATH, "--chdir", _SCRATCH]
         argv += ["--unshare-net", "--unshare-pid", "--unshare-ipc", "--unshare-uts"]
         argv += ["--unshare-cgroup-try", "--hostname", "sandbox"]
@@ -560,19 +603,27 @@ def _command(backend: str, limits: SandboxLimits, *, code_fd: int, status_fd: in
         argv = [unshare, "--net", "--mount", "--pid", "--ipc", "--uts", "--fork"]
         argv += ["--kill-child", "--mount-proc", "--propagation", "private", "--"]
         lists = [*(f"hide={h}" for h in hides), *(f"bind={p}" for p in binds)]
+        lists += [f"mask={m}" for m in masks]
         return [*argv, *python, "mounts=1", f"code_fd={code_fd}", *boot_args, *lists]
     raise ValueError(f"unknown sandbox backend {backend!r}")
 
 
-def _mount_plan() -> tuple[list[str], list[str]]:
-    """Which host dirs to hide behind a tmpfs, and which interpreter dirs to bind back in.
+def _mount_plan(hidden_paths: Sequence[str]) -> tuple[list[str], list[str], list[str]]:
+    """Which host dirs to hide behind a tmpfs, which interpreter dirs to bind back in, and
+    which of apportion's data paths to mask after those binds.
 
     The interpreter must stay reachable for uid 65534. Where it lives under a hidden dir (a
-    venv in /home, pyenv in /root) or under a dir 65534 cannot traverse (/root is 0700), hide
-    that dir too and bind the interpreter's own dirs back in, read-only: a tmpfs dir is 0755,
-    so the path becomes traversable without exposing anything else that sits beside it.
+    venv in /home, pyenv in /root, or inside apportion's data dir) or under a dir 65534 cannot
+    traverse (/root is 0700), hide that dir too and bind the interpreter's own dirs back in,
+    read-only: a tmpfs dir is 0755, so the path becomes traversable without exposing anything
+    else that sits beside it.
+
+    A data folder is hidden like the fixed ones; a data file, or data a bind would bring back,
+    is masked after the binds (a folder by a tmpfs, a file by /dev/null).
     """
+    data = _data_paths(hidden_paths)
     hides = {h for h in (*_HIDDEN, *_SCRATCH_DIRS) if _is_real_dir(h) or h == "/dev/shm"}
+    hides.update(p for p in data if _is_real_dir(p))
     binds: list[str] = []
     for path in _interpreter_dirs():
         covering = [h for h in hides if _is_under(path, h)]
@@ -585,7 +636,33 @@ def _mount_plan() -> tuple[list[str], list[str]]:
             binds.append(path)
     # Only the outermost hidden dirs get a tmpfs: one above another would hide the lower one.
     top = sorted(h for h in hides if not any(_is_under(h, o) and h != o for o in hides))
-    return top, sorted(binds, key=len)
+    masks: list[str] = []
+    for path in sorted(data, key=len):
+        exposed = any(_is_under(path, b) for b in binds) or not any(_is_under(path, h) for h in top)
+        if exposed and not any(_is_under(path, m) for m in masks):
+            masks.append(path)
+    return top, sorted(binds, key=len), masks
+
+
+# SQLite keeps a database's recent writes beside it, in files named after it.
+_SQLITE_SIDECARS = ("-wal", "-shm", "-journal")
+
+
+def _data_paths(named: Sequence[str]) -> list[str]:
+    """The data paths to hide that exist, resolved (a link is hidden where it points), with
+    SQLite's sidecar files of each file; $APPORTION_HOME is always one."""
+    candidates = [*named, os.environ.get("APPORTION_HOME", "")]
+    found: set[str] = set()
+    for raw in candidates:
+        if not raw or not raw.strip():
+            continue
+        path = os.path.realpath(os.path.expanduser(raw))
+        if path == "/" or not os.path.lexists(path):
+            continue  # nothing there to read yet; "/" would hide the interpreter's whole world
+        found.add(path)
+        if not os.path.isdir(path):
+            found.update(p for p in (path + s for s in _SQLITE_SIDECARS) if os.path.lexists(p))
+    return sorted(found)
 
 
 def _parents_below(path: str, tops: list[str]) -> list[str]:
@@ -886,11 +963,20 @@ def _children(pid: int) -> list[int]:
 def _kill_sandbox(launcher: int) -> None:
     """Kill everything in the sandbox and return once it is gone.
 
-    The launcher's child is pid 1 of the sandbox's pid namespace. SIGKILL to it makes the
-    kernel kill every process in the namespace, and the launcher, which waits on it, exits only
-    after that teardown. So a fork bomb is gone once the launcher is reaped.
+    The launcher's child is pid 1 of the sandbox's pid namespace. Asked with SIGUSR1, it kills
+    and reaps every other process there and exits, so their CPU time reaches the launcher's
+    rusage. Should it not, SIGKILL to it makes the kernel kill every process in the namespace
+    (their CPU time is then lost), and the launcher, which waits on it, exits only after that
+    teardown. Either way a fork bomb is gone once the launcher is reaped.
     """
     children = _children(launcher)
+    # First ask pid 1 to kill and reap the rest itself, so their CPU time is accounted (see
+    # _BOOT); a pid 1 that does not answer in time (still setting up, or starved) is killed.
+    for child in children:
+        with contextlib.suppress(OSError):
+            os.kill(child, signal.SIGUSR1)
+    if children and _wait_exit(launcher, _STOP_GRACE_S):
+        return
     for child in children:
         with contextlib.suppress(OSError):
             os.kill(child, signal.SIGKILL)
