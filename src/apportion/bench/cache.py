@@ -13,6 +13,7 @@ import sqlite3
 from pathlib import Path
 from types import TracebackType
 
+from apportion.private_files import private_file
 from apportion.types import Completion
 
 _SCHEMA = """
@@ -28,7 +29,8 @@ class SqliteCompletionCache:
     """Implements `strategies.base.CompletionCache` over one SQLite file."""
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        # 0600 in 0700 folders (SQLite gives its -wal and -shm files the database's mode)
+        private_file(path, sqlite=True)
         self.path = path
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")

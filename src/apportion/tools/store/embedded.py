@@ -29,6 +29,7 @@ import numpy as np
 import numpy.typing as npt
 
 from apportion.errors import ToolError, UsageError
+from apportion.private_files import private_file
 from apportion.tools.store.base import (
     RRF_K,
     Chunk,
@@ -116,7 +117,8 @@ class EmbeddedStore:
                 f"{self.path} is a directory, not a SQLite store file",
                 "give a file path, e.g. store.sqlite (a milvus-lite store is milvus-lite:DIR)",
             )
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # 0600 in 0700 folders (SQLite gives its -wal and -shm files the database's mode)
+        private_file(self.path, sqlite=True)
         self._lock = threading.RLock()
         self._warned_fallback = False
         self._matrix: _Matrix | None = None

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from apportion.errors import ToolError, UsageError
+from apportion.private_files import private_dir, private_tree, private_umask
 from apportion.tools.store.base import (
     RRF_K,
     STOPWORDS,
@@ -93,6 +94,7 @@ class MilvusStore:
         self._warned_fallback = False
         self._dense_field = False
         self._stored_embedder: str | None = None
+        self._private_root: Path | None = None  # a milvus-lite database folder, kept private
         self._create_or_load()
 
     @classmethod
@@ -103,16 +105,24 @@ class MilvusStore:
         if path.exists() and not path.is_dir():
             raise UsageError(f"{path} is a file; milvus-lite needs a folder")
         db = path if path.suffix == ".db" else path / "milvus.db"
-        db.parent.mkdir(parents=True, exist_ok=True)
+        # milvus-lite writes its files with the process's umask as it goes: the database
+        # folder is made 0700 (so nothing in it can be reached by others meanwhile), and what
+        # is in it is tightened to 0600/0700 on open (a store made before) and on close.
+        private_dir(db)
+        private_tree(db)
         try:
-            client = pymilvus.MilvusClient(str(db))
+            with private_umask():
+                client = pymilvus.MilvusClient(str(db))
         except pymilvus.exceptions.MilvusException as e:
             raise ToolError(
                 f"cannot open the milvus-lite store {path}: {e.message}",
                 "milvus-lite lets one process at a time open a database; stop the other one "
                 "(a running server?), or use the SQLite store, which processes can share",
             ) from e
-        return cls(client, location=str(path), backend="milvus-lite", embedder=embedder)
+        with private_umask():  # the collection's folders and first files
+            store = cls(client, location=str(path), backend="milvus-lite", embedder=embedder)
+        store._private_root = db
+        return store
 
     @classmethod
     def server(
@@ -450,6 +460,8 @@ class MilvusStore:
     def close(self) -> None:
         with self._lock:
             self._client.close()
+            if self._private_root is not None:
+                private_tree(self._private_root)
 
     def __enter__(self) -> MilvusStore:
         return self
