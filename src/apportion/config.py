@@ -47,6 +47,19 @@ class RemoteEngineConfig(BaseModel):
     # Energy per FLOP when the server's power is not visible to us (about an H100 at 40% MFU).
     joules_per_flop: float = 2.5e-12
     timeout_s: float = 120.0
+    # Transient failures (connection errors, 408, 429, 5xx) are retried with exponential
+    # backoff and jitter, honouring Retry-After: at most `max_attempts` tries in all, and no
+    # retry starts later than `retry_max_wait_s` after the first try began.
+    max_attempts: int = Field(default=4, ge=1, le=100)
+    retry_base_delay_s: float = Field(default=0.5, ge=0)
+    retry_max_delay_s: float = Field(default=8.0, ge=0)
+    retry_max_wait_s: float = Field(default=30.0, ge=0)
+    # Another engine id (an [[engines]] entry or a local model) that takes this engine's
+    # requests while it is down; the ledger names whichever engine served each call.
+    fallback: str | None = None
+    # After a request that failed over, this engine counts as down for this long: requests
+    # go straight to the fallback, without waiting through retries, and then it is tried again.
+    fallback_cooldown_s: float = Field(default=30.0, ge=0)
 
 
 class Settings(BaseModel):

@@ -122,9 +122,17 @@ class Engine:
         remote = next((e for e in self.settings.engines if e.id == model_id), None)
         engine: TextEngine
         if remote is not None:
+            from apportion.engines.fallback import FallbackEngine, fallback_chain
             from apportion.engines.openai_http import OpenAIHttpEngine
 
             engine = OpenAIHttpEngine(remote)
+            if (fallback := remote.fallback) is not None:
+                fallback_chain({e.id: e.fallback for e in self.settings.engines}, model_id)
+                self.check_model(fallback)
+                engine = FallbackEngine(
+                    engine, lambda: self.engine_for(fallback), fallback_id=fallback,
+                    cooldown_s=remote.fallback_cooldown_s,
+                )  # fmt: skip
         else:
             from apportion.engines.llamacpp import LlamaCppEngine
 

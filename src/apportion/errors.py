@@ -50,6 +50,11 @@ class EngineError(ApportionError):
     """A text generator failed (load error, HTTP error, malformed reply)."""
 
 
+class EngineUnavailableError(EngineError):
+    """A remote engine could not be reached, or kept failing (connection errors, 429, 5xx),
+    after its retries: the engine's fault, not the request's, so a fallback may take it."""
+
+
 class BudgetExceededError(ApportionError):
     """A call was refused because its worst case would exceed the remaining budget."""
 

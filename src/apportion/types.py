@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from apportion.ledger import ModelCost
 
 Role = Literal["system", "user", "assistant"]
 AnswerKind = Literal["number", "text", "choice", "boolean"]
@@ -27,6 +30,9 @@ class Completion:
     finish_reason: str  # "stop" | "length" | ...
     # Log-probability of each generated token, when the caller asked for it.
     token_logprobs: tuple[float, ...] | None = None
+    # The engine that generated it, when not the one asked: a fallback that took the request
+    # while that one was down. The ledger charges (and names) this one.
+    served_by: ModelCost | None = None
 
     @property
     def mean_logprob(self) -> float | None:

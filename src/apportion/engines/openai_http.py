@@ -1,17 +1,29 @@
-"""An engine for any OpenAI-compatible server: vLLM, SGLang, llama.cpp's server, Ollama, APIs."""
+"""An engine for any OpenAI-compatible server: vLLM, SGLang, llama.cpp's server, Ollama, APIs.
+
+Transient failures (a refused or dropped connection, a timeout, HTTP 408, 429 and 5xx) are
+retried with bounded exponential backoff (`RetryPolicy`), honouring the server's Retry-After;
+once the retries are spent the request fails with `EngineUnavailableError`, which a
+`FallbackEngine` (engines/fallback.py) answers by sending it to the engine's fallback.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import email.utils
 import json
 import os
-from collections.abc import Generator, Sequence
+import random
+import time
+from collections.abc import Callable, Generator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
 
 from apportion.config import RemoteEngineConfig
 from apportion.engines.base import GenerationCancelled
-from apportion.errors import ContextOverflowError, EngineError
+from apportion.errors import ContextOverflowError, EngineError, EngineUnavailableError
 from apportion.ledger import ModelCost
 from apportion.types import Completion, Message
 
@@ -19,16 +31,115 @@ from apportion.types import Completion, Message
 # rule of thumb for English. The server's reported usage is what gets charged.
 CHARS_PER_TOKEN = 4
 
+# Statuses that say "not now" rather than "not this request": timeout, too many requests, and
+# every server-side failure (overloaded, restarting, a proxy that lost its upstream).
+RETRY_STATUSES = frozenset({408, 429})
+
+
+def is_transient_status(status: int) -> bool:
+    return status in RETRY_STATUSES or status >= 500
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Bounded exponential backoff with jitter.
+
+    Attempt k (k = 1, 2, ...) that fails transiently is followed, after a pause, by attempt
+    k + 1, until `max_attempts` were made. The pause is the server's Retry-After when it sends
+    one, else a random time in [d/2, d] where d = min(max_delay_s, base_delay_s * 2**(k-1)):
+    the jitter keeps clients that failed together from retrying together. No retry starts
+    later than `max_wait_s` after the first attempt began: a pause that would end later
+    (a long Retry-After, say) is not taken, and the request fails at once instead.
+    """
+
+    max_attempts: int = 4
+    base_delay_s: float = 0.5
+    max_delay_s: float = 8.0
+    max_wait_s: float = 30.0
+
+    @classmethod
+    def from_config(cls, config: RemoteEngineConfig) -> RetryPolicy:
+        return cls(
+            max_attempts=config.max_attempts,
+            base_delay_s=config.retry_base_delay_s,
+            max_delay_s=config.retry_max_delay_s,
+            max_wait_s=config.retry_max_wait_s,
+        )
+
+    def backoff_s(self, attempt: int, rng: random.Random) -> float:
+        """The pause after failed attempt `attempt` (from 1) when the server names none."""
+        ceiling = min(self.max_delay_s, self.base_delay_s * 2 ** (attempt - 1))
+        return rng.uniform(ceiling / 2, ceiling)
+
+    def pause_s(
+        self, attempt: int, elapsed_s: float, retry_after_s: float | None, rng: random.Random
+    ) -> float | None:
+        """How long to wait before retrying after failed attempt `attempt`, `elapsed_s` after
+        the first began; None when no retry is left (attempts or time)."""
+        if attempt >= self.max_attempts:
+            return None
+        pause = retry_after_s if retry_after_s is not None else self.backoff_s(attempt, rng)
+        if elapsed_s + pause > self.max_wait_s:
+            return None
+        return pause
+
+
+def retry_after_s(headers: httpx.Headers, *, now: datetime | None = None) -> float | None:
+    """The wait a 429 or 503 asks for: `retry-after-ms` (OpenAI's), else `Retry-After` as
+    seconds or as an HTTP date. None when absent or unreadable."""
+    raw_ms = headers.get("retry-after-ms")
+    if raw_ms:
+        try:
+            return max(0.0, float(raw_ms) / 1000.0)
+        except ValueError:
+            pass
+    raw = (headers.get("retry-after") or "").strip()
+    if not raw:
+        return None
+    try:
+        return max(0.0, float(raw))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(raw)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
+
+
+class _Transient(Exception):
+    """One attempt failed in a way worth retrying; carries what to tell the user if none is."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.retry_after = retry_after
+
 
 class OpenAIHttpEngine:
     """Calls `/v1/chat/completions`; charges the `usage` the server reports.
 
     Servers that omit `usage` (llama.cpp's server does for streamed replies) are metered by the
-    estimate above, never charged zero.
+    estimate above, never charged zero. `sleep`, `clock` and `rng` pace the retries; tests
+    substitute them.
     """
 
-    def __init__(self, config: RemoteEngineConfig, *, client: httpx.Client | None = None) -> None:
+    def __init__(
+        self,
+        config: RemoteEngineConfig,
+        *,
+        client: httpx.Client | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+        rng: random.Random | None = None,
+    ) -> None:
         self.config = config
+        self.retry = RetryPolicy.from_config(config)
+        self._sleep = sleep
+        self._clock = clock
+        self._rng = rng or random.Random()
         headers = {}
         if config.api_key_env:
             key = os.environ.get(config.api_key_env)
@@ -87,6 +198,7 @@ class OpenAIHttpEngine:
         stop: Sequence[str] | None = None,
         seed: int | None = None,
         logprobs: bool = False,
+        reuse_prefix: bool = True,  # the server's prompt cache is not ours to switch off
     ) -> list[Completion]:
         self._check_fits(messages)
         out: list[Completion] = []
@@ -107,18 +219,53 @@ class OpenAIHttpEngine:
             out.append(self._post(body, messages))
         return out
 
-    def _post(self, body: dict[str, Any], messages: Sequence[Message]) -> Completion:
-        try:
-            resp = self._client.post("/chat/completions", json=body)
-        except httpx.HTTPError as e:
-            raise EngineError(
-                f"engine {self.model_id!r} at {self.config.base_url} is unreachable: {e}",
-                "check that the server is running and base_url ends in /v1",
-            ) from e
-        if resp.status_code >= 400:
-            raise EngineError(
-                f"engine {self.model_id!r} answered HTTP {resp.status_code}: {resp.text[:300]}"
+    def _with_retries(self, attempt_once: Callable[[], Any]) -> Any:
+        """Run `attempt_once` until it succeeds, raises anything but _Transient, or the retry
+        policy says stop; then raise EngineUnavailableError."""
+        started = self._clock()
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return attempt_once()
+            except _Transient as e:
+                pause = self.retry.pause_s(
+                    attempt, self._clock() - started, e.retry_after, self._rng
+                )
+                if pause is None:
+                    raise self._unavailable(e.message, attempt) from e
+            self._sleep(pause)
+
+    def _unavailable(self, message: str, attempts: int) -> EngineUnavailableError:
+        tries = "1 attempt" if attempts == 1 else f"{attempts} attempts"
+        return EngineUnavailableError(
+            f"engine {self.model_id!r} at {self.config.base_url} {message} ({tries})",
+            "check that the server is running and base_url ends in /v1, or name a `fallback` "
+            "engine for it in the config",
+        )
+
+    def _transport_failure(self, e: httpx.HTTPError) -> _Transient:
+        return _Transient(f"is unreachable: {type(e).__name__}: {e}")
+
+    def _status_failure(self, resp: httpx.Response) -> Exception:
+        text = resp.text[:300]
+        if is_transient_status(resp.status_code):
+            return _Transient(
+                f"answered HTTP {resp.status_code}: {text}", retry_after_s(resp.headers)
             )
+        return EngineError(f"engine {self.model_id!r} answered HTTP {resp.status_code}: {text}")
+
+    def _post(self, body: dict[str, Any], messages: Sequence[Message]) -> Completion:
+        def attempt_once() -> httpx.Response:
+            try:
+                resp = self._client.post("/chat/completions", json=body)
+            except httpx.HTTPError as e:
+                raise self._transport_failure(e) from e
+            if resp.status_code >= 400:
+                raise self._status_failure(resp)
+            return resp
+
+        resp: httpx.Response = self._with_retries(attempt_once)
         try:
             data = resp.json()
             choice = data["choices"][0]
@@ -152,6 +299,7 @@ class OpenAIHttpEngine:
         temperature: float = 0.0,
         stop: Sequence[str] | None = None,
         seed: int | None = None,
+        reuse_prefix: bool = True,  # the server's prompt cache is not ours to switch off
     ) -> Generator[str, None, Completion]:
         """One sample over server-sent events (see TextEngine.stream).
 
@@ -159,6 +307,10 @@ class OpenAIHttpEngine:
         llama.cpp's server never sends it when streaming, so then the prompt is estimated as in
         `count_tokens` and each content-bearing chunk counts as one generated token (servers
         send one chunk per token).
+
+        Failures before the first piece are retried like `generate`'s; once a piece has gone
+        to the caller, a failure ends the stream with EngineUnavailableError (no retry could
+        take back what was shown).
         """
         self._check_fits(messages)
         body: dict[str, Any] = {
@@ -178,16 +330,31 @@ class OpenAIHttpEngine:
         usage: dict[str, Any] = {}
         finish = "stop"
         cancelled = False
-        try:
-            # Leaving this block closes the connection, which is how a server learns to stop.
-            with self._client.stream("POST", "/chat/completions", json=body) as resp:
+
+        def attempt_once() -> tuple[httpx.Response, Any]:
+            # Open the stream (status and headers only), so that a refused connection or a
+            # failing status is retried before anything reaches the caller.
+            try:
+                resp = self._client.send(
+                    self._client.build_request("POST", "/chat/completions", json=body),
+                    stream=True,
+                )
+            except httpx.HTTPError as e:
+                raise self._transport_failure(e) from e
+            try:
                 if resp.status_code >= 400:
                     resp.read()
-                    raise EngineError(
-                        f"engine {self.model_id!r} answered HTTP {resp.status_code}: "
-                        f"{resp.text[:300]}"
-                    )
-                for line in resp.iter_lines():
+                    raise self._status_failure(resp)
+                return resp, resp.iter_lines()
+            except BaseException:
+                resp.close()
+                raise
+
+        resp, lines = self._with_retries(attempt_once)
+        try:
+            # Closing the response is how a server learns to stop.
+            with contextlib.closing(resp):
+                for line in lines:
                     data = line[5:].strip() if line.startswith("data:") else ""
                     if not data:
                         continue
@@ -212,9 +379,8 @@ class OpenAIHttpEngine:
                         finish = "cancelled"
                         break
         except httpx.HTTPError as e:
-            raise EngineError(
-                f"engine {self.model_id!r} at {self.config.base_url} is unreachable: {e}",
-                "check that the server is running and base_url ends in /v1",
+            raise self._unavailable(
+                f"failed mid-stream after {content_chunks} pieces: {type(e).__name__}: {e}", 1
             ) from e
         prompt_tokens = usage.get("prompt_tokens")
         completion_tokens = usage.get("completion_tokens")

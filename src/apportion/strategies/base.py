@@ -124,7 +124,8 @@ class RunContext:
             )
         if cancelled is not None:
             raise cancelled  # charged above; a partial completion is never cached
-        if self.cache is not None and key is not None:
+        # a fallback's reply is not cached: replayed, it would be charged as the engine asked
+        if self.cache is not None and key is not None and not any(c.served_by for c in completions):
             self.cache.put(key, [(c, share) for c in completions])
         return completions
 
@@ -184,7 +185,7 @@ class RunContext:
         detail: str,
     ) -> None:
         self.ledger.charge_model(
-            engine.cost,
+            completion.served_by or engine.cost,  # a fallback that took the call, if one did
             prompt_tokens=completion.prompt_tokens,
             completion_tokens=completion.completion_tokens,
             wall_s=wall_s,
