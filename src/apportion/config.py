@@ -6,10 +6,12 @@ Pydantic lives here, at the edge; the rest of the package passes the resulting
 
 from __future__ import annotations
 
+import difflib
 import os
 import tomllib
+import types
 from pathlib import Path
-from typing import Any
+from typing import Any, Union, get_args, get_origin
 
 from pydantic import BaseModel, Field, ValidationError
 
@@ -103,6 +105,7 @@ class Settings(BaseModel):
                 raise UsageError(f"config file not found: {config_path}") from e
             except tomllib.TOMLDecodeError as e:
                 raise UsageError(f"config file {config_path} is not valid TOML: {e}") from e
+            check_keys(data, cls, where=str(config_path))
         if env.get("APPORTION_HOME"):
             data["home"] = env["APPORTION_HOME"]
         if env.get("APPORTION_THREADS"):
@@ -115,3 +118,41 @@ class Settings(BaseModel):
             raise UsageError(f"invalid configuration: {e}") from e
         settings.home = settings.home.expanduser()
         return settings
+
+
+def check_keys(data: dict[str, Any], model: type[BaseModel], *, where: str, at: str = "") -> None:
+    """Refuse a key `model` does not define, at every nesting level, naming the closest valid
+    key: a misspelt setting silently left at its default is worse than an error."""
+    valid = {name: info for name, info in model.model_fields.items()}
+    valid.update({info.alias: info for info in model.model_fields.values() if info.alias})
+    for key, value in data.items():
+        path = f"{at}.{key}" if at else key
+        if key not in valid:
+            close = difflib.get_close_matches(key, list(valid), n=1, cutoff=0.6)
+            guess = f"; did you mean {close[0]!r}?" if close else ""
+            section = f" in [{at.split('[')[0]}]" if at else ""
+            raise UsageError(
+                f"unknown key {path!r} in {where}{guess}",
+                f"valid keys{section}: {', '.join(sorted(valid))}",
+            )
+        nested = _nested_model(valid[key].annotation)
+        if nested is None:
+            continue
+        if isinstance(value, dict):
+            check_keys(value, nested, where=where, at=path)
+        elif isinstance(value, list):
+            for i, entry in enumerate(value):
+                if isinstance(entry, dict):
+                    check_keys(entry, nested, where=where, at=f"{path}[{i}]")
+
+
+def _nested_model(annotation: Any) -> type[BaseModel] | None:
+    """The settings model a field holds, directly, optionally or as a list's entries."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    if get_origin(annotation) in (list, Union, types.UnionType):
+        for arg in get_args(annotation):
+            found = _nested_model(arg)
+            if found is not None:
+                return found
+    return None

