@@ -123,7 +123,7 @@ class Settings(BaseModel):
 def check_keys(data: dict[str, Any], model: type[BaseModel], *, where: str, at: str = "") -> None:
     """Refuse a key `model` does not define, at every nesting level, naming the closest valid
     key: a misspelt setting silently left at its default is worse than an error."""
-    valid = {name: info for name, info in model.model_fields.items()}
+    valid = dict(model.model_fields)
     valid.update({info.alias: info for info in model.model_fields.values() if info.alias})
     for key, value in data.items():
         path = f"{at}.{key}" if at else key
