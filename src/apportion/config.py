@@ -73,6 +73,9 @@ class Settings(BaseModel):
     max_tokens: int = Field(default=512, ge=1)
     hardware: HardwareProfile = Field(default_factory=HardwareProfile)
     engines: list[RemoteEngineConfig] = Field(default_factory=list)
+    # The document store `apportion serve` answers factual questions from (a path,
+    # sqlite:PATH, milvus-lite:DIR or a Milvus URL); None: store_path, when it exists.
+    store: str | None = None
 
     @property
     def models_dir(self) -> Path:

@@ -47,9 +47,10 @@ def test_logprobs_without_logits_all(smol) -> None:  # type: ignore[no-untyped-d
     assert max(c.token_logprobs) > -1.0
 
 
-def test_greedy_is_deterministic_and_n_gives_n(smol) -> None:  # type: ignore[no-untyped-def]
-    a = smol.generate(MESSAGES, max_tokens=10)
-    b = smol.generate(MESSAGES, max_tokens=10)
+def test_greedy_is_deterministic_without_prefix_reuse(smol) -> None:  # type: ignore[no-untyped-def]
+    a = smol.generate(MESSAGES, max_tokens=10, reuse_prefix=False)
+    smol.generate([Message("user", "Something else entirely.")], max_tokens=6)
+    b = smol.generate(MESSAGES, max_tokens=10, reuse_prefix=False)
     assert a[0].text == b[0].text
     samples = smol.generate(MESSAGES, max_tokens=10, temperature=1.0, n=3, seed=7)
     assert len(samples) == 3

@@ -68,6 +68,9 @@ class FakeEngine:
         self.delay_s = delay_s
         self.fail_with = fail_with
         self.calls: list[list[Message]] = []
+        # the stop sequences each call was given (this engine ignores them: the server's own
+        # cut is what tests see)
+        self.stops: list[tuple[str, ...]] = []
         self.tokens_generated = 0
         self.active = 0
         self.max_active = 0
@@ -87,10 +90,11 @@ class FakeEngine:
         stop: Sequence[str] | None = None,
         seed: int | None = None,
         logprobs: bool = False,
+        reuse_prefix: bool = True,
     ) -> list[Completion]:
         out = []
         for _ in range(n):
-            gen = self.stream(messages, max_tokens=max_tokens)
+            gen = self.stream(messages, max_tokens=max_tokens, stop=stop)
             try:
                 while True:
                     next(gen)
@@ -106,10 +110,12 @@ class FakeEngine:
         temperature: float = 0.0,
         stop: Sequence[str] | None = None,
         seed: int | None = None,
+        reuse_prefix: bool = True,
     ) -> Generator[str, None, Completion]:
         if self.fail_with is not None:
             raise self.fail_with
         self.calls.append(list(messages))
+        self.stops.append(tuple(stop or ()))
         text = self.reply(messages) if callable(self.reply) else self.reply
         words = text.split(" ")
         with self._lock:

@@ -70,7 +70,12 @@ def test_ledger_calls_only_on_request(client: Any) -> None:
 
 def test_symbolic_route_streams_progress_then_answer(client: Any) -> None:
     chunks = list(
-        client.chat.completions.create(model="apportion-auto", messages=ARITHMETIC, stream=True)
+        client.chat.completions.create(
+            model="apportion-auto",
+            messages=ARITHMETIC,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
     )
     content = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert content == "396"
@@ -88,7 +93,13 @@ def test_symbolic_route_streams_progress_then_answer(client: Any) -> None:
 def test_direct_streams_real_tokens_and_matches_the_plain_reply(client: Any) -> None:
     question = [{"role": "user", "content": "Name three colors."}]
     chunks = list(
-        client.chat.completions.create(model="direct", messages=question, max_tokens=8, stream=True)
+        client.chat.completions.create(
+            model="direct",
+            messages=question,
+            max_tokens=8,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
     )
     deltas = [
         c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content

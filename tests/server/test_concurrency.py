@@ -18,12 +18,15 @@ WORDS = " ".join(f"w{i}" for i in range(400))
 
 
 def _body(model: str = "direct", max_tokens: int = 40, stream: bool = False) -> dict[str, object]:
-    return {
+    body: dict[str, object] = {
         "model": model,
         "messages": [{"role": "user", "content": "Go on."}],
         "max_tokens": max_tokens,
         "stream": stream,
     }
+    if stream:
+        body["stream_options"] = {"include_usage": True}
+    return body
 
 
 def _metric(url: str, prefix: str) -> float:

@@ -1,5 +1,5 @@
 """Malformed and unservable requests get 4xx with OpenAI-style error bodies, never a 500;
-engine failures are 502s with the same body, and unexpected ones a 500 with it."""
+engine failures and unexpected ones are a 503 with the same body."""
 
 from __future__ import annotations
 
@@ -81,6 +81,17 @@ def post(url: str, **kwargs: Any) -> httpx.Response:
         ({"model": "consistency:n=lots", "messages": QUESTION}, "model"),
         ({"model": "consistency:bogus=1", "messages": QUESTION}, "model"),
         ({"model": "consistency", "messages": QUESTION, "temperature": 0}, "temperature"),
+        ({"model": "consistency:n=100000,rule=fixed", "messages": QUESTION}, "model"),
+        ({"model": "cot:max_tokens=1000", "messages": QUESTION}, "model"),  # over the 256 limit
+        ({"model": "cot:temperature=nan", "messages": QUESTION}, "model"),
+        (
+            {
+                "model": "apportion-auto",
+                "messages": QUESTION,
+                "apportion": {"strategy": "rag:k=9999"},
+            },
+            "apportion.strategy",
+        ),
         (
             {"model": "direct", "messages": [*QUESTION, {"role": "assistant", "content": "Hi"}]},
             "messages",
@@ -91,6 +102,21 @@ def test_malformed_requests_get_400(url: str, body: dict[str, Any], param: str) 
     error = assert_openai_error(post(url, json=body), 400)
     assert error["param"] == param
     assert error["type"] == "invalid_request_error"
+
+
+def test_strategy_parameters_are_bounded_before_any_work(tmp_path: Path) -> None:
+    engine = FakeEngine()
+    core = fake_core(tmp_path, engine)
+    with live_server(create_app(core.settings, engine=core)) as base:
+        body = {"model": "consistency:n=100000,rule=fixed", "messages": QUESTION}
+        error = assert_openai_error(post(base, json=body), 400)
+        assert error["code"] == "invalid_strategy"
+        assert "consistency:n must be between 1 and 64, got 100000" in error["message"]
+        streamed = post(base, json={**body, "stream": True})
+        assert_openai_error(streamed, 400)
+        # refused before the job started: the model was never called, and nothing is queued
+        assert engine.calls == []
+        assert httpx.get(base + "/healthz").json()["local_queue"]["running"] == 0
 
 
 def test_bad_json_and_non_objects(url: str) -> None:
@@ -167,24 +193,26 @@ def test_wrong_method_and_path(url: str) -> None:
     assert_openai_error(httpx.get(url + "/v1/nothing-here"), 404)
 
 
-def test_engine_failures_are_502_with_the_same_body(url: str) -> None:
+def test_engine_failures_are_503_with_the_same_body(url: str) -> None:
     r = post(url, json={"model": "dead-remote", "messages": QUESTION, "max_tokens": 4})
-    assert r.status_code == 502, r.text
+    assert r.status_code == 503, r.text
+    assert int(r.headers["Retry-After"]) >= 1
     body = r.json()
     assert body["error"]["type"] == "engine_error" and "unreachable" in body["error"]["message"]
 
 
-def test_unexpected_errors_are_500_with_an_openai_body(url: str) -> None:
+def test_unexpected_errors_are_a_clean_503_never_a_500(url: str) -> None:
     r = post(url, json={"model": "broken", "messages": QUESTION, "max_tokens": 4})
-    assert r.status_code == 500
-    assert r.json() == {
-        "error": {
-            "message": "internal server error",
-            "type": "server_error",
-            "param": None,
-            "code": None,
-        }
-    }
+    assert r.status_code == 503
+    error = r.json()["error"]
+    assert (error["type"], error["code"], error["param"]) == (
+        "server_error",
+        "internal_error",
+        None,
+    )
+    assert "RuntimeError" in error["message"] and "boom" not in error["message"]
+    streamed = post(url, json={"model": "broken", "messages": QUESTION, "stream": True})
+    assert streamed.status_code == 503
 
 
 def test_refusals_are_counted_in_metrics(url: str) -> None:

@@ -62,6 +62,7 @@ def test_streaming_through_the_remote_engine_counts_its_own_tokens(client: Any) 
             messages=[{"role": "user", "content": "Name three colors."}],
             max_tokens=8,
             stream=True,
+            stream_options={"include_usage": True},
         )
     )
     deltas = [
@@ -72,3 +73,18 @@ def test_streaming_through_the_remote_engine_counts_its_own_tokens(client: Any) 
     assert usage is not None and usage.completion_tokens == len(deltas) <= 8
     assert usage.prompt_tokens > 0
     assert chunks[-1].model_extra["apportion"]["ledger"]["cost_usd"] > 0
+
+
+def test_stop_reaches_the_remote_engine(client: Any) -> None:
+    question = [{"role": "user", "content": "Count from 1 to 20, separated by commas."}]
+    free = client.chat.completions.create(model="direct", messages=question, max_tokens=40)
+    text = free.choices[0].message.content
+    # a word from the middle of the free reply (greedy decoding: the same reply)
+    stop = next(w for w in text.split()[1:] if text.index(w) > 0)
+    cut = client.chat.completions.create(
+        model="direct", messages=question, max_tokens=40, stop=[stop]
+    )
+    assert cut.choices[0].message.content == text[: text.index(stop)].strip()
+    assert cut.choices[0].finish_reason == "stop"
+    # the remote server stopped generating there: fewer tokens were charged
+    assert cut.usage.completion_tokens < free.usage.completion_tokens

@@ -44,8 +44,14 @@ class TextEngine(Protocol):
         stop: Sequence[str] | None = None,
         seed: int | None = None,
         logprobs: bool = False,
+        reuse_prefix: bool = True,
     ) -> list[Completion]:
-        """`n` independent samples; with `logprobs`, each carries per-token log-probabilities."""
+        """`n` independent samples; with `logprobs`, each carries per-token log-probabilities.
+
+        `reuse_prefix=False` evaluates the whole prompt afresh instead of reusing a cached
+        prefix of an earlier call: a reused prefix is evaluated in other batch shapes, which
+        can change the low bits of the logits and so a greedy token (`deterministic` mode).
+        Engines that keep no prompt cache of their own ignore it."""
         ...
 
     def stream(
@@ -56,6 +62,7 @@ class TextEngine(Protocol):
         temperature: float = 0.0,
         stop: Sequence[str] | None = None,
         seed: int | None = None,
+        reuse_prefix: bool = True,
     ) -> Generator[str, None, Completion]:
         """One sample, yielded piece by piece as it is generated; the generator's return value
         is the whole Completion, whose token counts are what the ledger charges.

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import threading
-from collections.abc import Generator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,31 @@ from apportion.types import Completion, Message
 
 # Below this many free tokens we refuse rather than return a truncated stub.
 MIN_COMPLETION_TOKENS = 8
+
+# llama-cpp-python's Llama builds its model parameters from llama_model_default_params()
+# and exposes no `use_extra_bufts`; loads that need it off swap that function for the length
+# of the load, one load at a time.
+_LOAD_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _model_params(*, use_extra_bufts: bool) -> Iterator[None]:
+    """Loads inside this block get `use_extra_bufts` set as asked."""
+    import llama_cpp.llama_cpp as native
+
+    with _LOAD_LOCK:
+        original = native.llama_model_default_params
+
+        def with_setting() -> Any:
+            params = original()
+            params.use_extra_bufts = use_extra_bufts
+            return params
+
+        native.llama_model_default_params = with_setting
+        try:
+            yield
+        finally:
+            native.llama_model_default_params = original
 
 
 def default_threads() -> int:
@@ -84,6 +110,7 @@ class LlamaCppEngine:
         n_ctx: int = 4096,
         threads: int | None = None,
         seed: int = 0,
+        extra_buffers: bool = True,
     ) -> None:
         try:
             from llama_cpp import Llama
@@ -94,15 +121,17 @@ class LlamaCppEngine:
         self._model_id = model_id
         self._lock = threading.Lock()
         self.threads = threads or default_threads()
+        self.extra_buffers = extra_buffers
         try:
-            self._llm = Llama(
-                model_path=str(path),
-                n_ctx=n_ctx,
-                n_threads=self.threads,
-                n_threads_batch=self.threads,
-                seed=seed,
-                verbose=False,
-            )
+            with _model_params(use_extra_bufts=extra_buffers):
+                self._llm = Llama(
+                    model_path=str(path),
+                    n_ctx=n_ctx,
+                    n_threads=self.threads,
+                    n_threads_batch=self.threads,
+                    seed=seed,
+                    verbose=False,
+                )
         except (ValueError, RuntimeError) as e:
             raise EngineError(f"llama.cpp could not load {path}: {e}") from e
         meta: dict[str, str] = dict(self._llm.metadata)
@@ -146,6 +175,11 @@ class LlamaCppEngine:
     def context_size(self) -> int:
         return int(self._llm.n_ctx())
 
+    @property
+    def trained_context(self) -> int:
+        """The context length the model was trained on: the most `n_ctx` should be."""
+        return int(self._llm._model.n_ctx_train())
+
     def _prompt_tokens(self, messages: Sequence[Message]) -> list[int]:
         """Tokenize exactly as create_chat_completion will: the GGUF's own chat template."""
         chat = [{"role": m.role, "content": m.content} for m in messages]
@@ -172,6 +206,7 @@ class LlamaCppEngine:
         stop: Sequence[str] | None = None,
         seed: int | None = None,
         logprobs: bool = False,
+        reuse_prefix: bool = True,
     ) -> list[Completion]:
         max_tokens, _ = self._fit(messages, max_tokens)
         chat = [{"role": m.role, "content": m.content} for m in messages]
@@ -184,6 +219,8 @@ class LlamaCppEngine:
                     from llama_cpp import LogitsProcessorList
 
                     kwargs["logits_processor"] = LogitsProcessorList([recorder])
+                if not reuse_prefix:
+                    self._llm.reset()  # type: ignore[no-untyped-call]  # read the whole prompt
                 try:
                     resp: Any = self._llm.create_chat_completion(
                         messages=chat,  # type: ignore[arg-type]
@@ -216,10 +253,14 @@ class LlamaCppEngine:
         prompt_tokens = self.count_tokens(messages)
         room = self.context_size - prompt_tokens
         if room < MIN_COMPLETION_TOKENS:
+            trained = self.trained_context
             raise ContextOverflowError(
-                f"the prompt takes {prompt_tokens} tokens; {self.model_id} has a "
+                f"the prompt takes {prompt_tokens} tokens; {self.model_id} was loaded with a "
                 f"{self.context_size}-token context",
-                "shorten the question or raise n_ctx",
+                f"shorten the question, or raise the context size with --n-ctx N or "
+                f"n_ctx = N in the config (up to {trained:,}, what {self.model_id} was trained on)"
+                if trained > self.context_size
+                else f"shorten the question: {self.model_id} was trained on {trained:,} tokens",
             )
         return min(max_tokens, room), prompt_tokens
 
@@ -231,9 +272,10 @@ class LlamaCppEngine:
         temperature: float = 0.0,
         stop: Sequence[str] | None = None,
         seed: int | None = None,
+        reuse_prefix: bool = True,
     ) -> Generator[str, None, Completion]:
         """One sample, piece by piece (see TextEngine.stream). The same prompt, parameters and
-        seed give the same text and token counts as `generate`."""
+        seed, from the same cache state, give the same text and token counts as `generate`."""
         from llama_cpp import LogitsProcessorList
 
         max_tokens, prompt_tokens = self._fit(messages, max_tokens)
@@ -244,6 +286,8 @@ class LlamaCppEngine:
         # Held across yields: the context is busy until this generation ends or is closed.
         chunks: Any = None
         with self._lock:
+            if not reuse_prefix:
+                self._llm.reset()  # type: ignore[no-untyped-call]
             try:
                 chunks = self._llm.create_chat_completion(
                     messages=chat,  # type: ignore[arg-type]

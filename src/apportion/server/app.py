@@ -2,15 +2,17 @@
 (engine, key store, metrics, queue) hangs off `app.state`, never off module globals.
 
 A chat completion goes: Bearer key (when the key store has keys) → request validation
-(schemas.py) → model and strategy resolution → the key's daily allowance caps the budget → a
-Job runs `Engine.prepare` + `execute` in a worker thread → one JSON body, or server-sent events
-as the work happens.
+(schemas.py) → model and strategy resolution → the key's hold is opened (auth.py) → a Job runs
+`Engine.prepare` + `execute` in a worker thread → one JSON body, or server-sent events as the
+work happens (stream.py).
 
-- **Streaming.** When the plan is one single-sample step (`direct`, `cot`), every generated
-  token goes to the client as it is sampled: direct's as `content`, cot's reasoning as
-  `reasoning_content` followed by the extracted answer as `content`. Other plans (ladders,
-  self-consistency, ...) send a progress chunk after each charged call, then the answer. The
-  last chunk before `[DONE]` has empty `choices`, the `usage` and the `apportion` object.
+- **Streaming.** The stream opens (status 200 and the role chunk) at the job's first output,
+  or after `STREAM_OPEN_S` of work, whichever is first: a request that fails before then
+  still gets its own status (400, 429, 503, ...); after it, an error event. stream.py says
+  what each kind of plan streams.
+- **Parameters.** Every parameter of the request is honoured or refused (schemas.py). `stop`
+  ends the answer before the first stop sequence on every route and every engine; a `direct`
+  route also hands the sequences to the engine, which stops generating there.
 - **Cancellation.** Every single-sample model call streams from its engine, and each token
   passes a check of the job's cancel flag; a client that disconnects (or a request past its
   timeout) stops generation at the next token. The partial call is still charged.
@@ -19,28 +21,30 @@ as the work happens.
   The slot is taken at a request's first local model call, so solver-only requests (the
   symbolic route) never queue. Remote engines are not queued: they run concurrently in worker
   threads.
+- **Quotas.** A key's daily budget is kept by holds in the key store: opened at admission,
+  raised to the worst case of each model call before it runs, settled to the real cost at the
+  end. Requests in flight together can never spend more than the key has left.
 - **Budget too small.** A request whose budget refuses its first model call, so that nothing
   was answered, gets 400 `budget_too_small` (429 `insufficient_quota` when it was the key's
   remaining daily allowance that was too small). A budget that stops a ladder after some
   attempt answered returns 200 with `apportion.stopped_for_budget`.
-- **Ledger.** Responses always carry the ledger totals; `apportion.return_ledger` adds every
-  charged call.
+- **Ledger.** Responses, streamed or not, always carry the ledger totals;
+  `apportion.return_ledger` adds every charged call.
+- **Errors.** No request gets a 500: see errors.py.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import math
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Generator, Sequence
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from functools import partial
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import anyio
 import anyio.to_thread
@@ -57,19 +61,28 @@ from apportion.config import Settings
 from apportion.engine import AUTO, Engine, execute
 from apportion.engines import catalogue
 from apportion.engines.base import GenerationCancelled, TextEngine
-from apportion.errors import (
-    ApportionError,
-    BudgetExceededError,
-    ContextOverflowError,
-    EngineError,
-    ModelFetchError,
-    ModelIntegrityError,
-    UnknownNameError,
-    UsageError,
-)
-from apportion.ledger import Ledger, ModelCost
+from apportion.errors import ApportionError, BudgetExceededError, UnknownNameError, UsageError
+from apportion.ledger import ModelCost, model_flops
 from apportion.server import metrics as m
-from apportion.server.auth import ApiKey, KeyStore, seconds_until_utc_midnight
+from apportion.server.auth import Allowance, ApiKey, KeyStore, seconds_until_utc_midnight
+from apportion.server.errors import (
+    ApiError,
+    error_payload,
+    error_response,
+    outcome_for,
+    validation_error,
+)
+from apportion.server.jobs import (
+    TOKEN_CHANNELS,
+    Finished,
+    Job,
+    JobEvent,
+    ObservedEngine,
+    RunSpec,
+    StopFilter,
+    cut_at_stop,
+)
+from apportion.server.queue import LocalQueue
 from apportion.server.schemas import (
     AUTO_MODEL,
     ApportionInfo,
@@ -78,7 +91,6 @@ from apportion.server.schemas import (
     ChatCompletionRequest,
     Choice,
     ErrorBody,
-    ErrorDetail,
     Health,
     LedgerOut,
     ModelCard,
@@ -87,15 +99,17 @@ from apportion.server.schemas import (
     ResponseMessage,
     Usage,
 )
+from apportion.server.stream import ChunkWriter, Sse
 from apportion.strategies.registry import parse_spec
-from apportion.types import Answer, Budget, Charge, Completion, Message
+from apportion.types import Answer, Budget
 
 log = logging.getLogger("apportion.server")
 
 CHAT_PATH = "/v1/chat/completions"
-TokenChannel = Literal["content", "reasoning_content"]
-# Single-sample strategies whose tokens are streamed, and the delta field they go in.
-TOKEN_CHANNELS: dict[str, TokenChannel] = {"direct": "content", "cot": "reasoning_content"}
+# The longest a streamed request waits for its first output before the stream opens anyway.
+STREAM_OPEN_S = 0.5
+# Retry-After for a key whose budget is held by its other requests in flight.
+HELD_RETRY_S = 2
 
 
 @dataclass(frozen=True)
@@ -109,304 +123,6 @@ class ServerOptions:
     max_tokens_limit: int = 4096
     # Worker threads for blocking work (model calls, solver, SQLite).
     worker_threads: int = 64
-
-
-class ApiError(Exception):
-    """An error with its HTTP status and OpenAI-style body."""
-
-    def __init__(
-        self,
-        status: int,
-        message: str,
-        *,
-        type: str = "invalid_request_error",  # OpenAI names the field `type`
-        code: str | None = None,
-        param: str | None = None,
-        headers: dict[str, str] | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.type = type
-        self.code = code
-        self.param = param
-        self.headers = headers or {}
-
-
-def error_payload(exc: BaseException) -> tuple[int, ErrorBody, dict[str, str]]:
-    """The status, body and headers an exception answers with."""
-
-    def body(
-        message: str, type_: str, code: str | None = None, param: str | None = None
-    ) -> ErrorBody:
-        return ErrorBody(error=ErrorDetail(message=message, type=type_, param=param, code=code))
-
-    if isinstance(exc, ApiError):
-        return exc.status, body(exc.message, exc.type, exc.code, exc.param), exc.headers
-    if isinstance(exc, GenerationCancelled):
-        # nginx's "client closed request": only a client that is already gone ever gets it
-        return 499, body("the request was cancelled", "cancelled"), {}
-    if isinstance(exc, UnknownNameError) and str(exc).startswith("unknown model "):
-        return 404, body(str(exc), "invalid_request_error", "model_not_found", "model"), {}
-    if isinstance(exc, ContextOverflowError):
-        return 400, body(str(exc), "invalid_request_error", "context_length_exceeded"), {}
-    if isinstance(exc, BudgetExceededError):
-        return 400, body(str(exc), "invalid_request_error", "budget_too_small"), {}
-    if isinstance(exc, EngineError):
-        # the model behind the request failed, not the request: a gateway error
-        return 502, body(str(exc), "engine_error"), {}
-    if isinstance(exc, ModelFetchError | ModelIntegrityError):
-        return 503, body(str(exc), "model_unavailable"), {}
-    if isinstance(exc, ApportionError):
-        return 400, body(str(exc), "invalid_request_error"), {}
-    return 500, body("internal server error", "server_error"), {}
-
-
-def error_response(exc: BaseException) -> JSONResponse:
-    status, payload, headers = error_payload(exc)
-    return JSONResponse(payload.model_dump(), status_code=status, headers=headers)
-
-
-def _outcome_for(status: int) -> str:
-    if status == 401:
-        return m.UNAUTHORIZED
-    if status == 429:
-        return m.REJECTED
-    if status == 504:
-        return m.TIMEOUT
-    return m.INVALID if status < 500 else m.ERROR
-
-
-# -- the local engine queue ------------------------------------------------------------------
-
-
-class LocalQueue:
-    """One request at a time on the in-process llama.cpp engines, at most `depth` waiting.
-
-    Entered from worker threads at a request's first local model call (so requests that
-    never touch a local model never queue), hence threading primitives rather than asyncio's.
-    """
-
-    def __init__(self, depth: int) -> None:
-        self.depth = depth
-        self._slot = threading.Semaphore(1)
-        self._mutex = threading.Lock()
-        self._admitted = 0  # running + waiting
-        self._mean_hold_s = 1.0  # moving average of how long a request holds the slot
-        self._held_since = 0.0
-
-    @property
-    def running(self) -> int:
-        return min(self._admitted, 1)
-
-    @property
-    def waiting(self) -> int:
-        return max(self._admitted - 1, 0)
-
-    def retry_after_s(self) -> int:
-        """A guess at when a slot frees up: everyone ahead, at the average hold time."""
-        return max(1, min(600, math.ceil(self._mean_hold_s * (self.waiting + 1))))
-
-    def enter(self, cancel: threading.Event, deadline: float) -> None:
-        with self._mutex:
-            if self._admitted >= 1 + self.depth:
-                retry = self.retry_after_s()
-                raise ApiError(
-                    429,
-                    f"the local model is busy: 1 request running and {self.waiting} waiting "
-                    f"(the queue holds {self.depth}); retry in about {retry} s",
-                    type="rate_limit_error",
-                    code="queue_full",
-                    headers={"Retry-After": str(retry)},
-                )
-            self._admitted += 1
-        try:
-            # Poll so that a waiting request notices its client leaving or its deadline.
-            while not self._slot.acquire(timeout=0.05):
-                if cancel.is_set():
-                    raise GenerationCancelled()
-                if time.monotonic() >= deadline:
-                    raise ApiError(504, "timed out waiting for the local model", type="timeout")
-        except BaseException:
-            with self._mutex:
-                self._admitted -= 1
-            raise
-        self._held_since = time.monotonic()
-
-    def leave(self) -> None:
-        held = time.monotonic() - self._held_since
-        self._mean_hold_s = 0.8 * self._mean_hold_s + 0.2 * held
-        self._slot.release()
-        with self._mutex:
-            self._admitted -= 1
-
-
-# -- jobs --------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class TokenEvent:
-    text: str
-    channel: TokenChannel
-
-
-@dataclass(frozen=True)
-class ProgressEvent:
-    charge: Charge
-    calls: int
-    completion_tokens: int
-    flops: float
-
-    def to_dict(self) -> dict[str, object]:
-        return {
-            "event": "progress",
-            "step": self.charge.detail,
-            "call": self.charge.name,
-            "kind": self.charge.kind,
-            "calls": self.calls,
-            "completion_tokens": self.completion_tokens,
-            "flops": self.flops,
-        }
-
-
-@dataclass(frozen=True)
-class Finished:
-    pass
-
-
-JobEvent = TokenEvent | ProgressEvent | Finished
-
-
-@dataclass(frozen=True)
-class RunSpec:
-    """A resolved request, in the package's own terms."""
-
-    question: str
-    history: tuple[Message, ...]
-    strategy: str
-    model: str | None
-    max_tokens: int | None
-    budget: Budget
-    seed: int
-    return_ledger: bool
-    # The budget was lowered to what the caller's key may still spend today.
-    key_capped: bool = False
-
-
-@dataclass(eq=False)
-class Job:
-    """One request's work: runs in a worker thread and reports back to the event loop."""
-
-    spec: RunSpec
-    loop: asyncio.AbstractEventLoop
-    streaming: bool
-    deadline: float  # time.monotonic()
-    key: ApiKey | None = None
-    id: str = field(default_factory=lambda: f"chatcmpl-{uuid.uuid4().hex}")
-    created: int = field(default_factory=lambda: int(time.time()))
-    started: float = field(default_factory=time.monotonic)
-    cancel: threading.Event = field(default_factory=threading.Event)
-    events: asyncio.Queue[JobEvent] = field(default_factory=asyncio.Queue)
-    ledger: Ledger | None = None
-    token_channel: TokenChannel | None = None
-    holds_local: bool = False
-    timed_out: bool = False
-    last_finish: str | None = None
-    task: asyncio.Task[Answer] | None = None
-
-    def emit(self, event: JobEvent) -> None:
-        """From the worker thread: hand an event to the event loop (streams only)."""
-        if not self.streaming:
-            return
-        try:
-            self.loop.call_soon_threadsafe(self.events.put_nowait, event)
-        except RuntimeError:  # the loop has closed: nobody is listening any more
-            self.cancel.set()
-
-    def on_token(self, piece: str) -> None:
-        if self.cancel.is_set():
-            raise GenerationCancelled()
-        if self.token_channel is not None:
-            self.emit(TokenEvent(piece, self.token_channel))
-
-    def on_charge(self, ledger: Ledger, charge: Charge) -> None:
-        if self.token_channel is None:
-            totals = ledger.totals()
-            self.emit(
-                ProgressEvent(charge, len(totals.calls), totals.completion_tokens, totals.flops)
-            )
-
-    def stop(self, *, timed_out: bool = False) -> None:
-        self.timed_out = self.timed_out or timed_out
-        self.cancel.set()
-
-
-class ObservedEngine:
-    """What a job's strategies call: the real engine, plus a cancel check before each call and
-    a note of how the last call finished (for the response's finish_reason)."""
-
-    def __init__(self, inner: TextEngine, job: Job) -> None:
-        self._inner = inner
-        self._job = job
-
-    @property
-    def model_id(self) -> str:
-        return self._inner.model_id
-
-    @property
-    def cost(self) -> ModelCost:
-        return self._inner.cost
-
-    @property
-    def context_size(self) -> int:
-        return self._inner.context_size
-
-    def count_tokens(self, messages: Sequence[Message]) -> int:
-        return self._inner.count_tokens(messages)
-
-    def generate(
-        self,
-        messages: Sequence[Message],
-        *,
-        max_tokens: int,
-        temperature: float = 0.0,
-        n: int = 1,
-        stop: Sequence[str] | None = None,
-        seed: int | None = None,
-        logprobs: bool = False,
-    ) -> list[Completion]:
-        if self._job.cancel.is_set():
-            raise GenerationCancelled()
-        out = self._inner.generate(
-            messages, max_tokens=max_tokens, temperature=temperature, n=n, stop=stop, seed=seed,
-            logprobs=logprobs,
-        )  # fmt: skip
-        if out:
-            self._job.last_finish = out[-1].finish_reason
-        return out
-
-    def stream(
-        self,
-        messages: Sequence[Message],
-        *,
-        max_tokens: int,
-        temperature: float = 0.0,
-        stop: Sequence[str] | None = None,
-        seed: int | None = None,
-    ) -> Generator[str, None, Completion]:
-        if self._job.cancel.is_set():
-            raise GenerationCancelled()
-        completion = yield from self._inner.stream(
-            messages, max_tokens=max_tokens, temperature=temperature, stop=stop, seed=seed
-        )
-        self._job.last_finish = completion.finish_reason
-        return completion
-
-    def close(self) -> None:
-        """The Engine owns the real engine and closes it; a job never does."""
-
-
-# -- the app's state -------------------------------------------------------------------------
 
 
 class ServerState:
@@ -434,6 +150,8 @@ class ServerState:
         # Engine.engine_for loads a model on first use; two threads must not load it twice.
         self._load_lock = threading.Lock()
         self._served = self._servable_models()
+        # a hold outlives its request only if the server dies: then it expires on its own
+        self.hold_ttl_s = options.request_timeout_s + 60.0
 
     # -- models and routing ---------------------------------------------------------------
 
@@ -462,15 +180,19 @@ class ServerState:
             raise ApiError(400, "the last message must be the user's question", param="messages")
         if not messages[-1].content.strip():
             raise ApiError(400, "the question (the last message) is empty", param="messages")
+        if body.stream_options is not None and not body.stream:
+            raise ApiError(
+                400, "stream_options is only allowed with stream: true", param="stream_options"
+            )
         ext = body.apportion or ApportionOptions()
         model, strategy = self._route(body.model, ext.strategy)
-        strategy = self._with_temperature(strategy, body.temperature)
+        strategy, notes = self._with_temperature(strategy, body.temperature)
         max_tokens = body.max_completion_tokens or body.max_tokens
-        if max_tokens is not None and max_tokens > self.options.max_tokens_limit:
+        limit = self.options.max_tokens_limit
+        if max_tokens is not None and max_tokens > limit:
             raise ApiError(
                 400,
-                f"max_tokens is {max_tokens}; this server allows at most "
-                f"{self.options.max_tokens_limit}",
+                f"max_tokens is {max_tokens}; this server allows at most {limit}",
                 param="max_tokens",
             )
         b = ext.budget
@@ -484,6 +206,9 @@ class ServerState:
             budget=budget,
             seed=body.seed or 0,
             return_ledger=ext.return_ledger,
+            stop=body.stop_sequences(),
+            notes=tuple(notes),
+            user=body.user,
         )
 
     def _route(self, name: str, ext_strategy: str | None) -> tuple[str | None, str]:
@@ -512,26 +237,49 @@ class ServerState:
         )
 
     def _checked(self, strategy: str, param: str) -> str:
+        """The strategy spec, built once to check its name and parameters (their declared
+        bounds included), and its max_tokens held to the server's limit."""
         if strategy.strip() == AUTO:
             return AUTO
         try:
             self.engine.registry.build(strategy)
         except UsageError as e:
             raise ApiError(400, str(e), code="invalid_strategy", param=param) from e
+        limit = self.options.max_tokens_limit
+        for key, value in parse_spec(strategy).params:
+            if key == "max_tokens" and int(value) > limit:
+                raise ApiError(
+                    400,
+                    f"the strategy's max_tokens is {value}; this server allows at most {limit}",
+                    code="invalid_strategy",
+                    param=param,
+                )
         return strategy.strip()
 
-    def _with_temperature(self, strategy: str, temperature: float | None) -> str:
-        """Apply `temperature` to a strategy that has one (cot, program, consistency, ...).
-        `direct` is greedy by design, and `auto` picks each step's own sampling."""
-        if temperature is None or strategy == AUTO:
-            return strategy
+    def _with_temperature(self, strategy: str, temperature: float | None) -> tuple[str, list[str]]:
+        """Apply `temperature` to a strategy that has one (cot, program, consistency, ...), or
+        say why it does not apply: `direct` is greedy by design, and `auto` picks each step's
+        own sampling."""
+        if temperature is None:
+            return strategy, []
+        if strategy == AUTO:
+            return strategy, [
+                f"temperature {temperature:g} is not used: auto picks each step's own sampling "
+                "(name a strategy such as cot to set it)"
+            ]
         spec = parse_spec(strategy)
         if "temperature" not in self.engine.registry.parameters(spec.name):
-            return strategy
+            if temperature == 0:
+                return strategy, []  # what a strategy without sampling does anyway
+            return strategy, [
+                f"temperature {temperature:g} is not used: {spec.name} does not sample"
+            ]
         if any(k == "temperature" for k, _ in spec.params):
-            return strategy
+            return strategy, [
+                f"temperature {temperature:g} is not used: the strategy spec sets its own"
+            ]
         extended = f"{strategy}{',' if spec.params else ':'}temperature={temperature}"
-        return self._checked(extended, "temperature")
+        return self._checked(extended, "temperature"), []
 
     # -- keys -----------------------------------------------------------------------------
 
@@ -556,37 +304,114 @@ class ServerState:
             )
         return key
 
-    async def cap_by_key(self, spec: RunSpec, key: ApiKey | None) -> RunSpec:
-        """Refuse a key whose daily budget is spent; otherwise cap the request's budget at
-        what the key may still spend today (so one request cannot overdraw it by much)."""
+    async def admit(self, spec: RunSpec, key: ApiKey | None, job_id: str) -> RunSpec:
+        """Open the key's hold for this request, refusing a key with nothing left (spent, or
+        held by its other requests in flight); the request's budget is capped at what is left,
+        so one request cannot overdraw it."""
         if key is None or self.keys is None:
             return spec
-        allowance = await anyio.to_thread.run_sync(self.keys.allowance, key, limiter=self.limiter)
-        if allowance.exhausted:
-            raise ApiError(
-                429,
-                f"the API key {key.name!r} has spent its daily budget; it resets at 00:00 UTC",
-                type="insufficient_quota",
-                code="daily_budget_exceeded",
-                headers={"Retry-After": str(seconds_until_utc_midnight())},
-            )
+        result = await anyio.to_thread.run_sync(
+            partial(self.keys.open_hold, key, job_id, ttl_s=self.hold_ttl_s),
+            limiter=self.limiter,
+        )
+        if not result.granted:
+            raise self._quota_error(key, result.others)
         b = spec.budget
         flops, usd, capped = b.max_flops, b.max_usd, False
+        allowance = result.available
         if allowance.flops is not None and (flops is None or allowance.flops < flops):
             flops, capped = allowance.flops, True
         if allowance.usd is not None and (usd is None or allowance.usd < usd):
             usd, capped = allowance.usd, True
         return replace(spec, budget=Budget(flops, usd, b.max_seconds), key_capped=capped)
 
+    @staticmethod
+    def _quota_error(key: ApiKey, others: int, why: str = "") -> ApiError:
+        if others:
+            return ApiError(
+                429,
+                f"the API key {key.name!r} has {others} other request(s) in flight holding "
+                f"what is left of its daily budget{why}; retry when they finish",
+                type="insufficient_quota",
+                code="daily_budget_held",
+                headers={"Retry-After": str(HELD_RETRY_S)},
+            )
+        return ApiError(
+            429,
+            f"the API key {key.name!r} has spent its daily budget{why}; it resets at 00:00 UTC",
+            type="insufficient_quota",
+            code="daily_budget_exceeded",
+            headers={"Retry-After": str(seconds_until_utc_midnight())},
+        )
+
+    def _refresh_budget(self, job: Job) -> None:
+        """Before a model call (worker thread): lower the job's budget to what its key has
+        left beside the other requests in flight, so the ledger refuses a call the key cannot
+        pay for with its usual error."""
+        if job.key is None or self.keys is None or job.ledger is None:
+            return
+        available = self.keys.available(job.key, job.id)
+        spent = job.ledger.totals()
+        b = job.spec.budget
+        flops, usd = b.max_flops, b.max_usd
+        if available.flops is not None:
+            flops = min(flops if flops is not None else float("inf"), spent.flops + available.flops)
+        if available.usd is not None:
+            usd = min(usd if usd is not None else float("inf"), spent.cost_usd + available.usd)
+        job.ledger.budget = Budget(flops, usd, b.max_seconds)
+
+    def _reserve(
+        self, job: Job, cost: ModelCost, prompt_tokens: int, max_tokens: int, n: int
+    ) -> None:
+        """Before a model call (worker thread): raise the job's hold to what it has spent plus
+        the call's worst case, or refuse the call (a budget stop, 429 if nothing answered)."""
+        if job.key is None or self.keys is None or job.ledger is None:
+            return
+        worst_flops = n * model_flops(
+            cost.params, prompt_tokens, max_tokens, cost.n_layers, cost.d_model
+        )
+        worst_usd = 0.0
+        if job.key.daily_usd is not None:
+            if cost.local:
+                # billed by the second: the worst case is all the time the budget leaves
+                left = job.ledger.seconds_left(cost)
+                rate = job.ledger.hardware.usd_per_hour / 3600.0
+                worst_usd = 0.0 if rate <= 0 else float("inf") if left is None else left * rate
+            else:
+                worst_usd = (
+                    n
+                    * (
+                        prompt_tokens * cost.usd_per_m_prompt
+                        + max_tokens * cost.usd_per_m_completion
+                    )
+                    / 1e6
+                )
+        spent = job.ledger.totals()
+        result = self.keys.hold(
+            job.key, job.id, flops=spent.flops + worst_flops, usd=spent.cost_usd + worst_usd,
+            ttl_s=self.hold_ttl_s,
+        )  # fmt: skip
+        if not result.granted:
+            job.quota_others = result.others
+            raise BudgetExceededError(
+                f"a {cost.model_id} call may need {worst_flops:.3g} FLOPs"
+                + (f" and ${worst_usd:.6f}" if job.key.daily_usd is not None else "")
+                + f"; the API key has {_left(result.available)} left today beside "
+                f"{result.others} other request(s) in flight",
+                "retry later",
+            )
+
     # -- running --------------------------------------------------------------------------
 
-    def start(self, spec: RunSpec, *, key: ApiKey | None, streaming: bool) -> Job:
+    def start(self, spec: RunSpec, *, key: ApiKey | None, streaming: bool, job_id: str) -> Job:
         job = Job(
             spec=spec,
             loop=asyncio.get_running_loop(),
             streaming=streaming,
             deadline=time.monotonic() + self.options.request_timeout_s,
             key=key,
+            id=job_id,
+            holding=key is not None and self.keys is not None,
         )
         self.jobs.add(job)
         job.task = asyncio.create_task(self._run(job))
@@ -604,12 +429,14 @@ class ServerState:
         with self._load_lock:
             inner = self.engine.engine_for(model_id)
         if inner.cost.local and not job.holds_local:
-            self.local.enter(job.cancel, job.deadline)
+            self.local.enter(job.cancel, job.deadline, on_wait=job.on_queue)
             job.holds_local = True
-        return ObservedEngine(inner, job)
+        self._refresh_budget(job)
+        stop = job.spec.stop if job.token_channel == "content" else ()
+        return ObservedEngine(inner, job, partial(self._reserve, job), stop=stop)
 
     def _work(self, job: Job) -> Answer:
-        """The worker thread: route, plan and execute."""
+        """The worker thread: route, plan and execute; then settle the key's hold."""
         spec = job.spec
         try:
             prepared = self.engine.prepare(
@@ -618,8 +445,9 @@ class ServerState:
             )  # fmt: skip
             steps = prepared.plan.steps
             if len(steps) == 1:
-                channel = TOKEN_CHANNELS.get(m.strategy_label(steps[0].strategy))
-                job.token_channel = channel
+                job.token_channel = TOKEN_CHANNELS.get(m.strategy_label(steps[0].strategy))
+            if job.token_channel == "content" and spec.stop:
+                job.content_filter = StopFilter(spec.stop)
             ledger = prepared.ctx.ledger
             ledger.on_charge = job.on_charge
             job.ledger = ledger
@@ -631,9 +459,25 @@ class ServerState:
                 intent=prepared.features.intent,
             )  # fmt: skip
         finally:
+            # Settled before the local slot is given back, so the next request in the queue
+            # sees this one's real spending rather than its hold.
+            self._settle(job)
             if job.holds_local:
                 job.holds_local = False
                 self.local.leave()
+
+    def _settle(self, job: Job) -> None:
+        if not job.holding or job.key is None or self.keys is None:
+            return
+        job.holding = False
+        totals = job.ledger.totals() if job.ledger is not None else None
+        try:
+            self.keys.settle(
+                job.key.id, job.id, flops=totals.flops if totals else 0.0,
+                usd=totals.cost_usd if totals else 0.0,
+            )  # fmt: skip
+        except Exception:  # spending must not turn a served answer into an error
+            log.exception("could not record spending for key %s", job.key.name)
 
     async def _run(self, job: Job) -> Answer:
         self.metrics.in_flight.inc()
@@ -651,54 +495,59 @@ class ServerState:
             raise
         except Exception as e:
             status, _, _ = error_payload(e)
-            outcome = _outcome_for(status)
-            if status >= 500 and not isinstance(e, ApiError):
-                log.exception("request %s failed", job.id)
+            outcome = outcome_for(status)
+            if not isinstance(e, ApiError | ApportionError):
+                log.error("request %s failed", job.id, exc_info=e)
             raise
         finally:
             self.metrics.in_flight.dec()
             job.events.put_nowait(Finished())
             self.jobs.discard(job)
-            await self._account(job, answer, outcome)
+            if job.holding:  # the worker never ran (cancelled before it started)
+                await anyio.to_thread.run_sync(self._settle, job)
+            self._account(job, answer, outcome)
+            log.info(
+                "request %s: %s, %s%s", job.id, outcome,
+                answer.strategy if answer is not None else job.spec.strategy,
+                f", user {job.spec.user!r}" if job.spec.user else "",
+            )  # fmt: skip
 
-    async def _account(self, job: Job, answer: Answer | None, outcome: str) -> None:
-        """Metrics and the key's spending, for every job however it ended: a cancelled or
-        failed request still spent what its ledger holds."""
+    def _account(self, job: Job, answer: Answer | None, outcome: str) -> None:
+        """Metrics, for every job however it ended: a cancelled or failed request still spent
+        what its ledger holds (the key's spending was settled by the worker)."""
         totals = (answer.ledger if answer is not None else None) or (
             job.ledger.totals() if job.ledger is not None else None
         )
         strategy = answer.strategy if answer is not None else job.spec.strategy
-        flops = totals.flops if totals else 0.0
-        usd = totals.cost_usd if totals else 0.0
         self.metrics.finished(
             strategy,
             outcome,
             seconds=time.monotonic() - job.started,
             prompt_tokens=totals.prompt_tokens if totals else 0,
             completion_tokens=totals.completion_tokens if totals else 0,
-            flops=flops,
-            cost_usd=usd,
+            flops=totals.flops if totals else 0.0,
+            cost_usd=totals.cost_usd if totals else 0.0,
         )
-        if job.key is not None and self.keys is not None:
-            keys, key_id = self.keys, job.key.id
-            try:
-                await anyio.to_thread.run_sync(
-                    partial(keys.record, key_id, flops=flops, usd=usd), limiter=self.limiter
-                )
-            except Exception:  # spending must not turn a served answer into an error
-                log.exception("could not record spending for key %s", job.key.name)
 
-    async def next_event(self, job: Job) -> JobEvent:
+    def _timeout(self, job: Job) -> ApiError:
+        job.stop(timed_out=True)
+        return ApiError(
+            504,
+            f"the request took longer than {self.options.request_timeout_s:g} s",
+            type="timeout",
+        )
+
+    async def next_event(self, job: Job, *, within: float | None = None) -> JobEvent | None:
+        """The job's next event; None if `within` seconds pass first. Past the request's
+        deadline, the job is stopped and this raises 504."""
         remaining = job.deadline - time.monotonic()
+        wait = remaining if within is None else min(within, remaining)
         try:
-            return await asyncio.wait_for(job.events.get(), timeout=max(remaining, 0.0))
+            return await asyncio.wait_for(job.events.get(), timeout=max(wait, 0.0))
         except TimeoutError:
-            job.stop(timed_out=True)
-            raise ApiError(
-                504,
-                f"the request took longer than {self.options.request_timeout_s:g} s",
-                type="timeout",
-            ) from None
+            if within is not None and within < remaining:
+                return None
+            raise self._timeout(job) from None
 
     async def result(self, job: Job) -> Answer:
         """The job's answer once it has ended (after its Finished event)."""
@@ -714,12 +563,7 @@ class ServerState:
         while not job.task.done():
             remaining = job.deadline - time.monotonic()
             if remaining <= 0:
-                job.stop(timed_out=True)
-                raise ApiError(
-                    504,
-                    f"the request took longer than {self.options.request_timeout_s:g} s",
-                    type="timeout",
-                )
+                raise self._timeout(job)
             await asyncio.wait({job.task}, timeout=min(0.25, remaining))
             if not job.task.done() and await request.is_disconnected():
                 job.stop()
@@ -729,14 +573,8 @@ class ServerState:
         if answer.answer or not answer.stopped_for_budget:
             return
         why = answer.error or "the budget refused the first call"
-        if job.spec.key_capped:
-            raise ApiError(
-                429,
-                f"the API key's remaining daily budget is too small for this request: {why}",
-                type="insufficient_quota",
-                code="daily_budget_exceeded",
-                headers={"Retry-After": str(seconds_until_utc_midnight())},
-            )
+        if job.key is not None and (job.spec.key_capped or job.quota_others is not None):
+            raise self._quota_error(job.key, job.quota_others or 0, f" ({why})")
         raise ApiError(
             400,
             f"the budget is too small for any answer: {why}",
@@ -746,8 +584,15 @@ class ServerState:
 
     # -- responses ------------------------------------------------------------------------
 
+    def content(self, job: Job, answer: Answer) -> str:
+        """The answer as the client receives it: up to the first stop sequence."""
+        text, hit = cut_at_stop(answer.answer, job.spec.stop)
+        job.stop_hit = job.stop_hit or hit
+        return text
+
     def info(self, job: Job, answer: Answer) -> ApportionInfo:
         t = answer.ledger
+        giver = next((a for a in answer.attempts if a.strategy == answer.strategy and a.ok), None)
         return ApportionInfo(
             strategy=answer.strategy,
             intent=answer.intent,
@@ -765,6 +610,8 @@ class ServerState:
                 cost_usd=t.cost_usd,
                 calls=[c.to_dict() for c in t.calls] if job.spec.return_ledger else None,
             ),
+            citations=list(giver.citations) if giver is not None else [],
+            notes=list(job.spec.notes),
         )
 
     @staticmethod
@@ -778,6 +625,8 @@ class ServerState:
 
     @staticmethod
     def finish_reason(job: Job, answer: Answer) -> str:
+        if job.stop_hit:
+            return "stop"
         single = m.strategy_label(answer.strategy) in TOKEN_CHANNELS
         return "length" if single and job.last_finish == "length" else "stop"
 
@@ -786,13 +635,14 @@ class ServerState:
         if m.strategy_label(answer.strategy) == "cot":
             chosen = [a for a in answer.attempts if a.strategy == answer.strategy and a.ok]
             reasoning = chosen[-1].rationale if chosen else None
+        content = self.content(job, answer)
         return ChatCompletion(
             id=job.id,
             created=job.created,
             model=model,
             choices=[
                 Choice(
-                    message=ResponseMessage(content=answer.answer, reasoning_content=reasoning),
+                    message=ResponseMessage(content=content, reasoning_content=reasoning),
                     finish_reason=self.finish_reason(job, answer),
                 )
             ],
@@ -800,61 +650,43 @@ class ServerState:
             apportion=self.info(job, answer),
         )
 
-    async def sse(self, job: Job, model: str, first: JobEvent) -> AsyncIterator[dict[str, str]]:
-        """The event stream of a streamed request, starting from its first event."""
-
-        def chunk(
-            delta: dict[str, str], finish: str | None = None, **extra: object
-        ) -> dict[str, str]:
-            payload = {
-                "id": job.id,
-                "object": "chat.completion.chunk",
-                "created": job.created,
-                "model": model,
-                "choices": [
-                    {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}
-                ],
-                **extra,
-            }
-            return {"data": json.dumps(payload)}
-
-        def failure(exc: BaseException) -> dict[str, str]:
-            # Mid-stream the status line has gone out: an error event is all that is left.
-            _, body, _ = error_payload(exc)
-            return {"data": body.model_dump_json()}
-
+    async def sse(
+        self, job: Job, writer: ChunkWriter, first: JobEvent | None
+    ) -> AsyncIterator[Sse]:
+        """The event stream of a streamed request, starting from its first event (None: the
+        stream opened before the job said anything)."""
         try:
-            yield chunk({"role": "assistant", "content": ""})
+            yield writer.role()
             event = first
             while not isinstance(event, Finished):
-                if isinstance(event, TokenEvent):
-                    yield chunk({event.channel: event.text})
-                else:
-                    yield chunk({}, apportion=event.to_dict())
+                if event is not None:
+                    out = writer.event(event)
+                    if out is not None:
+                        yield out
                 try:
                     event = await self.next_event(job)
                 except ApiError as e:
-                    yield failure(e)
+                    yield writer.failure(e)
                     return
             try:
                 answer = await self.result(job)
             except Exception as e:
-                yield failure(e)
+                yield writer.failure(e)
                 return
-            if job.token_channel != "content" and answer.answer:
-                yield chunk({"content": answer.answer})
-            yield chunk({}, self.finish_reason(job, answer))
-            last = {
-                "id": job.id,
-                "object": "chat.completion.chunk",
-                "created": job.created,
-                "model": model,
-                "choices": [],
-                "usage": self.usage(answer).model_dump(),
-                "apportion": self.info(job, answer).model_dump(),
-            }
-            yield {"data": json.dumps(last)}
-            yield {"data": "[DONE]"}
+            if job.token_channel == "content":
+                rest = job.content_filter.flush() if job.content_filter is not None else ""
+                if job.content_filter is not None and job.content_filter.hit:
+                    job.stop_hit = True
+                if rest:
+                    yield writer.chunk({"content": rest})
+            else:
+                content = self.content(job, answer)
+                if content:
+                    yield writer.chunk({"content": content})
+            finish = self.finish_reason(job, answer)
+            usage = self.usage(answer).model_dump()
+            for out in writer.ending(finish, usage, self.info(job, answer).model_dump()):
+                yield out
         finally:
             # Normally a no-op (the job has ended); when the client went away mid-stream this
             # is what stops the generation, at its next token.
@@ -868,6 +700,17 @@ class ServerState:
             await asyncio.wait(tasks, timeout=10)
         if self.owns_engine:
             await anyio.to_thread.run_sync(self.engine.close)
+            if self.engine.store is not None:
+                self.engine.store.close()
+
+
+def _left(allowance: Allowance) -> str:
+    parts = []
+    if allowance.flops is not None:
+        parts.append(f"{max(allowance.flops, 0.0):.3g} FLOPs")
+    if allowance.usd is not None:
+        parts.append(f"${max(allowance.usd, 0.0):.6f}")
+    return " and ".join(parts) or "no cap"
 
 
 # -- the body-size limit ---------------------------------------------------------------------
@@ -936,29 +779,6 @@ async def _authenticate(
     return await _state(request).authenticate(credentials)
 
 
-_UNION_TAGS = {"str", "int", "float", "bool", "list", "dict", "none"}
-
-
-def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
-    errors = list(exc.errors())
-    if not errors:
-        return "the request is not valid", None
-    first = errors[0]
-    if first.get("type") == "json_invalid":
-        return "the request body is not valid JSON", None
-    # pydantic names the member of a union that failed (`str`, `list[TextPart]`): not a field
-    loc = [
-        str(p)
-        for p in first.get("loc", ())
-        if p != "body" and str(p) not in _UNION_TAGS and "[" not in str(p)
-    ]
-    if not loc:
-        return "the request body must be a JSON object", None
-    param = loc[0] + "".join(f"[{p}]" if p.isdigit() else f".{p}" for p in loc[1:])
-    more = f" (and {len(errors) - 1} more problems)" if len(errors) > 1 else ""
-    return f"{param}: {first.get('msg', 'invalid')}{more}", param
-
-
 def create_app(
     settings: Settings,
     *,
@@ -966,16 +786,17 @@ def create_app(
     options: ServerOptions | None = None,
     keys: KeyStore | None = None,
 ) -> FastAPI:
-    """An app serving `engine` (built from `settings` if not given; then closed on shutdown).
-    With `keys`, requests need a key as soon as the store holds one."""
+    """An app serving `engine` (built from `settings` if not given, with the document store
+    the settings name; then closed on shutdown). With `keys`, requests need a key as soon as
+    the store holds one."""
     options = options or ServerOptions()
-    state = ServerState(
-        settings,
-        engine or Engine(settings=settings),
-        options,
-        keys,
-        owns_engine=engine is None,
-    )
+    owns_engine = engine is None
+    if engine is None:
+        from apportion.server.documents import open_configured_store
+
+        engine = Engine(settings=settings)
+        engine.store = open_configured_store(settings, None)
+    state = ServerState(settings, engine, options, keys, owns_engine=owns_engine)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -995,14 +816,12 @@ def create_app(
     def _count_refusal(request: Request, status: int) -> None:
         # Errors from a job are counted when the job ends; these never reached one.
         if request.url.path == CHAT_PATH and not getattr(request.state, "job_started", False):
-            state.metrics.refused(_outcome_for(status))
+            state.metrics.refused(outcome_for(status))
 
     @app.exception_handler(RequestValidationError)
     async def on_validation(request: Request, exc: RequestValidationError) -> Response:
-        message, param = _validation_message(exc)
         _count_refusal(request, 400)
-        code = "invalid_json" if message.endswith("not valid JSON") else None
-        return error_response(ApiError(400, message, param=param, code=code))
+        return error_response(validation_error(exc))
 
     @app.exception_handler(StarletteHTTPException)
     async def on_http(request: Request, exc: StarletteHTTPException) -> Response:
@@ -1029,12 +848,12 @@ def create_app(
 
     @app.exception_handler(Exception)
     async def on_error(request: Request, exc: Exception) -> Response:
-        _count_refusal(request, 500)
+        _count_refusal(request, 503)
         log.error("unhandled error on %s", request.url.path, exc_info=exc)
         return error_response(exc)
 
     error_docs: dict[int | str, dict[str, Any]] = {
-        code: {"model": ErrorBody} for code in (400, 401, 404, 413, 429, 502, 504)
+        code: {"model": ErrorBody} for code in (400, 401, 404, 413, 429, 503, 504)
     }
 
     @app.post(
@@ -1054,18 +873,21 @@ def create_app(
         key: Annotated[ApiKey | None, Depends(_authenticate)],
     ) -> Response:
         """Answer the conversation's last message through the route its `model` names."""
-        spec = await state.cap_by_key(state.resolve(body), key)
+        job_id = f"chatcmpl-{uuid.uuid4().hex}"
+        spec = await state.admit(state.resolve(body), key, job_id)
         request.state.job_started = True
-        job = state.start(spec, key=key, streaming=body.stream)
+        job = state.start(spec, key=key, streaming=body.stream, job_id=job_id)
         if not body.stream:
             answer = await state.wait(job, request)
             return JSONResponse(state.completion(job, answer, body.model).model_dump())
-        first = await state.next_event(job)
+        first = await state.next_event(job, within=STREAM_OPEN_S)
         if isinstance(first, Finished):
             # It ended before any output: failures still get their own status codes.
             await state.result(job)
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        writer = ChunkWriter(job, body.model, include_usage=include_usage)
         return EventSourceResponse(
-            state.sse(job, body.model, first),
+            state.sse(job, writer, first),
             ping=15,
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
@@ -1101,3 +923,6 @@ def create_app(
         return Response(data, media_type=content_type)
 
     return app
+
+
+__all__ = ["CHAT_PATH", "ApiError", "ServerOptions", "create_app"]

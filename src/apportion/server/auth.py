@@ -6,16 +6,28 @@ brute-force, unlike a password), and it lets a lookup go straight to the row.
 
 Spending is kept per key and UTC day, so budgets reset at midnight UTC and survive restarts.
 Authentication is on as soon as the store holds one active key.
+
+Quotas hold under concurrency through holds: a request opens a hold when it is admitted, raises
+it to its worst case before each model call (all it has spent, plus the call's largest possible
+cost), and settles it to what it really spent when it ends. Each step is one transaction
+(`BEGIN IMMEDIATE`, so two server processes on one file are serialized too), and a hold is
+granted only if today's spending, every other live hold and this one fit the key's budget, so
+the requests in flight can never spend more than the key has left. A hold expires on its own
+(`ttl_s`) if its server dies before settling it.
+
+The file is created 0600 in a 0700 directory: it holds the digests and who spent what.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 import secrets
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -42,6 +54,15 @@ CREATE TABLE IF NOT EXISTS usage (
     requests INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (key_id, day)
 );
+CREATE TABLE IF NOT EXISTS holds (
+    id TEXT PRIMARY KEY,
+    key_id INTEGER NOT NULL REFERENCES keys(id),
+    day TEXT NOT NULL,
+    flops REAL NOT NULL DEFAULT 0,
+    usd REAL NOT NULL DEFAULT 0,
+    expires REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS holds_by_key ON holds (key_id, day);
 """
 
 
@@ -91,13 +112,42 @@ class Allowance:
         )
 
 
+@dataclass(frozen=True)
+class HoldResult:
+    """Whether a hold was granted, and what the key has left beside the other live holds
+    (what this hold may grow to), with how many of those there are."""
+
+    granted: bool
+    available: Allowance
+    others: int = 0
+
+
+def _private_file(path: Path) -> None:
+    """Create `path` (if missing) readable by its owner only, in a directory only its owner
+    may enter. A directory that exists already is tightened when it is ours, but never the
+    home directory itself."""
+    parent = path.parent
+    parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        mine = parent.stat().st_uid == os.getuid()
+        if mine and parent.resolve() != Path.home().resolve():
+            parent.chmod(0o700)
+    except OSError:
+        pass  # not ours to change: the file's own mode still protects it
+    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
+    os.close(fd)
+    for name in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+        if name.exists():
+            name.chmod(0o600)
+
+
 class KeyStore:
     """Keys and their daily spending in one SQLite file; safe to share between threads."""
 
     def __init__(self, path: Path, *, today: Callable[[], str] = utc_today) -> None:
         self.path = path
         self._today = today
-        path.parent.mkdir(parents=True, exist_ok=True)
+        _private_file(path)
         # One connection behind a lock: calls are short, and it keeps writes ordered.
         self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
         self._lock = threading.Lock()
@@ -181,18 +231,106 @@ class KeyStore:
         return DailyUsage(day) if r is None else DailyUsage(day, r[0], r[1], r[2])
 
     def allowance(self, key: ApiKey) -> Allowance:
-        spent = self.usage(key.id)
-        return Allowance(
-            flops=None if key.daily_flops is None else key.daily_flops - spent.flops,
-            usd=None if key.daily_usd is None else key.daily_usd - spent.usd,
+        """What the key may still spend today, beside the holds of the requests in flight."""
+        with self._lock:
+            return self._available(key, self._today(), exclude=None)[0]
+
+    # -- holds: reserve at admission, settle at the end (see the module docstring) ------------
+
+    def _available(self, key: ApiKey, day: str, *, exclude: str | None) -> tuple[Allowance, int]:
+        """Cap − spent today − live holds of today other than `exclude` (call under the lock),
+        and how many such holds there are."""
+        spent = self._db.execute(
+            "SELECT flops, usd FROM usage WHERE key_id = ? AND day = ?", (key.id, day)
+        ).fetchone() or (0.0, 0.0)
+        held = self._db.execute(
+            "SELECT COALESCE(SUM(flops), 0), COALESCE(SUM(usd), 0), COUNT(*) FROM holds "
+            "WHERE key_id = ? AND day = ? AND expires > ? AND id IS NOT ?",
+            (key.id, day, time.time(), exclude),
+        ).fetchone()
+        allowance = Allowance(
+            flops=None if key.daily_flops is None else key.daily_flops - spent[0] - held[0],
+            usd=None if key.daily_usd is None else key.daily_usd - spent[1] - held[1],
+        )
+        return allowance, int(held[2])
+
+    def open_hold(self, key: ApiKey, hold_id: str, *, ttl_s: float) -> HoldResult:
+        """Admit a request: if the key has anything left beside the other holds, open an empty
+        hold named `hold_id` (it expires after `ttl_s` unless raised or settled)."""
+        day = self._today()
+        with self._lock, self._transaction():
+            available, others = self._available(key, day, exclude=hold_id)
+            if available.exhausted:
+                return HoldResult(False, available, others)
+            self._db.execute(
+                "INSERT OR REPLACE INTO holds (id, key_id, day, flops, usd, expires) "
+                "VALUES (?, ?, ?, 0, 0, ?)",
+                (hold_id, key.id, day, time.time() + ttl_s),
+            )
+        return HoldResult(True, available, others)
+
+    def hold(
+        self, key: ApiKey, hold_id: str, *, flops: float, usd: float, ttl_s: float
+    ) -> HoldResult:
+        """Set the hold to `flops` and `usd` (what the request has spent plus the worst case of
+        its next call) if that fits beside today's spending and the other live holds; the
+        key's caps only are checked (a key without a cap always fits)."""
+        with self._lock, self._transaction():
+            row = self._db.execute("SELECT day FROM holds WHERE id = ?", (hold_id,)).fetchone()
+            day = row[0] if row else self._today()
+            available, others = self._available(key, day, exclude=hold_id)
+            fits = (available.flops is None or flops <= available.flops) and (
+                available.usd is None or usd <= available.usd
+            )
+            if not fits:
+                return HoldResult(False, available, others)
+            self._db.execute(
+                "INSERT OR REPLACE INTO holds (id, key_id, day, flops, usd, expires) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (hold_id, key.id, day, flops, usd, time.time() + ttl_s),
+            )
+        return HoldResult(True, available, others)
+
+    def available(self, key: ApiKey, hold_id: str) -> Allowance:
+        """What the request holding `hold_id` may spend in all: the key's budget left beside
+        today's spending and the other live holds."""
+        with self._lock:
+            row = self._db.execute("SELECT day FROM holds WHERE id = ?", (hold_id,)).fetchone()
+            day = row[0] if row else self._today()
+            return self._available(key, day, exclude=hold_id)[0]
+
+    def settle(self, key_id: int, hold_id: str, *, flops: float, usd: float) -> None:
+        """End a request: drop its hold and add what it really spent (to the day it was
+        admitted on), in one transaction."""
+        with self._lock, self._transaction():
+            row = self._db.execute("SELECT day FROM holds WHERE id = ?", (hold_id,)).fetchone()
+            day = row[0] if row else self._today()
+            self._db.execute("DELETE FROM holds WHERE id = ?", (hold_id,))
+            self._add_usage(key_id, day, flops, usd)
+            # holds left behind by a server that died are dropped once they have expired
+            self._db.execute("DELETE FROM holds WHERE expires <= ?", (time.time(),))
+
+    @contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """One write transaction, taken at once (IMMEDIATE), so no other connection, in this
+        process or another, can read the same totals and act on them in between."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    def _add_usage(self, key_id: int, day: str, flops: float, usd: float) -> None:
+        self._db.execute(
+            "INSERT INTO usage (key_id, day, flops, usd, requests) VALUES (?, ?, ?, ?, 1) "
+            "ON CONFLICT (key_id, day) DO UPDATE SET flops = flops + excluded.flops, "
+            "usd = usd + excluded.usd, requests = requests + 1",
+            (key_id, day, flops, usd),
         )
 
     def record(self, key_id: int, *, flops: float, usd: float) -> None:
-        """Add one request's spending to today's total."""
+        """Add one request's spending to today's total (without a hold: administration)."""
         with self._lock:
-            self._db.execute(
-                "INSERT INTO usage (key_id, day, flops, usd, requests) VALUES (?, ?, ?, ?, 1) "
-                "ON CONFLICT (key_id, day) DO UPDATE SET flops = flops + excluded.flops, "
-                "usd = usd + excluded.usd, requests = requests + 1",
-                (key_id, self._today(), flops, usd),
-            )
+            self._add_usage(key_id, self._today(), flops, usd)

@@ -1,25 +1,35 @@
 """`apportion serve` and `apportion keys` (registered by the main CLI).
 
     apportion serve --port 8000 --model smollm2-135m
+    apportion serve --store docs.sqlite               # rag answers from an indexed store
     apportion keys add alice --budget-flops 1e15      # prints the key once
     apportion keys list
     apportion keys revoke alice
 
-Keys live in SQLite (`--keys-db`, default `$APPORTION_HOME/keys.sqlite3`); once the file holds
-an active key, every request to the server needs one.
+Keys live in SQLite (`--keys-db`, default `$APPORTION_HOME/keys.sqlite3`, created 0600 in a
+0700 folder); once the file holds an active key, every request to the server needs one.
+
+This module imports nothing of the `server` extra at load time (the main CLI registers it
+always): `serve` checks for the extra first and, without it, says in one line how to install it.
 """
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from apportion.cli_common import ConfigOption, PolicyOption, err, fail, out
 from apportion.config import Settings
 from apportion.errors import ApportionError
+
+# What `apportion serve` needs: the `server` extra.
+SERVER_MODULES = ("fastapi", "uvicorn", "sse_starlette", "prometheus_client")
+SERVER_INSTALL = "pip install 'apportion[server]'"
 
 KeysDbOption = Annotated[
     Path | None,
@@ -33,6 +43,19 @@ KeysDbOption = Annotated[
 
 def _keys_path(settings: Settings, keys_db: Path | None) -> Path:
     return (keys_db or settings.home / "keys.sqlite3").expanduser()
+
+
+def missing_server_modules() -> list[str]:
+    """The modules of the `server` extra that cannot be imported here."""
+    missing = []
+    for name in SERVER_MODULES:
+        try:
+            found = importlib.util.find_spec(name) is not None
+        except (ImportError, ValueError):
+            found = False
+        if not found:
+            missing.append(name)
+    return missing
 
 
 def serve(
@@ -69,6 +92,17 @@ def serve(
         int, typer.Option("--max-tokens-limit", min=1, help="Largest max_tokens a request may ask.")
     ] = 4096,
     keys_db: KeysDbOption = None,
+    store: Annotated[
+        str | None,
+        typer.Option(
+            "--store",
+            envvar="APPORTION_STORE",
+            help="Document store that rag and auto's factual route answer from (a path, "
+            "milvus-lite:DIR or a Milvus URL; default: the `store` setting, else the store "
+            "`apportion index add` fills, if it exists).",
+            show_default=False,
+        ),
+    ] = None,
     policy: PolicyOption = None,
     log_level: Annotated[
         str, typer.Option("--log-level", help="uvicorn log level: debug, info, warning, error.")
@@ -79,12 +113,24 @@ def serve(
     Example: apportion serve --model smollm2-135m, then point any OpenAI client at
     http://127.0.0.1:8000/v1 with model "apportion-auto".
     """
+    missing = missing_server_modules()
+    if missing:
+        # one line, however narrow the terminal: it is the command to run
+        err.print(
+            f"[bold red]error:[/] apportion serve needs the server extra "
+            f"({', '.join(missing)} missing): {escape(SERVER_INSTALL)}",
+            highlight=False,
+            markup=True,
+            soft_wrap=True,
+        )
+        raise typer.Exit(1)
     import uvicorn
 
     from apportion.engine import Engine
     from apportion.router.policy import load_policy
     from apportion.server.app import ServerOptions, create_app
     from apportion.server.auth import KeyStore
+    from apportion.server.documents import open_configured_store, store_uri
 
     try:
         settings = Settings.load(config)
@@ -95,6 +141,10 @@ def serve(
         engine = Engine(settings=settings, policy=load_policy(policy))
         engine.check_model(settings.default_model)
         keys = KeyStore(_keys_path(settings, keys_db))
+        engine.store = open_configured_store(settings, store)
+        if engine.store is not None:
+            where = store_uri(settings, store)
+            err.print(f"documents: {where} ({engine.store.count()} chunks)", highlight=False)
         # Load (or pull) the default model now, so the first request does not wait for it.
         err.print(f"loading {settings.default_model} …", highlight=False)
         engine.engine_for(settings.default_model)
@@ -117,6 +167,8 @@ def serve(
         uvicorn.run(app, host=host, port=port, log_level=log_level)
     finally:
         engine.close()
+        if engine.store is not None:
+            engine.store.close()
         keys.close()
 
 

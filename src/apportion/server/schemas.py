@@ -1,22 +1,56 @@
 """The HTTP edge: OpenAI-compatible request and response bodies, plus the `apportion` extension.
 
 Pydantic lives only here. `app.py` turns a validated request into plain values (Message,
-Budget, strategy and model names) before anything else in the package sees it. Request models
-allow extra fields, since OpenAI clients send parameters we do not use; the `apportion`
-extension forbids them, so a misspelt budget field is an error rather than silently ignored.
+Budget, strategy and model names) before anything else in the package sees it.
+
+These models are the one source of truth for what a request may hold: the OpenAPI schema is
+generated from them and requests are validated by them, so the two cannot disagree. Hence:
+
+- Numbers and booleans are strict (`"seed": false` or `"stream": "yes"` are refused, as the
+  schema's `integer` and `boolean` types say).
+- No parameter is ignored silently. Unknown fields are refused (`additionalProperties: false`);
+  OpenAI parameters this server does not implement are declared with the only value it honours
+  (`n: 1`, `logprobs: false`, `tools: []`, `top_p: 1`, ...), so a client sending a neutral value
+  works and one asking for the feature gets 400 `unsupported_parameter` naming it
+  (`UNSUPPORTED`, below, says why each is not implemented).
+- What the schema cannot say is checked after validation and documented on the field: the last
+  message must be the user's, with non-blank text (an empty earlier message is harmless), and
+  `max_tokens` may not exceed the server's `--max-tokens-limit`.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
 
 from apportion.types import Message
 
 AUTO_MODEL = "apportion-auto"
 # llama.cpp takes a 32-bit seed, and samples use seed + i.
 MAX_SEED = 2**31 - 1
+MAX_STOP_SEQUENCES = 4  # as OpenAI
+StopSequence = Annotated[StrictStr, Field(min_length=1, max_length=500)]
+StopSequences = Annotated[list[StopSequence], Field(max_length=MAX_STOP_SEQUENCES)]
+
+# OpenAI parameters declared below with only their neutral value, and why no other is served.
+UNSUPPORTED: dict[str, str] = {
+    "n": "only one choice is served (n=1); send separate requests for more",
+    "logprobs": "token log-probabilities are not returned",
+    "top_logprobs": "token log-probabilities are not returned",
+    "tools": "tool calling is not supported",
+    "tool_choice": "tool calling is not supported",
+    "parallel_tool_calls": "tool calling is not supported",
+    "functions": "function calling is not supported",
+    "function_call": "function calling is not supported",
+    "response_format": "only plain text answers are served (response_format type 'text')",
+    "top_p": "nucleus sampling is not supported (top_p must be 1)",
+    "presence_penalty": "penalties are not supported (presence_penalty must be 0)",
+    "frequency_penalty": "penalties are not supported (frequency_penalty must be 0)",
+    "logit_bias": "logit_bias is not supported",
+    "store": "completions are not stored",
+    "metadata": "completions are not stored, so metadata has nowhere to go",
+}
 
 
 class ErrorDetail(BaseModel):
@@ -36,7 +70,7 @@ class TextPart(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     type: Literal["text"]
-    text: str
+    text: StrictStr
 
 
 class ChatMessage(BaseModel):
@@ -44,8 +78,10 @@ class ChatMessage(BaseModel):
 
     # "developer" is what newer OpenAI clients call the system role.
     role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[TextPart]
-    name: str | None = None
+    content: StrictStr | list[TextPart] = Field(
+        description="The text; may be empty, except in the last message (the question)."
+    )
+    name: StrictStr | None = None
 
     def to_message(self) -> Message:
         text = (
@@ -59,9 +95,9 @@ class BudgetIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    flops: float | None = Field(default=None, ge=0, allow_inf_nan=False)
-    usd: float | None = Field(default=None, ge=0, allow_inf_nan=False)
-    seconds: float | None = Field(default=None, ge=0, allow_inf_nan=False)
+    flops: StrictFloat | None = Field(default=None, ge=0, allow_inf_nan=False)
+    usd: StrictFloat | None = Field(default=None, ge=0, allow_inf_nan=False)
+    seconds: StrictFloat | None = Field(default=None, ge=0, allow_inf_nan=False)
 
 
 class ApportionOptions(BaseModel):
@@ -70,26 +106,38 @@ class ApportionOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     budget: BudgetIn | None = None
-    strategy: str | None = Field(
+    strategy: StrictStr | None = Field(
         default=None,
         min_length=1,
         max_length=200,
         description="A strategy spec (`cot`, `consistency:n=4`); overrides routing.",
     )
-    return_ledger: bool = Field(
+    return_ledger: StrictBool = Field(
         default=False, description="Include every charged call, not just the totals."
     )
 
 
 class StreamOptions(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="forbid")
 
-    include_usage: bool | None = None
+    include_usage: StrictBool | None = Field(
+        default=None,
+        description="End the stream with a chunk of empty `choices` holding `usage` and the "
+        "`apportion` object (without it, `apportion` rides on the finish_reason chunk).",
+    )
+    # OpenAI pads chunks with random text when this is true; no padding is sent here.
+    include_obfuscation: Literal[False] | None = None
+
+
+class ResponseFormat(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["text"]
 
 
 class ChatCompletionRequest(BaseModel):
     model_config = ConfigDict(
-        extra="allow",
+        extra="forbid",
         json_schema_extra={
             "examples": [
                 {
@@ -101,21 +149,86 @@ class ChatCompletionRequest(BaseModel):
         },
     )
 
-    model: str = Field(
+    model: StrictStr = Field(
         min_length=1,
         max_length=256,
         description=f"`{AUTO_MODEL}` (routed), a strategy spec, or a model id (routed on it).",
     )
-    messages: list[ChatMessage] = Field(min_length=1, max_length=1000)
-    max_tokens: int | None = Field(default=None, ge=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1)
-    temperature: float | None = Field(default=None, ge=0, le=2, allow_inf_nan=False)
-    stream: bool = False
-    stream_options: StreamOptions | None = None
-    seed: int | None = Field(default=None, ge=0, le=MAX_SEED)
-    n: int | None = Field(default=None, ge=1, le=1, description="Only one choice is served.")
-    user: str | None = None
+    messages: list[ChatMessage] = Field(
+        min_length=1,
+        max_length=1000,
+        description="The conversation, oldest first. The last message must be the user's "
+        "question, with non-blank text (checked after validation: 400 with param `messages`).",
+    )
+    max_tokens: StrictInt | None = Field(
+        default=None, ge=1, description="At most the server's --max-tokens-limit (4096 unless set)."
+    )
+    max_completion_tokens: StrictInt | None = Field(
+        default=None, ge=1, description="As max_tokens, which it overrides."
+    )
+    temperature: StrictFloat | None = Field(
+        default=None,
+        ge=0,
+        le=2,
+        allow_inf_nan=False,
+        description="Applied to strategies that sample (cot, program, consistency, ...); "
+        "`direct` and `auto` choose their own, and the reply's `apportion.notes` says so.",
+    )
+    stream: StrictBool = False
+    stream_options: StreamOptions | None = Field(
+        default=None, description="Only with `stream: true`."
+    )
+    seed: StrictInt | None = Field(default=None, ge=0, le=MAX_SEED)
+    stop: StopSequence | StopSequences | None = Field(
+        default=None,
+        description=f"Up to {MAX_STOP_SEQUENCES} non-empty sequences; the answer ends before "
+        "the first one. A `direct` route also stops generating there.",
+    )
+    user: StrictStr | None = Field(
+        default=None, max_length=256, description="An end-user id; written to the server log."
+    )
     apportion: ApportionOptions | None = None
+    # -- OpenAI parameters accepted only at their neutral value (see UNSUPPORTED) --------------
+    n: StrictInt | None = Field(default=None, ge=1, le=1, description=UNSUPPORTED["n"])
+    logprobs: Literal[False] | None = Field(default=None, description=UNSUPPORTED["logprobs"])
+    top_logprobs: StrictInt | None = Field(
+        default=None, ge=0, le=0, description=UNSUPPORTED["top_logprobs"]
+    )
+    tools: list[dict[str, Any]] | None = Field(
+        default=None, max_length=0, description=UNSUPPORTED["tools"]
+    )
+    tool_choice: Literal["none"] | None = Field(
+        default=None, description=UNSUPPORTED["tool_choice"]
+    )
+    parallel_tool_calls: None = Field(default=None, description=UNSUPPORTED["parallel_tool_calls"])
+    functions: list[dict[str, Any]] | None = Field(
+        default=None, max_length=0, description=UNSUPPORTED["functions"]
+    )
+    function_call: Literal["none"] | None = Field(
+        default=None, description=UNSUPPORTED["function_call"]
+    )
+    response_format: ResponseFormat | None = Field(
+        default=None, description=UNSUPPORTED["response_format"]
+    )
+    top_p: StrictFloat | None = Field(default=None, ge=1, le=1, description=UNSUPPORTED["top_p"])
+    presence_penalty: StrictFloat | None = Field(
+        default=None, ge=0, le=0, description=UNSUPPORTED["presence_penalty"]
+    )
+    frequency_penalty: StrictFloat | None = Field(
+        default=None, ge=0, le=0, description=UNSUPPORTED["frequency_penalty"]
+    )
+    logit_bias: dict[str, Any] | None = Field(
+        default=None, max_length=0, description=UNSUPPORTED["logit_bias"]
+    )
+    store: Literal[False] | None = Field(default=None, description=UNSUPPORTED["store"])
+    metadata: dict[str, Any] | None = Field(
+        default=None, max_length=0, description=UNSUPPORTED["metadata"]
+    )
+
+    def stop_sequences(self) -> tuple[str, ...]:
+        if self.stop is None:
+            return ()
+        return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
 
 
 class Usage(BaseModel):
@@ -159,6 +272,14 @@ class ApportionInfo(BaseModel):
     stopped_for_budget: bool
     error: str | None
     ledger: LedgerOut
+    citations: list[str] = Field(
+        default_factory=list,
+        description="The document-store chunks (`doc_id#n`) the answer was found in (rag).",
+    )
+    notes: list[str] = Field(
+        default_factory=list,
+        description="Request parameters this route did not use, and why (never silently).",
+    )
 
 
 class ChatCompletion(BaseModel):

@@ -1,0 +1,94 @@
+"""Server-sent chunks of a streamed chat completion, as OpenAI sends them.
+
+    role chunk            {"delta": {"role": "assistant", "content": ""}}     at once
+    work                  tokens as they are sampled; progress while other strategies work
+    answer                {"delta": {"content": ...}}          (unless the tokens were it)
+    finish                {"delta": {}, "finish_reason": "stop" | "length"}
+    usage                 {"choices": [], "usage": {...}}      only with include_usage
+    data: [DONE]
+
+The `apportion` object (route, confidence, the ledger) rides on the last chunk before
+`[DONE]`: the usage chunk when `stream_options.include_usage` is true, else the finish chunk.
+With include_usage every other chunk carries `"usage": null`, as OpenAI's do.
+
+Progress: a `direct` plan streams its tokens as `content`, a `cot` plan its reasoning as
+`reasoning_content`. Any other plan (program, consistency, best_of_n, cascade, the solver,
+ladders) streams what it is doing as `reasoning_content`: a line when a model call starts,
+that call's tokens when it streams, and a line when a call is charged (tokens, FLOPs, time);
+the chunk that carries a charge line also has a machine-readable `apportion` object with
+`"event": "progress"`. A client that prints only `delta.content` sees just the answer.
+
+An error after the stream has opened arrives as OpenAI's error event, `data: {"error": ...}`,
+which the official client raises as an APIError.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from apportion.server.errors import error_payload
+from apportion.server.jobs import (
+    CallEvent,
+    Job,
+    JobEvent,
+    ProgressEvent,
+    QueueEvent,
+    TokenEvent,
+)
+
+Sse = dict[str, str]
+
+
+class ChunkWriter:
+    """Builds the chunks of one streamed completion."""
+
+    def __init__(self, job: Job, model: str, *, include_usage: bool) -> None:
+        self.job = job
+        self.model = model
+        self.include_usage = include_usage
+
+    def _payload(self, choices: list[dict[str, Any]], **extra: object) -> Sse:
+        payload: dict[str, object] = {
+            "id": self.job.id,
+            "object": "chat.completion.chunk",
+            "created": self.job.created,
+            "model": self.model,
+            "choices": choices,
+        }
+        if self.include_usage:
+            payload["usage"] = None
+        payload.update(extra)
+        return {"data": json.dumps(payload)}
+
+    def chunk(self, delta: dict[str, str], finish: str | None = None, **extra: object) -> Sse:
+        choice = {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}
+        return self._payload([choice], **extra)
+
+    def role(self) -> Sse:
+        return self.chunk({"role": "assistant", "content": ""})
+
+    def event(self, event: JobEvent) -> Sse | None:
+        if isinstance(event, TokenEvent):
+            return self.chunk({event.channel: event.text}) if event.text else None
+        if isinstance(event, ProgressEvent):
+            return self.chunk({"reasoning_content": event.text()}, apportion=event.to_dict())
+        if isinstance(event, CallEvent | QueueEvent):
+            return self.chunk({"reasoning_content": event.text()})
+        return None
+
+    def ending(self, finish: str, usage: dict[str, int], info: dict[str, object]) -> list[Sse]:
+        """The finish chunk, the usage chunk when asked for, and [DONE]."""
+        if not self.include_usage:
+            return [self.chunk({}, finish, apportion=info), {"data": "[DONE]"}]
+        return [
+            self.chunk({}, finish),
+            self._payload([], usage=usage, apportion=info),
+            {"data": "[DONE]"},
+        ]
+
+    @staticmethod
+    def failure(exc: BaseException) -> Sse:
+        # Mid-stream the status line has gone out: an error event is all that is left.
+        _, body, _ = error_payload(exc)
+        return {"data": body.model_dump_json()}
