@@ -36,6 +36,8 @@ class ScriptedEngine:
     token_logprob: float | None = None
     # Streaming advances this clock by seconds_per_token per token (instead of sleeping).
     clock: FakeClock | None = None
+    # Time to read the prompt, before the first token (on `clock` if given, else real time).
+    prefill_s: float = 0.0
 
     def __post_init__(self) -> None:
         self.cost = ModelCost(self.model_id, params=1e6)
@@ -76,6 +78,10 @@ class ScriptedEngine:
         real time); a GenerationCancelled
         thrown in ends it with what was produced so far, as the real engines do."""
         self.calls.append(list(messages))
+        if self.clock is not None:
+            self.clock.now += self.prefill_s
+        elif self.prefill_s:
+            time.sleep(self.prefill_s)
         # one "token" per word, with the whitespace after it, so code keeps its line breaks
         words = re.findall(r"\S+\s*", self.replies.pop(0))
         produced: list[str] = []

@@ -11,15 +11,18 @@ the difference).
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 import pytest
 
 from apportion.engine import execute
+from apportion.engines.speed import SpeedBook
+from apportion.errors import BudgetExceededError
 from apportion.ledger import HardwareProfile, Ledger, model_flops
 from apportion.router.policy import Plan, Step
 from apportion.strategies.base import RunContext
 from apportion.strategies.registry import default_registry
-from apportion.types import Budget, Query
+from apportion.types import Budget, Message, Query
 from fakes import FakeClock, ScriptedEngine
 
 REPLY = "Let me think step by step about this. 48 + 24 = 72. The answer is 72."
@@ -99,3 +102,73 @@ def test_a_cut_call_is_charged_and_reported() -> None:
     (call,) = ledger.totals().calls
     assert 0 < call.completion_tokens < len(REPLY.split())
     assert call.wall_s <= 0.05
+
+
+def _timed_ctx(engine: ScriptedEngine, budget: Budget, speeds: SpeedBook) -> RunContext:
+    assert engine.clock is not None
+    return RunContext(
+        engine_for=lambda _id: engine, default_model=engine.model_id,
+        ledger=Ledger(budget=budget), max_tokens=64, clock=engine.clock, speeds=speeds,
+    )  # fmt: skip
+
+
+def test_a_prompt_the_time_left_cannot_cover_is_refused_before_the_call() -> None:
+    """A model cannot stop while it reads its prompt (`--budget-seconds 0.5` once used 1.13 s):
+    once the book has measured the model, a budget shorter than the prompt's reading time is
+    refused without a call, as a FLOPs budget too small for the prompt is."""
+    speeds = SpeedBook()
+    clock = FakeClock()
+    engine = ScriptedEngine([REPLY, REPLY], seconds_per_token=0.01, clock=clock, prefill_s=0.3)
+    # a first call, with room to spare, measures the model
+    first = execute(
+        Plan((Step("cot", 0.0),), "t"), Query("q?"),
+        _timed_ctx(engine, Budget(max_seconds=5.0), speeds), default_registry(), intent=None,
+    )  # fmt: skip
+    assert first.answer and len(engine.calls) == 1
+    ctx = _timed_ctx(engine, Budget(max_seconds=0.2), speeds)
+    plan = Plan((Step("cot", 0.0),), "t")
+    refused = execute(plan, Query("q?"), ctx, default_registry(), intent=None)
+    assert refused.stopped_for_budget and refused.error is not None
+    assert "prompt takes scripted about 0.31 s here (measured)" in refused.error
+    assert len(engine.calls) == 1 and ctx.ledger.totals().calls == ()  # never called
+
+
+@pytest.mark.parametrize("cap", [0.7, 1.0, 1.3, 2.0])
+def test_a_running_call_stops_within_a_tenth_of_the_cap(cap: float) -> None:
+    """Slow tokens (0.3 s each) after a slow prompt (0.3 s): a call stops before the token
+    that would cross the cap, using the token time measured on earlier calls from its first
+    token on (it once waited for a second token to learn it, and overran)."""
+    speeds = SpeedBook()
+    clock = FakeClock()
+    engine = ScriptedEngine([REPLY] * 3, seconds_per_token=0.3, clock=clock, prefill_s=0.3)
+    execute(
+        Plan((Step("direct", 0.0),), "t"), Query("q?"),
+        _timed_ctx(engine, Budget(max_seconds=30.0), speeds), default_registry(), intent=None,
+    )  # fmt: skip
+    ctx = _timed_ctx(engine, Budget(max_seconds=cap), speeds)
+    execute(Plan((Step("cot", 0.0),), "t"), Query("q?"), ctx, default_registry(), intent=None)
+    spent = ctx.ledger.totals().wall_s
+    assert spent <= max(cap * 1.1, cap + 0.1), (cap, spent)
+
+
+def test_a_time_capped_call_of_n_samples_is_drawn_one_by_one_within_the_cap() -> None:
+    clock = FakeClock()
+    engine = ScriptedEngine([REPLY] * 4, seconds_per_token=0.01, clock=clock)
+    ctx = _timed_ctx(engine, Budget(max_seconds=0.25), SpeedBook())
+    with pytest.raises(BudgetExceededError):
+        ctx.generate([Message("user", "q?")], n=4, temperature=0.7, max_tokens=16)
+    assert ctx.ledger.totals().wall_s <= 0.25
+    assert 1 < len(engine.calls) < 4  # some samples fitted, then the cap stopped the rest
+
+
+def test_speeds_are_kept_across_runs(tmp_path: Path) -> None:
+    path = tmp_path / "speeds.json"
+    book = SpeedBook(path)
+    book.record("m|threads=1", prompt_tokens=100, first_token_s=0.5, steps=10, decode_s=0.2)
+    book.save()
+    assert path.stat().st_mode & 0o777 == 0o600
+    again = SpeedBook(path)
+    assert again.prefill_s("m|threads=1", 50, params=1e9, threads=1) == pytest.approx(0.25)
+    assert again.step_s("m|threads=1") == pytest.approx(0.02)
+    path.write_text("not json")
+    assert SpeedBook(path).get("m|threads=1") is None  # a damaged file is measured afresh

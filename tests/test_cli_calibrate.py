@@ -27,7 +27,7 @@ def test_calibrate_writes_a_deterministic_policy(tmp_path: Path) -> None:
     assert first.read_text() == second.read_text().replace(str(second), str(first))
     policy = json.loads(first.read_text())
     arithmetic = [c for k, c in policy["cells"].items() if k.startswith("arithmetic/")]
-    assert arithmetic and all(c["chosen"] == "symbolic" for c in arithmetic)
+    assert arithmetic and all(c["chosen"] == "symbolic@0.3>cot" for c in arithmetic)
     assert policy["source"]["command"].startswith("apportion calibrate --runs")
     assert "math_word" in proc.stdout and "symbolic" in proc.stdout  # the table of cells
 
@@ -50,9 +50,9 @@ def test_ask_explains_its_plan(tmp_path: Path) -> None:
     explain = out["explain"]
     assert explain["features"]["intent"] == "arithmetic"
     assert explain["features"]["intent_probabilities"]["arithmetic"] > 0.5
-    assert explain["plan"] == "symbolic" and "arithmetic/" in explain["reason"]
+    assert explain["plan"] == "symbolic@0.3>cot" and "arithmetic/" in explain["reason"]
     assert explain["expected"]["accuracy"] == 1.0
-    assert {a["plan"] for a in explain["alternatives"]} >= {"symbolic"}
+    assert {a["plan"] for a in explain["alternatives"]} >= {"symbolic@0.3>cot"}
     # The human-readable form goes to stderr, beside the answer on stdout.
     proc = apportion("ask", "What is 17*23+5?", "--policy", str(policy), "--explain")
     assert proc.returncode == 0 and proc.stdout.strip() == "396"

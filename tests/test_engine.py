@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import pytest
 
 from apportion.engine import Engine, execute
-from apportion.errors import UnknownNameError, UsageError
+from apportion.errors import EngineError, UnknownNameError, UsageError
 from apportion.ledger import Ledger
+from apportion.router.features import Features
 from apportion.router.policy import Plan, Step
 from apportion.strategies.base import RunContext
 from apportion.strategies.registry import default_registry
@@ -83,3 +86,76 @@ def test_symbolic_route_needs_no_model() -> None:
     assert call.name == "sympy" and call.wall_s > 0 and call.flops == 0
     # tool energy is the profile's watts per core times the CPU it burned
     assert call.energy_j == pytest.approx(Engine().settings.hardware.watts_per_core * call.cpu_s)
+
+
+class _RaisingEngine(ScriptedEngine):
+    """Fails every call, as an unreachable server or a broken model does."""
+
+    def generate(self, messages, **kwargs):  # type: ignore[no-untyped-def, override]
+        self.calls.append(list(messages))
+        raise EngineError("the model server refused the connection")
+
+
+def test_a_step_that_raises_is_a_failed_attempt_and_the_next_step_runs() -> None:
+    broken = _RaisingEngine([], model_id="broken")
+    working = ScriptedEngine(["48 + 24 = 72. The answer is 72."])
+    ctx = RunContext(
+        engine_for=lambda model_id: broken if model_id == "broken" else working,
+        default_model="scripted",
+        ledger=Ledger(),
+        max_tokens=64,
+    )
+    plan = Plan((Step("direct:model=broken", 0.9), Step("cot", 0.0)), "test")
+    answer = execute(plan, Query("q?", kind="number"), ctx, default_registry(), intent=None)
+    assert answer.answer == "72" and answer.strategy == "cot"
+    failed, answered = answer.attempts
+    assert failed.strategy == "direct:model=broken" and failed.answer is None
+    assert failed.error == "the model server refused the connection"
+    assert answered.ok
+    assert len(broken.calls) == 1 and len(working.calls) == 1
+    assert [c.name for c in answer.ledger.calls] == ["scripted"]  # the failed call spent nothing
+
+
+def test_a_plan_whose_every_step_raises_raises_the_last_typed_error() -> None:
+    broken = _RaisingEngine([], model_id="broken")
+    ctx = RunContext(
+        engine_for=lambda _id: broken, default_model="broken", ledger=Ledger(), max_tokens=64
+    )
+    plan = Plan((Step("direct", 0.9), Step("cot", 0.0)), "test")
+    with pytest.raises(EngineError, match="refused"):
+        execute(plan, Query("q?"), ctx, default_registry(), intent=None)
+    assert len(broken.calls) == 2  # both steps were tried
+
+
+def test_an_auto_plan_that_can_decline_is_closed_by_a_step_that_answers() -> None:
+    engine = Engine(policy=_FixedPolicy((Step("symbolic", 0.0),)))
+    engine.register(ScriptedEngine(["Step by step. The answer is 17."], model_id="scripted"))
+    # the policy's plan alone would decline this (no math the solver reads)
+    prepared = engine.prepare("Who wrote the number seventeen on the wall?", model="scripted")
+    assert [s.strategy for s in prepared.plan.steps] == ["symbolic", "direct"]
+    assert "can end without an answer" in prepared.plan.reason
+    answer = engine.run(prepared)
+    assert answer.answer and answer.strategy == "direct"
+    # a plan ending in a step that always answers is left as it is
+    engine = Engine(policy=_FixedPolicy((Step("symbolic", 0.9), Step("cot", 0.0))))
+    engine.register(ScriptedEngine([], model_id="scripted"))
+    prepared = engine.prepare("What is 2+2?", model="scripted")
+    assert [s.strategy for s in prepared.plan.steps] == ["symbolic", "cot"]
+
+
+def test_the_shipped_policy_answers_an_equation_it_was_not_calibrated_on() -> None:
+    """Held out: the arithmetic cell's plan once was `symbolic` alone, which declined
+    `6x + 72 = 174` and left the question unanswered."""
+    engine = Engine()
+    plan = engine.prepare("If 6x + 72 = 174, what is x?").plan
+    assert engine.registry.always_answers(plan.steps[-1].strategy)
+
+
+@dataclass(frozen=True)
+class _FixedPolicy:
+    steps: tuple[Step, ...]
+
+    def plan(
+        self, features: Features, budget: Budget, *, unavailable: frozenset[str] = frozenset()
+    ) -> Plan:
+        return Plan(self.steps, "fixed for the test")

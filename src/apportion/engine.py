@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -16,7 +17,9 @@ from typing import TYPE_CHECKING
 
 from apportion.config import Settings
 from apportion.engines import catalogue
-from apportion.errors import BudgetExceededError, UnknownNameError, UsageError
+from apportion.engines.base import GenerationCancelled
+from apportion.engines.speed import SpeedBook
+from apportion.errors import ApportionError, BudgetExceededError, UnknownNameError, UsageError
 from apportion.ledger import Ledger, RaplMeter
 from apportion.router.features import Features, extract_features, top_intent, with_earlier_turns
 from apportion.router.policy import (
@@ -36,9 +39,14 @@ if TYPE_CHECKING:
     from apportion.engines.base import TextEngine
     from apportion.tools.store.base import DocumentStore
 
+log = logging.getLogger(__name__)
+
 # Far beyond any context window we serve; rejects pathological input before tokenizing it.
 MAX_QUESTION_CHARS = 200_000
 AUTO = "auto"
+# What closes an `auto` plan whose last step can decline: reasoning in text for the intents
+# whose answers are computed (as the rule ladders end), a direct answer for the rest.
+CLOSING_STEPS = {"arithmetic": "cot", "math_word": "cot", "logic": "cot"}
 
 
 @dataclass(frozen=True)
@@ -94,6 +102,12 @@ class Engine:
     store_opener: Callable[[], DocumentStore] | None = field(default=None, repr=False)
     # Probed once: looking for RAPL counters lists /sys, which no request should repeat.
     meter: RaplMeter = field(default_factory=RaplMeter, repr=False)
+    # Model speeds measured here, for time budgets; kept in APPORTION_HOME across runs.
+    speeds: SpeedBook | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.speeds is None:
+            self.speeds = SpeedBook(self.settings.home / "speeds.json")
 
     @classmethod
     def from_config(cls, path: Path | str | None = None, **overrides: object) -> Engine:
@@ -134,13 +148,19 @@ class Engine:
                     cooldown_s=remote.fallback_cooldown_s,
                 )  # fmt: skip
         else:
+            from apportion.engines.cpu import choose_extra_buffers
             from apportion.engines.llamacpp import LlamaCppEngine
 
             path = catalogue.resolve(
                 model_id, self.settings.models_dir, progress=self.pull_progress
             )
+            extra = choose_extra_buffers(self.settings.llamacpp.extra_buffers)
             engine = LlamaCppEngine(
-                model_id, path, n_ctx=self.settings.n_ctx, threads=self.settings.threads
+                model_id,
+                path,
+                n_ctx=self.settings.n_ctx,
+                threads=self.settings.threads,
+                extra_buffers=extra.enabled,
             )
         self._engines[model_id] = engine
         return engine
@@ -170,6 +190,8 @@ class Engine:
         for engine in self._engines.values():
             engine.close()
         self._engines.clear()
+        if self.speeds is not None:
+            self.speeds.save()
 
     # -- answering --------------------------------------------------------------------------
 
@@ -177,9 +199,25 @@ class Engine:
         if strategy == AUTO:
             can_retrieve = self.store is not None or self.store_opener is not None
             unavailable = frozenset() if can_retrieve else self.registry.store_readers()
-            return self.policy.plan(features, budget, unavailable=unavailable)
+            planned = self.policy.plan(features, budget, unavailable=unavailable)
+            return self.ends_in_answer(planned, features.intent)
         self.registry.build(strategy)  # validate the name and parameters before any work
         return Plan((Step(strategy, 0.0),), f"strategy {strategy!r} requested")
+
+    def ends_in_answer(self, plan: Plan, intent: str) -> Plan:
+        """The plan, closed by a step that always answers if its last one can decline (a
+        solver on a question it cannot parse, rag with nothing relevant): the declining step
+        stops the ladder whenever it does answer, and the closer answers otherwise.
+        Calibration builds no such plans; an older or hand-written policy may hold them."""
+        if plan.steps and self.registry.always_answers(plan.steps[-1].strategy):
+            return plan
+        closer = CLOSING_STEPS.get(intent, "direct")
+        last = plan.steps[-1].strategy if plan.steps else "the plan"
+        return replace(
+            plan,
+            steps=(*plan.steps, Step(closer, 0.0)),
+            reason=f"{plan.reason}; then {closer}, since {last} can end without an answer",
+        )
 
     def prepare(
         self,
@@ -194,6 +232,7 @@ class Engine:
         choices: Sequence[str] = (),
         seed: int = 0,
         cache: CompletionCache | None = None,
+        deterministic: bool | None = None,
     ) -> Prepared:
         """Validate, route and plan a question (and the conversation before it) without
         running anything."""
@@ -227,6 +266,8 @@ class Engine:
             cache_namespace=self.model_fingerprint,
             store=self.store,
             meter=self.meter,
+            speeds=self.speeds,
+            deterministic=self.settings.deterministic if deterministic is None else deterministic,
             # programs never see apportion's data (store, keys, caches), wherever it lives
             sandbox_limits=SandboxLimits(
                 hidden_paths=tuple(str(p) for p in self.settings.data_paths())
@@ -247,11 +288,15 @@ class Engine:
         choices: Sequence[str] = (),
         seed: int = 0,
         cache: CompletionCache | None = None,
+        deterministic: bool | None = None,
     ) -> Answer:
-        """Answer `question`; `history` is the conversation before it, oldest turn first."""
+        """Answer `question`; `history` is the conversation before it, oldest turn first.
+        `deterministic` (default: the setting) gives the same tokens for the same request
+        whatever ran before, at the cost of re-evaluating every prompt in full."""
         prepared = self.prepare(
             question, history=history, strategy=strategy, model=model, max_tokens=max_tokens,
             budget=budget, kind=kind, choices=choices, seed=seed, cache=cache,
+            deterministic=deterministic,
         )  # fmt: skip
         return self.run(prepared)
 
@@ -266,6 +311,12 @@ class Engine:
         )
 
 
+def _failure(e: Exception) -> str:
+    """A failed step's error, as its attempt records it."""
+    text = str(e) or type(e).__name__
+    return text if isinstance(e, ApportionError) else f"{type(e).__name__}: {text}"
+
+
 def execute(
     plan: Plan, query: Query, ctx: RunContext, registry: StrategyRegistry, *, intent: str | None
 ) -> Answer:
@@ -274,6 +325,7 @@ def execute(
     attempts: list[Attempt] = []
     stopped_for_budget = False
     chosen: Attempt | None = None
+    raised: Exception | None = None  # the last step's exception, if every step raised
     for step in plan.steps:
         strategy = registry.build(step.strategy)
         try:
@@ -282,6 +334,16 @@ def execute(
             attempts.append(Attempt(step.strategy, None, 0.0, error=f"budget: {e}"))
             stopped_for_budget = True
             break
+        except GenerationCancelled:
+            raise  # the caller went away or timed out: nothing further should run
+        except Exception as e:
+            # An engine error, a context overflow, a sandbox or solver failure: this step
+            # failed, which is what the next step is there for. What it spent stays charged.
+            log.info("step %s of the plan failed: %s: %s", step.strategy, type(e).__name__, e)
+            attempts.append(Attempt(step.strategy, None, 0.0, error=_failure(e)))
+            raised = e
+            continue
+        raised = None
         attempt = replace(attempt, strategy=step.strategy)  # the spec, parameters included
         attempts.append(attempt)
         if stops_here(attempt.ok, attempt.confidence, step):
@@ -290,6 +352,10 @@ def execute(
     if chosen is None:
         best = fallback_choice([(a.ok, a.confidence) for a in attempts])
         chosen = None if best is None else attempts[best]
+    if chosen is None and raised is not None and all(a.answer is None for a in attempts):
+        # Nothing answered and the last step raised: its typed error (a context overflow,
+        # an unreachable server) says more, and what to do, than an empty answer would.
+        raise raised
     totals = ctx.ledger.totals()
     if chosen is None:
         last_error = attempts[-1].error if attempts else "no strategy ran"

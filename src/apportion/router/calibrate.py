@@ -44,6 +44,7 @@ from apportion.router.policy import (
     trade_off,
 )
 from apportion.strategies.rag import ABSTAIN
+from apportion.strategies.registry import default_registry
 from apportion.types import Budget
 
 __all__ = [
@@ -119,10 +120,24 @@ def _measure(steps: tuple[Step, ...], items: Sequence[_Item]) -> tuple[Candidate
     return Candidate(steps, correct / n, flops / n, wall / n, usd / n), answered / n
 
 
-def _candidates(strategies: Sequence[str], bars: Sequence[float]) -> list[tuple[Step, ...]]:
-    plans: list[tuple[Step, ...]] = [(Step(s, 0.0),) for s in strategies]
+def _candidates(
+    strategies: Sequence[str], bars: Sequence[float], closes: Callable[[str], bool]
+) -> list[tuple[Step, ...]]:
+    """Single strategies and two-step ladders, each ending with a strategy that `closes` a
+    plan (always answers): a plan whose last step can decline answers nothing on a question
+    unlike its cell's traces, however well it did on them (`symbolic` alone, declining
+    ``6x + 72 = 174``)."""
+    closers = [s for s in strategies if closes(s)]
+    if not closers:
+        raise UsageError(
+            f"none of the traced strategies ({', '.join(strategies)}) always answers, so no "
+            "plan could be sure to end in one",
+            "bench direct or cot as well, e.g. --strategies direct,cot,program,symbolic",
+        )
+    plans: list[tuple[Step, ...]] = [(Step(s, 0.0),) for s in closers]
     for a, b in permutations(strategies, 2):
-        plans += [(Step(a, bar), Step(b, 0.0)) for bar in bars]
+        if b in closers:
+            plans += [(Step(a, bar), Step(b, 0.0)) for bar in bars]
     return plans
 
 
@@ -216,7 +231,8 @@ def calibrate(
     )
     singles = [_measure((Step(s, 0.0),), items)[0] for s in strategies]
     max_flops = max(m.flops for m in singles) or 1.0
-    plans = _candidates(strategies, bars)
+    registry = default_registry()
+    plans = _candidates(strategies, bars, registry.always_answers)
     by_intent: dict[str, list[_Item]] = {}
     for item in items:
         by_intent.setdefault(item.intent, []).append(item)

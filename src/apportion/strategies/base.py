@@ -18,6 +18,7 @@ from apportion.types import Attempt, Completion, Message, Query
 
 if TYPE_CHECKING:
     from apportion.engines.base import TextEngine
+    from apportion.engines.speed import SpeedBook
     from apportion.tools.results import SolverResult
     from apportion.tools.sandbox import SandboxLimits, SandboxResult
     from apportion.tools.store.base import DocumentStore, Hit
@@ -51,6 +52,12 @@ class RunContext:
     on_token: Callable[[str], None] | None = None
     # The clock model calls are timed by (and time budgets kept by); tests substitute one.
     clock: Callable[[], float] = field(default=time.perf_counter, repr=False)
+    # Model speeds measured on this machine: a time budget refuses a call whose prompt it
+    # cannot cover, and stops a running one before the token that would cross it.
+    speeds: SpeedBook | None = None
+    # Same request, same tokens, whatever ran before: every call evaluates its whole prompt
+    # instead of reusing a prefix cached by an earlier call (see TextEngine.generate).
+    deterministic: bool = False
 
     def generate(
         self,
@@ -74,15 +81,26 @@ class RunContext:
         # streaming and cutting generation off when it runs out; a cached reply that took
         # longer than what is left is not replayed.
         seconds_left = self.ledger.seconds_left(engine.cost)
-        if seconds_left is not None and n == 1:
+        if seconds_left is not None and n > 1:
+            # The streamed path keeps the cap, one sample at a time (seed + i, as engines
+            # number the samples of one call).
+            samples: list[Completion] = []
+            for i in range(n):
+                samples += self.generate(
+                    messages, model=engine.model_id, max_tokens=max_tokens,
+                    temperature=temperature, stop=stop, seed=seed + i, detail=detail,
+                )  # fmt: skip
+            return samples
+        if seconds_left is not None:
             # A time cap is kept by the streamed path, which carries no log-probabilities;
             # the cap wins, and callers fall back to their confidence without them.
             logprobs = False
+            self._refuse_unreadable_prompt(engine, prompt_tokens, seconds_left)
         key = None
         if self.cache is not None:
             key = _cache_key(
                 self.cache_namespace(engine.model_id), messages, max_tokens, temperature, n,
-                stop, seed, logprobs,
+                stop, seed, logprobs, deterministic=self.deterministic,
             )  # fmt: skip
             hit = self.cache.get(key)
             if hit is not None and (seconds_left is None or sum(w for _, w in hit) <= seconds_left):
@@ -99,12 +117,13 @@ class RunContext:
             completion, cancelled, out_of_time = self._stream(
                 engine, messages, max_tokens=max_tokens, temperature=temperature, stop=stop,
                 seed=seed, deadline=None if seconds_left is None else started + seconds_left,
+                prompt_tokens=prompt_tokens,
             )  # fmt: skip
             completions = [completion]
         else:
             completions = engine.generate(
                 messages, max_tokens=max_tokens, temperature=temperature, n=n, stop=stop,
-                seed=seed, logprobs=logprobs,
+                seed=seed, logprobs=logprobs, **self._prefix_option(),
             )  # fmt: skip
         wall_s = self.clock() - started
         energy_after = self.meter.read_j()
@@ -139,25 +158,37 @@ class RunContext:
         stop: Sequence[str] | None,
         seed: int,
         deadline: float | None,
+        prompt_tokens: int,
     ) -> tuple[Completion, GenerationCancelled | None, bool]:
         """Pass each piece to `on_token` (if set). If it cancels, or the next token would
         likely arrive after `deadline` (on `clock`), throw a cancellation into the engine's
         generator so the engine stops and returns what it generated (which is then charged).
         Returns the completion, the listener's cancellation if any, and whether the deadline
-        cut it off."""
+        cut it off. The call's speeds go into the speed book."""
+        speed_key = self._speed_key(engine)
+        started = self.clock()
         pieces = engine.stream(
-            messages, max_tokens=max_tokens, temperature=temperature, stop=stop, seed=seed
-        )
+            messages, max_tokens=max_tokens, temperature=temperature, stop=stop, seed=seed,
+            **self._prefix_option(),
+        )  # fmt: skip
         cancelled: GenerationCancelled | None = None
         out_of_time = False
+        first: float | None = None  # when the first piece arrived (the prompt read by then)
         last: float | None = None  # when the previous piece arrived
-        step = 0.0  # the slowest token so far (after the first, which includes the prefill)
+        # The slowest token so far; before the second piece, the speed measured on earlier
+        # calls, so the first piece already knows whether another fits before the deadline.
+        step = (self.speeds.step_s(speed_key) if self.speeds is not None else None) or 0.0
+        later = 0  # pieces after the first
         try:
             piece = next(pieces)
             while True:
                 try:
                     now = self.clock()
-                    step = step if last is None else max(step, now - last)
+                    if last is None:
+                        first = now
+                    else:
+                        step = max(step, now - last)
+                        later += 1
                     last = now
                     if cancelled is None and not out_of_time:
                         if self.on_token is not None:
@@ -175,6 +206,44 @@ class RunContext:
             return completion, cancelled, out_of_time
         finally:
             pieces.close()
+            if self.speeds is not None and first is not None and last is not None:
+                self.speeds.record(
+                    speed_key, prompt_tokens=prompt_tokens, first_token_s=first - started,
+                    steps=later, decode_s=last - first,
+                )  # fmt: skip
+
+    def _speed_key(self, engine: TextEngine) -> str:
+        """Speeds are per model weights and thread count."""
+        threads = getattr(engine, "threads", None)
+        return f"{self.cache_namespace(engine.model_id)}|threads={threads}"
+
+    def _refuse_unreadable_prompt(
+        self, engine: TextEngine, prompt_tokens: int, seconds_left: float
+    ) -> None:
+        """A model cannot stop while it reads the prompt: refuse a call whose prompt alone
+        would outlast the time left (measured speed, or for an unmeasured local model a
+        modest prior; an unmeasured remote one is let through)."""
+        if self.speeds is None:
+            return
+        key = self._speed_key(engine)
+        if self.speeds.get(key) is None and not engine.cost.local:
+            return
+        threads = getattr(engine, "threads", None) or 1
+        expected = self.speeds.prefill_s(
+            key, prompt_tokens, params=engine.cost.params, threads=threads
+        )
+        if expected >= seconds_left:
+            how = "measured" if self.speeds.get(key) is not None else "assumed, not yet measured"
+            raise BudgetExceededError(
+                f"reading the {prompt_tokens}-token prompt takes {engine.model_id} about "
+                f"{expected:.2f} s here ({how}); {seconds_left:.2f} s of the budget remain",
+                "raise --budget-seconds or --budget-usd",
+            )
+
+    def _prefix_option(self) -> dict[str, bool]:
+        """`reuse_prefix=False` in deterministic mode; nothing otherwise, so an engine written
+        before the option existed keeps working outside that mode."""
+        return {"reuse_prefix": False} if self.deterministic else {}
 
     def _charge(
         self,
@@ -257,23 +326,27 @@ def _cache_key(
     stop: Sequence[str] | None,
     seed: int,
     logprobs: bool,
+    *,
+    deterministic: bool = False,
 ) -> str:
     import hashlib
     import json
 
-    payload = json.dumps(
-        {
-            "model": model_key,
-            "messages": [[m.role, m.content] for m in messages],
-            "max_tokens": max_tokens,
-            "temperature": temperature,
-            "n": n,
-            "stop": list(stop or []),
-            "seed": seed,
-            "logprobs": logprobs,
-        },
-        sort_keys=True,
-    )
+    fields: dict[str, object] = {
+        "model": model_key,
+        "messages": [[m.role, m.content] for m in messages],
+        "max_tokens": max_tokens,
+        "temperature": temperature,
+        "n": n,
+        "stop": list(stop or []),
+        "seed": seed,
+        "logprobs": logprobs,
+    }
+    if deterministic:
+        # keyed apart, so a deterministic run never replays a prefix-reusing one; absent
+        # otherwise, so the keys of earlier caches still match
+        fields["deterministic"] = True
+    payload = json.dumps(fields, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, ClassVar
 
 from apportion.strategies.base import RunContext
 from apportion.strategies.cot import ChainOfThought
@@ -25,6 +25,9 @@ class BestOfN:
             raise ValueError("n must be at least 1")
         if self.verifier not in VERIFIERS:
             raise ValueError(f"verifier must be one of {', '.join(VERIFIERS)}")
+
+    # It ends in an answer whenever the model says anything: a plan may end with it.
+    always_answers: ClassVar[bool] = True
 
     @property
     def name(self) -> str:

@@ -57,6 +57,11 @@ class SelfConsistency:
     def name(self) -> str:
         return "consistency"
 
+    @property
+    def always_answers(self) -> bool:
+        """Votes over chains of thought end in an answer; votes over programs may not."""
+        return self.base == "cot"
+
     def sample(self, query: Query, ctx: RunContext, index: int) -> Attempt:
         seed = ctx.seed + 1 + index
         if self.base == "program":

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, ClassVar
 
 from apportion.answers import extract_answer
 from apportion.strategies.base import RunContext
@@ -19,6 +19,9 @@ class ChainOfThought:
     max_tokens: Annotated[int | None, Bounds(1, MAX_TOKENS_BOUND)] = None
     temperature: Annotated[float, Bounds(0, 2)] = 0.0
     logprobs: bool = False
+
+    # It ends in an answer whenever the model says anything: a plan may end with it.
+    always_answers: ClassVar[bool] = True
 
     @property
     def name(self) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, ClassVar
 
 from apportion.answers import extract_answer
 from apportion.strategies.base import RunContext
@@ -20,6 +20,9 @@ class Direct:
     # Record token log-probabilities and use their mean as the confidence (a cheap signal for
     # cascades). Off by default: the direct path should cost what a raw call costs.
     logprobs: bool = False
+
+    # It ends in an answer whenever the model says anything: a plan may end with it.
+    always_answers: ClassVar[bool] = True
 
     @property
     def name(self) -> str:

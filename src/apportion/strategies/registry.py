@@ -124,6 +124,12 @@ class StrategyRegistry:
             name for name, f in self._factories.items() if getattr(f, "uses_store", False)
         )
 
+    def always_answers(self, spec_text: str) -> bool:
+        """Whether the strategy a spec builds ends in an answer whenever its model says
+        anything (direct, cot, ...), so a plan may end with it; solvers, programs and
+        retrieval can decline. Plug-ins say so with an `always_answers` attribute."""
+        return bool(getattr(self.build(spec_text), "always_answers", False))
+
     def parameters(self, name: str) -> dict[str, Any]:
         factory = self._factories[name]
         if not dataclasses.is_dataclass(factory):
