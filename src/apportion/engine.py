@@ -31,6 +31,7 @@ from apportion.router.policy import (
     stops_here,
 )
 from apportion.strategies.base import CompletionCache, RunContext
+from apportion.strategies.prompts import with_options
 from apportion.strategies.registry import StrategyRegistry, default_registry
 from apportion.tools.sandbox import SandboxLimits
 from apportion.types import Answer, AnswerKind, Attempt, Budget, Message, Query
@@ -248,6 +249,9 @@ class Engine:
         model = model or self.settings.default_model
         self.check_model(model)
         budget = budget or Budget()
+        if choices:
+            # A choice among options: the model is shown them by letter and asked for one.
+            question, kind = with_options(question, choices), kind or "choice"
         query = Query(question.strip(), kind=kind, choices=tuple(choices), history=tuple(history))
         features = conversation_features(query)
         plan = self.plan(features, strategy, budget)

@@ -471,3 +471,64 @@ def test_bigbench_arithmetic_first_items(data_dir: Path) -> None:
     assert (
         sum(i.id.startswith("bigbench_arithmetic-5_digit_multiplication-") for i in items) == 1000
     )
+
+
+# ---------------------------------------------------------------------------
+# multiple choice: the model is shown the options it is asked to pick from
+# ---------------------------------------------------------------------------
+
+
+def test_generic_choices_are_listed_in_the_question(tmp_path: Path) -> None:
+    path = _write(
+        tmp_path / "arc.jsonl",
+        [
+            json.dumps(
+                {
+                    "id": "bare",
+                    "question": "Which gas do plants take in?",
+                    "choices": ["oxygen", "carbon dioxide", "helium", "neon"],
+                    "answer": "B",
+                }
+            ),
+            json.dumps(
+                {
+                    "id": "listed",
+                    "question": "Pick one.\n(A) red\n(B) blue",
+                    "choices": ["red", "blue"],
+                    "answer": "A",
+                }
+            ),
+            json.dumps({"id": "none", "question": "2+2?", "answer": "4"}),
+        ],
+    )
+    bare, listed, plain = load_jsonl(path)
+    assert bare.question == (
+        "Which gas do plants take in?\nA. oxygen\nB. carbon dioxide\nC. helium\nD. neon"
+    )
+    assert bare.kind == "choice" and bare.choices == ("oxygen", "carbon dioxide", "helium", "neon")
+    assert listed.question == "Pick one.\n(A) red\n(B) blue"  # already shown: left alone
+    assert plain.question == "2+2?"
+    # written out and read back, the options are not listed twice
+    write_jsonl([bare], tmp_path / "again.jsonl")
+    assert load_jsonl(tmp_path / "again.jsonl")[0].question == bare.question
+
+
+def test_too_many_choices_is_a_usage_error(tmp_path: Path) -> None:
+    path = _write(tmp_path / "wide.jsonl", [json.dumps(
+        {"question": "Pick", "answer": "A", "choices": [str(i) for i in range(27)]}
+    )])  # fmt: skip
+    with pytest.raises(UsageError, match="27 choices"):
+        load_jsonl(path)
+
+
+@pytest.mark.parametrize(
+    ("name", "folder"), [("mmlu", "mmlu"), ("commonsenseqa", "commonsenseqa"), ("bbh", "bbh")]
+)
+def test_named_loaders_already_list_their_options(data_dir: Path, name: str, folder: str) -> None:
+    from apportion.strategies.prompts import lists_options, with_options
+
+    with_choices = [i for i in _load(name, data_dir, folder) if i.choices]
+    assert with_choices
+    for item in with_choices:
+        assert lists_options(item.question, item.choices), item.id
+        assert with_options(item.question, item.choices) == item.question

@@ -2,7 +2,8 @@
 
 Every loader returns `BenchItem`s with stable ids (the dataset's own id where it has one,
 else "<dataset>-<index>"), a gold `answer` and its `kind`. Multiple-choice questions carry
-their options both in `choices` and in the question text, so a model sees them.
+their options both in `choices` and in the question text, so a model sees them: a generic
+record whose question does not list its `choices` gets them appended as "A. option" lines.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any, get_args
 from apportion.answers import canonical_number
 from apportion.bench.scoring import infer_kind
 from apportion.errors import UnknownNameError, UsageError
+from apportion.strategies.prompts import OPTION_LETTERS, with_options
 from apportion.types import AnswerKind
 
 __all__ = [
@@ -135,6 +137,8 @@ def _item_from_record(record: object, *, where: str, default_id: str, dataset: s
     if answer is None or not answer.strip():
         raise UsageError(f"{where}: `answer` must be a non-empty string or number")
     choices = _str_list(record.get("choices"), "choices", where)
+    if len(choices) > len(OPTION_LETTERS):
+        raise UsageError(f"{where}: {len(choices)} choices; at most {len(OPTION_LETTERS)} (A-Z)")
     aliases = _str_list(record.get("aliases"), "aliases", where)
     raw_id = record.get("id", default_id)
     if not isinstance(raw_id, str | int) or isinstance(raw_id, bool) or str(raw_id) == "":
@@ -152,7 +156,8 @@ def _item_from_record(record: object, *, where: str, default_id: str, dataset: s
     ds = record.get("dataset")
     return BenchItem(
         id=str(raw_id),
-        question=question,
+        # The model is asked for an option's letter, so it is shown the lettered options.
+        question=with_options(question, choices),
         answer=answer,
         kind=kind,
         dataset=dataset if not isinstance(ds, str) or not ds else ds,
@@ -164,6 +169,7 @@ def _item_from_record(record: object, *, where: str, default_id: str, dataset: s
 def load_jsonl(path: Path, *, dataset: str | None = None) -> list[BenchItem]:
     """Read generic records, one JSON object a line: `question`, `answer` and optionally `id`
     (default "<stem>-<line no>"), `kind` (else inferred), `choices`, `aliases`, `dataset`.
+    Options in `choices` that the question does not list are appended to it, lettered A, B, ...
 
     `dataset`, when given, overrides the records' own; otherwise records without one get the
     file's stem. Blank lines are skipped; a malformed line raises UsageError naming file:line.
