@@ -17,7 +17,7 @@ LEDGER_FIELDS = ("prompt_tokens", "completion_tokens", "flops", "wall_s", "energ
 
 
 def apportion(
-    *args: str, timeout: float = 600, cwd: Path | None = None
+    *args: str, timeout: float = 600, cwd: Path | None = None, stdin: str | None = None
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "apportion.cli", *args],
@@ -26,6 +26,7 @@ def apportion(
         timeout=timeout,
         check=False,
         cwd=cwd,
+        input=stdin,
     )
 
 
@@ -98,3 +99,62 @@ def test_help_teaches() -> None:
     proc = apportion("ask", "--help")
     assert proc.returncode == 0
     assert "--strategy" in proc.stdout and "17*23+5" in proc.stdout
+
+
+def test_version() -> None:
+    from apportion import __version__
+
+    proc = apportion("--version")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == f"apportion {__version__}"
+
+
+def test_ask_dash_reads_the_question_from_stdin() -> None:
+    proc = apportion("ask", "-", "--strategy", "symbolic", "--json", stdin="What is 17*23+5?\n")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["answer"] == "396"
+    assert "stdin" in apportion("ask", "--help").stdout
+
+
+def test_ask_dash_takes_a_question_too_long_for_argv() -> None:
+    # One argv string is capped at 128 KiB on Linux; stdin is not. 250,001 characters reach the
+    # engine whole, and its length limit (not the shell's) answers.
+    proc = apportion("ask", "-", "--strategy", "symbolic", stdin="?" * 250_000 + "x")
+    assert proc.returncode == 2
+    assert "250,001 characters" in proc.stderr
+    empty = apportion("ask", "-", stdin="  \n")
+    assert empty.returncode == 2 and "empty" in empty.stderr
+
+
+# Runs the CLI as if the embed extra were not installed: a None entry in sys.modules makes both
+# `import sentence_transformers` and importlib's find_spec report it missing.
+WITHOUT_EMBED = (
+    "import sys; sys.modules['sentence_transformers'] = None; "
+    "from apportion.cli import app; app(prog_name='apportion')"
+)
+
+
+@pytest.mark.model
+def test_rag_without_the_embed_extra_warns_in_one_clean_line(tmp_path: Path) -> None:
+    doc = tmp_path / "eiffel.txt"
+    doc.write_text("The Eiffel Tower in Paris was completed in 1889 for the World's Fair.\n")
+    store = str(tmp_path / "store.sqlite")
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-c", WITHOUT_EMBED, *args],
+            capture_output=True, text=True, timeout=600, check=False,
+        )  # fmt: skip
+
+    added = run("index", "add", str(doc), "--store", store)
+    assert added.returncode == 0, added.stderr
+    proc = run("ask", "When was the Eiffel Tower completed?", "--strategy", "rag", "--store",
+               store, "--model", "smollm2-135m", "--max-tokens", "16")  # fmt: skip
+    assert proc.returncode in (0, 1), proc.stderr
+    warning_lines = [line for line in proc.stderr.splitlines() if "bm25" in line]
+    assert len(warning_lines) == 1, proc.stderr
+    assert warning_lines[0].startswith("warning: ")
+    assert "pip install" in warning_lines[0]
+    # none of Python's warning format: no file:line prefix, no category name, no source line
+    assert "Warning" not in proc.stderr and "warnings.warn" not in proc.stderr
+    assert ".py:" not in proc.stderr

@@ -19,7 +19,14 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from apportion.cli_common import ConfigOption, PolicyOption, err, fail, out
+from apportion.cli_common import (
+    ConfigOption,
+    PolicyOption,
+    err,
+    fail,
+    out,
+    warnings_as_lines,
+)
 from apportion.config import Settings
 
 if TYPE_CHECKING:
@@ -43,6 +50,28 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 models_app = typer.Typer(help="List and pull the local models (pinned GGUF weights).")
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from apportion import __version__
+
+        out.print(f"apportion {__version__}", highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """Answer each query through the cheapest path that gets it right."""
+
+
 app.add_typer(models_app, name="models")
 
 
@@ -75,7 +104,13 @@ class RichPullProgress(catalogue.PullProgress):
 
 @app.command()
 def ask(
-    question: Annotated[str, typer.Argument(help="The question, in quotes.")],
+    question: Annotated[
+        str,
+        typer.Argument(
+            help="The question, in quotes; or - to read it from stdin (for long questions, "
+            "e.g. apportion ask - < question.txt).",
+        ),
+    ],
     strategy: Annotated[
         str,
         typer.Option(
@@ -136,6 +171,8 @@ def ask(
     from apportion.tools.store import open_store
 
     try:
+        if question == "-":
+            question = read_stdin()
         settings = Settings.load(config)
         if threads is not None:
             settings.threads = threads
@@ -151,7 +188,8 @@ def ask(
         prepared = engine.prepare(
             question, strategy=strategy, model=model, max_tokens=max_tokens, budget=budget
         )
-        answer = engine.run(prepared)
+        with warnings_as_lines():
+            answer = engine.run(prepared)
     except ApportionError as e:
         fail(e)
     explanation = explain_plan(prepared.features, prepared.plan) if explain else None
@@ -168,6 +206,18 @@ def ask(
         if not as_json:
             err.print(f"[bold red]no answer:[/] {answer.error}", highlight=False)
         raise typer.Exit(1)
+
+
+def read_stdin() -> str:
+    """The question from stdin (`ask -`): argv caps one argument at 128 KiB, stdin does not."""
+    from apportion.errors import UsageError
+
+    try:
+        return sys.stdin.buffer.read().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise UsageError(
+            f"stdin is not UTF-8 text (byte {e.start})", "pipe the question as UTF-8"
+        ) from e
 
 
 def explain_plan(features: Features, plan: Plan) -> dict[str, Any]:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated, NoReturn, TextIO
 
 import typer
 from rich.console import Console
@@ -40,3 +43,23 @@ def fail(error: ApportionError) -> NoReturn:
     if error.hint:
         err.print(f"  {escape(error.hint)}", highlight=False)
     raise typer.Exit(error.exit_code)
+
+
+@contextmanager
+def warnings_as_lines() -> Iterator[None]:
+    """Show each warning raised inside (e.g. a store falling back to BM25) as one line on
+    stderr, as it happens: not Python's file:line, category and source line."""
+
+    def show(
+        message: Warning | str,
+        category: type[Warning],
+        filename: str,
+        lineno: int,
+        file: TextIO | None = None,
+        line: str | None = None,
+    ) -> None:
+        err.print(f"[yellow]warning:[/] {escape(str(message))}", highlight=False, soft_wrap=True)
+
+    with warnings.catch_warnings():
+        warnings.showwarning = show
+        yield

