@@ -394,7 +394,18 @@ def bench(
         ),
     ] = None,
     resume: Annotated[
-        bool, typer.Option("--resume", help="Continue an interrupted run in --out.")
+        bool,
+        typer.Option(
+            "--resume",
+            help="Continue an interrupted run in --out; only the command that made it (same "
+            "data, strategies, model, seed, corpus, limit) can.",
+        ),
+    ] = False,
+    overwrite: Annotated[
+        bool,
+        typer.Option(
+            "--overwrite", help="Replace the run in a non-empty --out (refused without it)."
+        ),
     ] = False,
     max_tokens: Annotated[
         int | None, typer.Option("--max-tokens", help="Cap on generated tokens per model call.")
@@ -421,7 +432,7 @@ def bench(
         return
     from apportion.bench.cache import SqliteCompletionCache
     from apportion.bench.report import write_report
-    from apportion.bench.runner import run_bench
+    from apportion.bench.runner import check_run_dir, run_bench, run_meta
     from apportion.engine import Engine
     from apportion.errors import UsageError
     from apportion.router.policy import load_policy
@@ -453,6 +464,14 @@ def bench(
 
             bench_corpus = resolve_corpus(corpus, data_dir=data_dir)
         items, sources = load_bench_items(data or [], dataset or [], limit, seed, data_dir)
+        named_data = command_data(data or [], dataset or [])
+        policy_name = None if policy is None else str(policy)
+        # Refuse a run that would mix with the one in --out before indexing or loading anything.
+        meta = run_meta(
+            items, specs, model=model_id, seed=seed, max_tokens=max_tokens, data=named_data,
+            limit=limit, corpus=corpus, policy=policy_name,
+        )  # fmt: skip
+        check_run_dir(out, meta, resume=resume, overwrite=overwrite)
         if bench_corpus is not None:
             engine.store = index_bench_corpus(
                 bench_corpus, store_uri or str(bench_corpus.default_store(settings.home))
@@ -460,6 +479,9 @@ def bench(
             sources.append(f"corpus {bench_corpus.label}")
     except ApportionError as e:
         fail(e)
+    except KeyboardInterrupt:
+        err.print("interrupted before the run began; no result was written", highlight=False)
+        raise typer.Exit(130) from None
     cache = SqliteCompletionCache(cache_path or settings.home / "bench-cache.sqlite")
     title = f"{model_id} · seed {seed} · " + ", ".join(sources)
     progress = Progress(
@@ -472,6 +494,7 @@ def bench(
     )
     task = progress.add_task("bench", total=None, status="")
     correct: dict[str, list[bool]] = {}
+    raised: dict[str, int] = {}
 
     def on_start(done: int, todo: int) -> None:
         progress.update(task, total=done + todo, completed=done)
@@ -481,17 +504,23 @@ def bench(
 
         assert isinstance(r, ItemResult)
         correct.setdefault(r.strategy, []).append(r.correct)
-        status = "  ".join(f"{k} {sum(v) / len(v):.0%}" for k, v in correct.items())
+        if r.error_type is not None:
+            raised[r.strategy] = raised.get(r.strategy, 0) + 1
+        status = "  ".join(
+            f"{k} {sum(v) / len(v):.0%}" + (f" ({raised[k]} failed)" if k in raised else "")
+            for k, v in correct.items()
+        )
         progress.update(task, advance=1, status=status)
 
     results = []
     interrupted = False
     try:
-        with progress:
+        with progress, warnings_as_lines():
             results = run_bench(
                 engine, items, specs, out=out, model=model_id, seed=seed, max_tokens=max_tokens,
-                resume=resume, cache=cache, sources=sources, on_result=on_result,
-                on_start=on_start,
+                resume=resume, overwrite=overwrite, cache=cache, sources=sources,
+                data=named_data, limit=limit, corpus=corpus, policy=policy_name,
+                on_result=on_result, on_start=on_start,
             )  # fmt: skip
     except KeyboardInterrupt:
         interrupted = True
@@ -512,7 +541,16 @@ def bench(
         )
     if not results:
         raise typer.Exit(130 if interrupted else 1)
-    summary = write_report(results, out, title=title)
+    try:
+        summary = write_report(results, out, title=title)
+    except KeyboardInterrupt:
+        # The results are on disk already; only the summary and plots are missing.
+        err.print(
+            f"interrupted while writing the report: {len(results)} results are saved in {out}; "
+            "run the same command with --resume to finish and write it",
+            highlight=False,
+        )
+        raise typer.Exit(130) from None
     print_summary(summary)
     err.print(
         f"wrote {out}/results.jsonl, summary.json, frontier.png, frontier_energy.png, "
@@ -522,6 +560,11 @@ def bench(
     )
     if interrupted:
         raise typer.Exit(130)
+
+
+def command_data(data: list[Path], names: list[str]) -> tuple[str, ...]:
+    """The data as the command named it, files by absolute path: part of what --resume checks."""
+    return (*(f"--data {p.resolve()}" for p in data), *(f"--dataset {n}" for n in names))
 
 
 def index_bench_corpus(corpus: BenchCorpus, uri: str) -> DocumentStore:
@@ -589,17 +632,24 @@ def load_bench_items(
 
 
 def print_summary(summary: dict[str, Any]) -> None:
-    table = Table("strategy", "n", "accuracy [95% CI]", "mean FLOPs", "p95 FLOPs", "tokens",
-                  "wall s", "energy J")  # fmt: skip
     strategies = summary["strategies"]
     assert isinstance(strategies, dict)
+    # Text answers (SQuAD-like) are scored by exact match; token F1 shows how near the rest came.
+    with_f1 = any(s.get("text_f1") is not None for s in strategies.values())
+    columns = ["strategy", "n", "exact match [95% CI]" if with_f1 else "accuracy [95% CI]"]
+    columns += ["F1 (text)"] if with_f1 else []
+    columns += ["mean FLOPs", "p95 FLOPs", "tokens", "wall s", "energy J", "errors"]
+    table = Table(*columns)
     for name, s in strategies.items():
         lo, hi = s["accuracy_ci95"]
-        table.add_row(
-            name, str(s["n"]), f"{s['accuracy']:.1%} [{lo:.0%}, {hi:.0%}]",
+        cells = [name, str(s["n"]), f"{s['accuracy']:.1%} [{lo:.0%}, {hi:.0%}]"]
+        if with_f1:
+            cells.append("-" if s["text_f1"] is None else f"{s['text_f1']:.1%}")
+        cells += [
             f"{s['flops']['mean']:.3g}", f"{s['flops']['p95']:.3g}", f"{s['tokens']['mean']:.0f}",
-            f"{s['wall_s']['mean']:.2f}", f"{s['energy_j']['mean']:.1f}",
-        )  # fmt: skip
+            f"{s['wall_s']['mean']:.2f}", f"{s['energy_j']['mean']:.1f}", str(s["errors"]),
+        ]  # fmt: skip
+        table.add_row(*cells)
     out.print(table)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -82,7 +83,7 @@ def test_generic_jsonl_run_then_rerun_replays_from_cache(tmp_path: Path) -> None
     for name in ("frontier.png", "frontier_energy.png", "report.html"):
         assert (tmp_path / "run" / name).stat().st_size > 1000
     started = time.monotonic()
-    again = bench(*args)
+    again = bench(*args, "--overwrite")
     assert again.returncode == 0, again.stderr
     assert "0 misses" in again.stderr  # every model call replayed
     assert time.monotonic() - started < 60
@@ -124,3 +125,124 @@ def test_rag_needs_a_corpus_and_retrieves_from_it(tmp_path: Path) -> None:
     # a second run finds the corpus already indexed
     proc = bench(*args, "--out", str(tmp_path / "r2"))
     assert proc.returncode == 0 and "0 document(s) indexed, 2 unchanged" in proc.stderr
+
+
+def test_ctrl_c_saves_writes_the_report_and_exits_130(tmp_path: Path) -> None:
+    rows = [
+        {"id": f"q{i}", "question": f"What is {i}*7+3?", "answer": str(i * 7 + 3)}
+        for i in range(400)
+    ]
+    data = write_items(tmp_path / "arith.jsonl", rows)
+    out = tmp_path / "run"
+    args = ["--data", str(data), "--strategies", "symbolic", "--out", str(out), "--cache",
+            str(tmp_path / "c.sqlite")]  # fmt: skip
+    # The installed `apportion` command where there is one (its entry point may supervise the
+    # CLI from a parent process), in its own process group, signalled as a whole: what a
+    # terminal's Ctrl-C does.
+    installed = shutil.which("apportion")
+    command = [installed] if installed else [sys.executable, "-m", "apportion.cli"]
+    proc = subprocess.Popen(
+        [*command, "bench", *args],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )  # fmt: skip
+    results = out / "results.jsonl"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if results.exists() and results.read_text().count("\n") >= 30:
+            break
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr
+    saved = results.read_text().count("\n")
+    assert 30 <= saved < 400, "the interrupt must land mid-run"
+    assert "interrupted" in stderr and "--resume" in stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["strategies"]["symbolic"]["n"] == saved
+    assert (out / "report.html").is_file()
+    done = bench(*args, "--resume")
+    assert done.returncode == 0, done.stderr
+    assert results.read_text().count("\n") == 400
+
+
+def test_a_non_empty_out_needs_resume_or_overwrite(tmp_path: Path) -> None:
+    data = write_items(tmp_path / "a.jsonl", [{"question": "What is 2+3?", "answer": "5"}])
+    out = tmp_path / "run"
+    args = ["--data", str(data), "--strategies", "symbolic", "--out", str(out)]
+    assert bench(*args).returncode == 0
+    again = bench(*args)
+    assert again.returncode == 2
+    assert "not empty" in again.stderr and "--resume" in again.stderr
+    assert "--overwrite" in again.stderr
+    replaced = bench(*args, "--overwrite")
+    assert replaced.returncode == 0, replaced.stderr
+    assert (out / "results.jsonl").read_text().count("\n") == 1
+
+
+def test_resume_with_a_different_command_is_refused_and_names_the_difference(
+    tmp_path: Path,
+) -> None:
+    first = write_items(tmp_path / "a.jsonl", [
+        {"id": f"a{i}", "question": f"What is {i}+3?", "answer": str(i + 3)} for i in range(5)
+    ])  # fmt: skip
+    other = write_items(tmp_path / "b.jsonl", [
+        {"id": f"b{i}", "question": f"What is {i}*3?", "answer": str(i * 3)} for i in range(5)
+    ])  # fmt: skip
+    out = tmp_path / "run"
+    base = ["--strategies", "symbolic", "--out", str(out)]
+    assert bench("--data", str(first), *base).returncode == 0
+    before = (out / "results.jsonl").read_text()
+    summary_before = (out / "summary.json").read_text()
+    refusals = {
+        "data": ["--data", str(other), *base],
+        "strategies": ["--data", str(first), "--strategies", "symbolic,direct", "--out",
+                       str(out)],
+        "seed": ["--data", str(first), *base, "--seed", "7"],
+        "limit": ["--data", str(first), *base, "--limit", "2"],
+        "model": ["--data", str(first), *base, "--model", "smollm2-135m"],
+    }  # fmt: skip
+    for difference, args in refusals.items():
+        proc = bench(*args, "--resume")
+        assert proc.returncode == 2, (difference, proc.stderr)
+        assert "cannot be resumed" in proc.stderr and difference in proc.stderr, proc.stderr
+        assert "--overwrite" in proc.stderr
+    # nothing was mixed in or rewritten
+    assert (out / "results.jsonl").read_text() == before
+    assert (out / "summary.json").read_text() == summary_before
+    same = bench("--data", str(first), *base, "--resume")
+    assert same.returncode == 0, same.stderr
+
+
+@pytest.mark.model
+def test_generic_multiple_choice_items_are_shown_their_options(tmp_path: Path) -> None:
+    """CommonsenseQA items in the generic format, options only in `choices` (as a held-out
+    ARC-Challenge file came): the model must see them to answer with a letter. Before the
+    options reached the prompt, qwen 0.5B `direct` answered 12 of these 14 with free text
+    ("security mechanism", "Work") and got 1 right; shown them, it answers with letters."""
+    from apportion.bench.datasets import default_data_dir
+    from apportion.errors import UsageError
+
+    try:
+        source = default_data_dir() / "commonsenseqa" / "dev_rand_split.jsonl"
+    except UsageError as e:
+        pytest.skip(f"benchmark data not found ({e})")
+    if not source.is_file():
+        pytest.skip(f"{source} is absent")
+    rows = []
+    for line in source.read_text().splitlines()[:14]:
+        rec = json.loads(line)
+        options = sorted(rec["question"]["choices"], key=lambda c: c["label"])
+        texts = [c["text"] for c in options]
+        gold = rec["answerKey"]
+        rows.append({"id": rec["id"], "question": rec["question"]["stem"], "choices": texts,
+                     "answer": gold})  # fmt: skip
+    data = write_items(tmp_path / "csqa.jsonl", rows)
+    out = tmp_path / "run"
+    proc = bench("--data", str(data), "--strategies", "direct", "--max-tokens", "8",
+                 "--out", str(out), "--cache", str(tmp_path / "c.sqlite"))  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    results = [json.loads(line) for line in (out / "results.jsonl").open()]
+    assert all("\nA. " in r["question"] for r in results)  # the options reached the prompt
+    letters = [r for r in results if r["answer"] in {"A", "B", "C", "D", "E"}]
+    assert len(letters) >= 12, [r["answer"] for r in results]
+    assert sum(r["correct"] for r in results) >= 3

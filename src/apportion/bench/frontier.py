@@ -55,12 +55,15 @@ def summarize_group(results: Sequence[ItemResult]) -> dict[str, Any]:
     k = sum(r.correct for r in results)
     lo, hi = wilson_interval(k, n)
     tokens = [r.prompt_tokens + r.completion_tokens for r in results]
+    text = [r.f1 for r in results if r.kind == "text"]
     return {
         "n": n,
         "correct": k,
         "accuracy": k / n if n else 0.0,
         "accuracy_ci95": [lo, hi],
         "mean_f1": float(np.mean([r.f1 for r in results])) if n else 0.0,
+        # Token F1 over the text answers alone (SQuAD-style); None when there are none.
+        "text_f1": float(np.mean(text)) if text else None,
         "flops": _stats([r.flops for r in results]),
         "tokens": _stats(tokens),
         "prompt_tokens_mean": float(np.mean([r.prompt_tokens for r in results])),
@@ -68,7 +71,9 @@ def summarize_group(results: Sequence[ItemResult]) -> dict[str, Any]:
         "wall_s": _stats([r.wall_s for r in results]),
         "energy_j": _stats([r.energy_j for r in results]),
         "cost_usd": _stats([r.cost_usd for r in results]),
+        # Items with no answer: the strategy declined, or the item raised (an error row).
         "errors": sum(r.error is not None for r in results),
+        "raised": sum(r.error_type is not None for r in results),
     }
 
 

@@ -9,6 +9,7 @@ the same command replays instead of regenerating.
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 import os
 from collections.abc import Callable, Iterator, Sequence
@@ -18,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from apportion.bench.datasets import BenchItem
 from apportion.bench.scoring import score
-from apportion.errors import ApportionError, UsageError
+from apportion.errors import UsageError
 
 if TYPE_CHECKING:
     from apportion.engine import Engine
@@ -26,6 +27,15 @@ if TYPE_CHECKING:
 
 RESULTS = "results.jsonl"
 RUN_META = "run.json"
+# Everything a run writes into its folder: what --overwrite removes.
+RUN_FILES = (
+    RESULTS,
+    RUN_META,
+    "summary.json",
+    "frontier.png",
+    "frontier_energy.png",
+    "report.html",
+)
 
 
 @dataclass(frozen=True)
@@ -42,7 +52,7 @@ class ItemResult:
     confidence: float
     route: str  # the strategy that produced the answer (differs from `strategy` for ladders)
     intent: str | None
-    error: str | None
+    error: str | None  # why there is no answer: the strategy's reason, or "Type: message"
     prompt_tokens: int
     completion_tokens: int
     flops: float
@@ -55,6 +65,9 @@ class ItemResult:
     # The item itself, so traces are self-contained for `apportion calibrate`.
     question: str = ""
     kind: str | None = None
+    # The exception's type when the item raised (a strategy, parser or scorer failed); the run
+    # records the row and goes on.
+    error_type: str | None = None
 
     @property
     def key(self) -> tuple[str, str, str]:
@@ -67,19 +80,78 @@ class ItemResult:
 
 @dataclass(frozen=True)
 class RunMeta:
+    """What made a run: `--resume` continues only a run the same command made."""
+
     model: str
     seed: int
     strategies: tuple[str, ...]
     max_tokens: int | None
     sources: tuple[str, ...]
     n_items: int
+    # The data as the command named it ("--data /abs/x.jsonl", "--dataset gsm8k"), and a digest
+    # of the items themselves, so a data file edited in place is other data too.
+    data: tuple[str, ...] = ()
+    items_digest: str = ""
+    limit: int | None = None
+    corpus: str | None = None
+    policy: str | None = None
 
-    def compatible_with(self, other: RunMeta) -> bool:
-        return (self.model, self.seed, self.max_tokens) == (
-            other.model,
-            other.seed,
-            other.max_tokens,
-        )
+    @classmethod
+    def from_json(cls, record: dict[str, Any]) -> tuple[RunMeta, frozenset[str]]:
+        """The stored meta, and which of its fields the file held (older runs lack some)."""
+        fields = {k: v for k, v in record.items() if k in cls.__dataclass_fields__}
+        for name in ("strategies", "sources", "data"):
+            if name in fields:
+                fields[name] = tuple(fields[name])
+        defaults: dict[str, Any] = {"model": "", "seed": 0, "strategies": (), "max_tokens": None,
+                                    "sources": (), "n_items": 0}  # fmt: skip
+        return cls(**(defaults | fields)), frozenset(fields)
+
+    def differences(self, other: RunMeta, *, compare: frozenset[str] | None = None) -> list[str]:
+        """What differs from `other`, as "what: here vs there", in the order a user reads them."""
+        diffs = []
+        for name, label in _COMPARED:
+            if compare is not None and name not in compare:
+                continue
+            mine, theirs = getattr(self, name), getattr(other, name)
+            if mine == theirs:
+                continue
+            if name == "items_digest":
+                diffs.append("items (the data's questions or answers changed)")
+            else:
+                diffs.append(f"{label} {_show(mine)} here vs {_show(theirs)} there")
+        return diffs
+
+
+# Compared on --resume, with the name the refusal gives each. `sources` and `n_items` follow from
+# data, limit and the items; `max_tokens` is the model-call cap.
+_COMPARED = (
+    ("data", "data"),
+    ("items_digest", "items"),
+    ("limit", "limit"),
+    ("corpus", "corpus"),
+    ("strategies", "strategies"),
+    ("model", "model"),
+    ("seed", "seed"),
+    ("max_tokens", "max_tokens"),
+    ("policy", "policy"),
+)
+
+
+def _show(value: object) -> str:
+    if isinstance(value, tuple):
+        return ",".join(map(str, value)) or "(none)"
+    return "(none)" if value is None else str(value)
+
+
+def items_digest(items: Sequence[BenchItem]) -> str:
+    """A digest of the items in order: ids, questions, gold answers, kinds and options."""
+    h = hashlib.sha256()
+    for item in items:
+        record = [item.dataset, item.id, item.question, item.answer, item.kind,
+                  list(item.choices), list(item.aliases)]  # fmt: skip
+        h.update(json.dumps(record, ensure_ascii=False).encode() + b"\n")
+    return h.hexdigest()
 
 
 def read_results(path: Path, *, repair: bool = False) -> list[ItemResult]:
@@ -120,24 +192,79 @@ class ResultWriter:
         self._f.close()
 
 
-def prepare_run(out: Path, meta: RunMeta, *, resume: bool) -> list[ItemResult]:
-    """Create or reopen DIR; return the results already done (empty unless resuming)."""
-    out.mkdir(parents=True, exist_ok=True)
+def check_run_dir(out: Path, meta: RunMeta, *, resume: bool, overwrite: bool = False) -> None:
+    """Refuse, before any work, a run that would mix with another: a run is resumed only by
+    the command that made it, and a folder that holds anything is written into only with
+    --resume or --overwrite."""
+    if resume and overwrite:
+        raise UsageError("--resume and --overwrite contradict each other", "give one of them")
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is a file, not a folder", "give a folder for the run")
+    occupied = out.is_dir() and any(out.iterdir())
+    if not occupied or overwrite:
+        return
+    if not resume:
+        raise UsageError(
+            f"--out {out} is not empty",
+            "add --resume to continue the run in it, --overwrite to replace it, or give "
+            "another --out",
+        )
     meta_path = out / RUN_META
+    if not meta_path.is_file():
+        raise UsageError(
+            f"{out} holds no {RUN_META}, so it is not a run that --resume can continue",
+            "use another --out, or --overwrite to start a new run there",
+        )
+    try:
+        previous, stored = RunMeta.from_json(json.loads(meta_path.read_text()))
+    except (ValueError, TypeError, AttributeError) as e:
+        raise UsageError(
+            f"{meta_path} is unreadable ({e})", "use another --out, or --overwrite"
+        ) from e
+    diffs = meta.differences(previous, compare=stored)
+    if diffs:
+        raise UsageError(
+            f"{out} holds a run made by a different command, so it cannot be resumed: "
+            + "; ".join(diffs),
+            "repeat the original command with --resume, use another --out, or --overwrite to "
+            "replace that run",
+        )
+
+
+def prepare_run(
+    out: Path, meta: RunMeta, *, resume: bool, overwrite: bool = False
+) -> list[ItemResult]:
+    """Check DIR (see `check_run_dir`), create or reopen it; return the results already done
+    (empty unless resuming)."""
+    check_run_dir(out, meta, resume=resume, overwrite=overwrite)
     done: list[ItemResult] = []
-    if resume and meta_path.exists():
-        previous = RunMeta(**{**json.loads(meta_path.read_text()), "strategies": (), "sources": ()})
-        if not previous.compatible_with(meta):
-            raise UsageError(
-                f"{out} holds a run with model={previous.model}, seed={previous.seed}, "
-                f"max_tokens={previous.max_tokens}; it cannot be resumed with different ones",
-                "use another --out, or the same --model/--seed/--max-tokens",
-            )
+    if resume:
         done = read_results(out / RESULTS, repair=True)
-    elif not resume:
-        (out / RESULTS).unlink(missing_ok=True)
-    meta_path.write_text(json.dumps(asdict(meta), indent=2) + "\n")
+    elif overwrite:
+        for name in RUN_FILES:
+            (out / name).unlink(missing_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / RUN_META).write_text(json.dumps(asdict(meta), indent=2) + "\n")
     return done
+
+
+def run_meta(
+    items: Sequence[BenchItem],
+    strategies: Sequence[str],
+    *,
+    model: str,
+    seed: int = 0,
+    max_tokens: int | None = None,
+    sources: Sequence[str] = (),
+    data: Sequence[str] = (),
+    limit: int | None = None,
+    corpus: str | None = None,
+    policy: str | None = None,
+) -> RunMeta:
+    return RunMeta(
+        model, seed, tuple(strategies), max_tokens, tuple(sources), len(items), data=tuple(data),
+        items_digest=items_digest(items), limit=limit, corpus=corpus, policy=policy,
+    )  # fmt: skip
 
 
 def pending(
@@ -161,22 +288,41 @@ def run_one(
     max_tokens: int | None,
     cache: CompletionCache | None,
 ) -> ItemResult:
+    """One item × strategy. Whatever the item raises (an engine error, a context overflow, a
+    number a parser cannot hold) becomes an error row: one item never ends a run."""
     try:
-        answer = engine.ask(
-            item.question,
-            strategy=strategy,
-            model=model,
-            max_tokens=max_tokens,
-            kind=item.kind,
-            choices=item.choices,
-            seed=seed,
-            cache=cache,
+        return _run_one(
+            engine, item, strategy, model=model, seed=seed, max_tokens=max_tokens, cache=cache
         )
-    except ApportionError as e:  # e.g. a question beyond the context: a failed item, not a crash
+    except Exception as e:  # recorded in the row, with its type; Ctrl-C (not an Exception) passes
+        kind = type(e).__name__
         return ItemResult(
             item.dataset, item.id, strategy, item.answer, None, False, 0.0, 0.0, strategy, None,
-            str(e), 0, 0, 0.0, 0.0, 0.0, 0.0, 0.0, 0, question=item.question, kind=item.kind,
+            f"{kind}: {e}", 0, 0, 0.0, 0.0, 0.0, 0.0, 0.0, 0, question=item.question,
+            kind=item.kind, error_type=kind,
         )  # fmt: skip
+
+
+def _run_one(
+    engine: Engine,
+    item: BenchItem,
+    strategy: str,
+    *,
+    model: str,
+    seed: int,
+    max_tokens: int | None,
+    cache: CompletionCache | None,
+) -> ItemResult:
+    answer = engine.ask(
+        item.question,
+        strategy=strategy,
+        model=model,
+        max_tokens=max_tokens,
+        kind=item.kind,
+        choices=item.choices,
+        seed=seed,
+        cache=cache,
+    )
     predicted = answer.answer if not answer.error else None
     s = score(predicted, item.answer, kind=item.kind, aliases=item.aliases, choices=item.choices)
     t = answer.ledger
@@ -216,14 +362,25 @@ def run_bench(
     seed: int = 0,
     max_tokens: int | None = None,
     resume: bool = False,
+    overwrite: bool = False,
     cache: CompletionCache | None = None,
     sources: Sequence[str] = (),
+    data: Sequence[str] = (),
+    limit: int | None = None,
+    corpus: str | None = None,
+    policy: str | None = None,
     on_result: Callable[[ItemResult], None] | None = None,
     on_start: Callable[[int, int], None] | None = None,
 ) -> list[ItemResult]:
-    """Run every pending item × strategy; return all results (earlier ones included)."""
-    meta = RunMeta(model, seed, tuple(strategies), max_tokens, tuple(sources), len(items))
-    done = prepare_run(out, meta, resume=resume)
+    """Run every pending item × strategy; return all results (earlier ones included).
+
+    `data`, `limit`, `corpus` and `policy` describe the command (with the rest, what --resume
+    must match); `sources` is how the report names the data."""
+    meta = run_meta(
+        items, strategies, model=model, seed=seed, max_tokens=max_tokens, sources=sources,
+        data=data, limit=limit, corpus=corpus, policy=policy,
+    )  # fmt: skip
+    done = prepare_run(out, meta, resume=resume, overwrite=overwrite)
     todo = list(pending(items, strategies, done))
     if on_start:
         on_start(len(done), len(todo))
