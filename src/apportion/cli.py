@@ -425,8 +425,9 @@ def bench(
 ) -> None:
     """Benchmark strategies on datasets: results.jsonl, summary.json, frontier plots, report.html.
 
-    Every completion is cached, so re-running a command replays in seconds; Ctrl-C or a crash
-    leaves a state that --resume continues.
+    Every completion is cached, so re-running a command (into a new --out, or with --overwrite)
+    replays in seconds. Ctrl-C saves what is done and exits 130, and a crash leaves a state
+    that the same command with --resume continues; an item that raises is an error row.
     """
     if ctx.invoked_subcommand is not None:
         return
