@@ -4,7 +4,7 @@ import itertools
 
 import pytest
 
-from apportion.tools.logic import MAX_DEPTH, evaluate_boolean, extract_boolean
+from apportion.tools.logic import MAX_DEPTH, MAX_TOKENS, evaluate_boolean, extract_boolean
 
 
 @pytest.mark.parametrize(
@@ -69,3 +69,30 @@ def test_deep_nesting_is_refused_not_a_crash() -> None:
     assert not result.ok and "deeply" in (result.error or "")
     shallow = "(" * 50 + "True and False" + ")" * 50
     assert evaluate_boolean(shallow).answer == "False"
+
+
+@pytest.mark.parametrize(
+    ("text", "formula"),
+    [
+        ("True and False is ? . =", "True and False"),
+        ("not True or False is", "not True or False"),
+        ("not True or False?is", "not True or False"),
+        ("Evaluate: not True or False.", "not True or False"),
+    ],
+)
+def test_closing_words_and_marks_are_dropped(text: str, formula: str) -> None:
+    assert extract_boolean(text) == formula
+
+
+def test_this_is_not_a_closing_is() -> None:
+    # "is" closes a formula only as a word of its own
+    assert extract_boolean("True and Falseis") is None
+
+
+def test_long_text_is_declined_before_any_pattern_runs() -> None:
+    # A run of "?" before other text took minutes in the old closing pattern (quadratic).
+    assert extract_boolean("?" * 50_000 + "x") is None
+    assert evaluate_boolean("?" * 50_000 + "x").error == "no_logic"
+    long_formula = " and ".join(["True"] * (MAX_TOKENS // 2))  # just under the token cap
+    assert extract_boolean(long_formula) is not None
+    assert extract_boolean(" and ".join(["True"] * (MAX_TOKENS + 1))) is None

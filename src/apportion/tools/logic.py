@@ -21,6 +21,10 @@ __all__ = ["NO_LOGIC", "evaluate_boolean", "extract_boolean"]
 # Deeper nesting than this is declined rather than parsed (the parser recurses per level).
 MAX_DEPTH = 100
 MAX_TOKENS = 1000
+# Longer text is declined before any pattern runs: 1000 tokens of "False" and spaces, with a
+# lead-in, fit well inside it. Every step below is linear in the text anyway; the cap bounds
+# the constant.
+MAX_CHARS = 10_000
 NO_LOGIC = "no_logic"  # the error for text that is no formula
 
 _LEAD = re.compile(
@@ -28,7 +32,6 @@ _LEAD = re.compile(
     r"(?:(?:boolean|logical)\s+)?(?:expression|formula)?\s*:?\s*)?",
     re.IGNORECASE,
 )
-_TRAIL = re.compile(r"\s*(?:\bis\b|=|\?|\.)*\s*$", re.IGNORECASE)
 _TOKEN = re.compile(r"\s*(&&|\|\||[()!~&|^]|[A-Za-z]+)")
 _WORDS = {
     "true": "true", "false": "false", "not": "not", "and": "and", "or": "or", "xor": "xor",
@@ -38,8 +41,35 @@ _WORDS = {
 _OPERATORS = frozenset({"not", "and", "or", "xor"})
 
 
+def _trail_start(text: str) -> int:
+    """Where the closing run of spaces, "is", "=", "?" and "." starts ("... False is ?").
+
+    A scan from the end, so linear; a regex anchored only at `$` ("(?:...)*$") retries from
+    every position and takes quadratic time on a long run of "?" before other text."""
+    end = len(text)
+    while end > 0:
+        if text[end - 1].isspace() or text[end - 1] in "=?.":
+            end -= 1
+        elif (
+            end >= 2
+            and text[end - 2 : end].lower() == "is"
+            and (end == 2 or not _is_word_char(text[end - 3]))
+        ):
+            end -= 2
+        else:
+            break
+    return end
+
+
+def _is_word_char(ch: str) -> bool:
+    return ch.isalnum() or ch == "_"
+
+
 def _tokens(text: str) -> list[str] | None:
-    body = _TRAIL.sub("", _LEAD.sub("", text, count=1))
+    if len(text) > MAX_CHARS:
+        return None
+    lead = _LEAD.match(text)
+    body = text[lead.end() if lead else 0 : _trail_start(text)]
     out: list[str] = []
     pos = 0
     while pos < len(body):
@@ -47,7 +77,7 @@ def _tokens(text: str) -> list[str] | None:
         if m is None:
             return None if body[pos:].strip() else out
         word = _WORDS.get(m.group(1).lower())
-        if word is None:
+        if word is None or len(out) >= MAX_TOKENS:
             return None
         out.append(word)
         pos = m.end()
