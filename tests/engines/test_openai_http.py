@@ -87,7 +87,6 @@ def _answer(apportion: Engine, model: str) -> list[str]:
 def test_retries_ride_out_a_server_restart(settings: Settings) -> None:
     """The server goes away mid-run and comes back: the request in between waits for it."""
     server = LlamaCppServer(catalogue.resolve("smollm2-135m", settings.models_dir))
-    server.start()
     sleeps: list[float] = []
 
     def sleep(seconds: float) -> None:
@@ -101,6 +100,7 @@ def test_retries_ride_out_a_server_restart(settings: Settings) -> None:
     )  # fmt: skip
     restarter = threading.Thread(target=lambda: (time.sleep(1.5), server.start()))
     try:
+        server.start()
         assert engine.generate([Message("user", "Hi.")], max_tokens=4)[0].completion_tokens
         server.stop()
         restarter.start()
@@ -115,34 +115,40 @@ def test_retries_ride_out_a_server_restart(settings: Settings) -> None:
 
 
 def test_a_down_engine_falls_back_and_is_used_again_once_back(
-    settings: Settings, tmp_path: Path
+    settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Two real servers; the primary is stopped mid-run, then restarted on its port."""
     path = catalogue.resolve("smollm2-135m", settings.models_dir)
     primary, backup = LlamaCppServer(path), LlamaCppServer(path)
-    primary.start()
-    backup.start()
-    remote = dict(model="smol", params=134.5e6, n_layers=30, d_model=576, timeout_s=10)
+    # timeouts far above a reply's time even on a busy machine: only the outage may fail over
+    remote = dict(model="smol", params=134.5e6, n_layers=30, d_model=576, timeout_s=60)
     config = Settings(home=tmp_path, engines=[
         RemoteEngineConfig(id="primary", base_url=primary.base, fallback="backup",
-                           max_attempts=2, retry_base_delay_s=0.1, fallback_cooldown_s=10.0,
+                           max_attempts=2, retry_base_delay_s=0.1, fallback_cooldown_s=20.0,
                            **remote),  # type: ignore[arg-type]
         RemoteEngineConfig(id="backup", base_url=backup.base, **remote),  # type: ignore[arg-type]
     ])  # fmt: skip
     apportion = Engine(settings=config)
     try:
+        primary.start()
+        backup.start()
         assert _answer(apportion, "primary") == ["primary"]
         primary.stop()
         assert _answer(apportion, "primary") == ["backup"]  # failed over after its retries
         down = apportion.engine_for("primary")
         assert isinstance(down, FallbackEngine) and down.is_down()
-        started = time.monotonic()
+        tried: list[int] = []
+        generate = down.primary.generate
+        monkeypatch.setattr(
+            down.primary, "generate", lambda *a, **k: (tried.append(1), generate(*a, **k))[1]
+        )
         assert _answer(apportion, "primary") == ["backup"]  # straight there while down
-        assert time.monotonic() - started < 5
+        assert tried == []  # the primary was not even tried
         primary.start()
         while down.is_down():  # the cooldown runs out
             time.sleep(0.1)
         assert _answer(apportion, "primary") == ["primary"]
+        assert tried == [1]
     finally:
         apportion.close()
         primary.stop()
