@@ -183,6 +183,8 @@ class Engine:
     def register(self, engine: TextEngine) -> None:
         """Serve `engine` under its own model id (an engine built elsewhere, or a test double)."""
         self._engines[engine.model_id] = engine
+        # no weights file or endpoint to fingerprint it by: its id is what identifies it
+        self._fingerprints.setdefault(engine.model_id, f"registered:{engine.model_id}")
 
     def loaded_models(self) -> list[str]:
         return list(self._engines)
