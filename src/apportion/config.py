@@ -76,6 +76,8 @@ class Settings(BaseModel):
     # The document store `apportion serve` answers factual questions from (a path,
     # sqlite:PATH, milvus-lite:DIR or a Milvus URL); None: store_path, when it exists.
     store: str | None = None
+    # The API keys of `apportion serve`; None: home / "keys.sqlite3".
+    keys_db: Path | None = None
 
     @property
     def models_dir(self) -> Path:
@@ -91,6 +93,12 @@ class Settings(BaseModel):
         keys, bench caches and stores live there by default) and any other path a setting names.
         The sandbox hides them all from the code it runs."""
         named = [value for value in dict(self).values() if isinstance(value, Path)]
+        store = (self.store or "").strip()
+        if store and not store.startswith(("http://", "https://")):
+            # a store file or milvus-lite folder on this machine (as open_store reads the URI)
+            local = store.removeprefix("sqlite:").removeprefix("milvus-lite:")
+            named.append(Path(local[2:] if local.startswith("//") else local))
+        named = [p.expanduser() for p in named]
         return tuple(dict.fromkeys([self.home, self.models_dir, self.store_path, *named]))
 
     @classmethod

@@ -137,3 +137,48 @@ def test_keys_commands(tmp_path: Path) -> None:
     store = KeyStore(Path(db))
     assert store.authenticate(secret) is None and not store.enabled()
     store.close()
+
+
+def test_data_the_settings_name_outside_home_is_hidden_from_programs(tmp_path: Path) -> None:
+    """A key store and a document store kept outside APPORTION_HOME are among the paths the
+    sandbox hides (Settings.data_paths), so a program the model writes cannot read them."""
+    from apportion.config import Settings
+
+    keys_file = tmp_path / "secrets" / "keys.sqlite3"
+    docs_file = tmp_path / "corpus" / "docs.sqlite"
+    settings = Settings(home=tmp_path / "home", store=str(docs_file), keys_db=keys_file)
+    assert {keys_file, docs_file} <= set(settings.data_paths())
+    lite = Settings(home=tmp_path / "home", store=f"milvus-lite:{tmp_path / 'lite'}")
+    assert tmp_path / "lite" in lite.data_paths()
+    remote = Settings(home=tmp_path / "home", store="http://127.0.0.1:19530")
+    assert not any("19530" in str(p) for p in remote.data_paths())
+
+
+def test_serve_names_its_key_store_in_the_settings(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`serve --keys-db` and `--store` go into the settings the engine (and so the sandbox)
+    reads, not only into the server."""
+    import apportion.server.cli as server_cli
+
+    seen = {}
+
+    def fake_run(app: object, **_: object) -> None:
+        seen["settings"] = app.state.apportion.engine.settings  # type: ignore[attr-defined]
+
+    monkeypatch.setattr("uvicorn.run", fake_run)
+    monkeypatch.setattr(
+        "apportion.engine.Engine.engine_for", lambda self, model_id: None, raising=True
+    )
+    docs = tmp_path / "docs.sqlite"
+    from apportion.tools.store.embedded import EmbeddedStore
+
+    EmbeddedStore(docs, embedder=None).close()
+    keys_file = tmp_path / "elsewhere" / "keys.sqlite3"
+    server_cli.serve(
+        host="127.0.0.1", port=8000, config=None, model="smollm2-135m", threads=1,
+        queue_depth=1, timeout=5.0, max_body_bytes=10_000, max_tokens_limit=64,
+        keys_db=keys_file, store=str(docs), policy=None, log_level="warning",
+    )  # fmt: skip
+    paths = set(seen["settings"].data_paths())
+    assert keys_file in paths and docs in paths

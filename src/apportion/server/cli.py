@@ -35,14 +35,15 @@ KeysDbOption = Annotated[
     Path | None,
     typer.Option(
         "--keys-db",
-        help="SQLite file of API keys (default: $APPORTION_HOME/keys.sqlite3).",
+        help="SQLite file of API keys (default: the keys_db setting, else "
+        "$APPORTION_HOME/keys.sqlite3).",
         show_default=False,
     ),
 ]
 
 
 def _keys_path(settings: Settings, keys_db: Path | None) -> Path:
-    return (keys_db or settings.home / "keys.sqlite3").expanduser()
+    return (keys_db or settings.keys_db or settings.home / "keys.sqlite3").expanduser()
 
 
 def missing_server_modules() -> list[str]:
@@ -138,12 +139,16 @@ def serve(
             settings.default_model = model
         if threads is not None:
             settings.threads = threads
+        # Named in the settings, so that sandboxed programs cannot see them wherever they are.
+        settings.keys_db = _keys_path(settings, keys_db)
+        if store is not None:
+            settings.store = store
         engine = Engine(settings=settings, policy=load_policy(policy))
         engine.check_model(settings.default_model)
-        keys = KeyStore(_keys_path(settings, keys_db))
-        engine.store = open_configured_store(settings, store)
+        keys = KeyStore(settings.keys_db)
+        engine.store = open_configured_store(settings, None)
         if engine.store is not None:
-            where = store_uri(settings, store)
+            where = store_uri(settings, None)
             err.print(f"documents: {where} ({engine.store.count()} chunks)", highlight=False)
         # Load (or pull) the default model now, so the first request does not wait for it.
         err.print(f"loading {settings.default_model} …", highlight=False)
