@@ -8,7 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-# Hides fastapi from this process, as if it were not installed, then runs the real CLI.
+# Hides fastapi from this process, as if it were not installed, then runs the `apportion`
+# command as its console script does.
 HIDE_FASTAPI = """
 import sys
 
@@ -19,8 +20,10 @@ class HideFastAPI:
         return None
 
 sys.meta_path.insert(0, HideFastAPI())
-from apportion.cli import app
-app(prog_name="apportion")
+from apportion.supervise import main  # the `apportion` command's entry point
+
+sys.argv[0] = "apportion"
+main()
 """
 
 
