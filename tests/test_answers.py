@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from fractions import Fraction
+
 import pytest
 
 from apportion.answers import (
@@ -135,6 +137,50 @@ def test_parse_number(s: str, expected: float) -> None:
 
 def test_parse_number_none() -> None:
     assert parse_number("nothing") is None
+
+
+def test_numbers_beyond_float_range_are_exact() -> None:
+    # float() of these overflowed (OverflowError) or read "10**400" as 10
+    assert parse_number("9" * 400) == int("9" * 400)
+    assert parse_number("1e400") == 10**400
+    assert parse_number("10**400") == 10**400
+    assert parse_number("-1e-400") == -Fraction(1, 10**400)
+    assert parse_number("9" * 400) != parse_number("9" * 399 + "8")  # floats would agree
+    assert canonical_number("1e400") == "1" + "0" * 400
+    assert canonical_number("2e400/3") == "6.66666666666667e+399"
+    assert canonical_number("1e-400/3") == "3.33333333333333e-401"
+    assert extract_answer("The answer is 10**400.", "number") == "1" + "0" * 400
+    assert vote_key("1e400", "number") == vote_key("10^400", "number")
+
+
+@pytest.mark.parametrize(
+    ("s", "expected"),
+    [
+        ("2^10", Fraction(1024)),
+        ("2 ** 10", Fraction(1024)),
+        ("10^{-3}", Fraction(1, 1000)),
+        ("2^-1", Fraction(1, 2)),
+        ("6.02 × 10^23", Fraction(602, 100) * 10**23),
+        ("3 \\times 10^{8} m/s", Fraction(3 * 10**8)),
+        ("1.5 x 10^3", Fraction(1500)),
+        ("-2^2", Fraction(-4)),  # the power binds tighter than the sign
+        ("0^0", Fraction(1)),
+        ("x^2", Fraction(2)),  # no number before the power: only the exponent is a number
+        ("10^2.5", Fraction(10)),  # a fractional power is not read as one
+    ],
+)
+def test_powers(s: str, expected: Fraction) -> None:
+    assert parse_number(s) == expected
+
+
+def test_numbers_too_large_to_hold_are_skipped_without_computing_them() -> None:
+    # Fraction("1e999999999") alone computes a billion-digit integer (minutes, gigabytes).
+    for huge in ("1e999999999", "10**99999999", "9" * 5000, "1.0001^99999", "0^-1"):
+        assert parse_number(huge) is None, huge
+        assert canonical_number(huge) is None
+    assert parse_number("1e999999999 or 7") == 7
+    assert parse_number("1" + "0" * 5000 + " items, " + "0" * 5000 + "1") == 1
+    assert parse_number("2^" + "9" * 50) is None
 
 
 # ---------------------------------------------------------------------------

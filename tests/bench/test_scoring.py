@@ -77,6 +77,21 @@ def test_number_gold_that_is_not_a_number_falls_back_to_text() -> None:
     assert not score("7", "Infinity", kind="number").correct
 
 
+def test_numbers_beyond_float_range_compare_exactly() -> None:
+    # parse_number raised OverflowError on these, which ended a bench run
+    nines = "9" * 400
+    assert score(nines, nines, kind="number") == RIGHT
+    assert score("1e400", "10**400", kind="number").correct
+    assert score("1" + "0" * 400, "1e400", kind="number") == RIGHT
+    # the relative tolerance still applies: 1e-4 of 1e400 is 1e396
+    assert score("1.00005e400", "1e400", kind="number").correct
+    assert not score("1.0002e400", "1e400", kind="number").correct
+    assert not score("2e400", "1e400", kind="number").correct
+    assert not score("-1e400", "1e400", kind="number").correct
+    assert score("1e-400", "0", kind="number").correct  # within the absolute tolerance
+    assert score("1e999999999", "1e999999999", kind="number") == RIGHT  # too big: compared as text
+
+
 # ---------------------------------------------------------------------------
 # text (SQuAD)
 # ---------------------------------------------------------------------------

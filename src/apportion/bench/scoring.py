@@ -1,5 +1,8 @@
 """Score a predicted answer against gold: numbers with tolerance, SQuAD EM/F1 for text,
-letters for multiple choice, yes/no for booleans; plus kind inference and Wilson intervals."""
+letters for multiple choice, yes/no for booleans; plus kind inference and Wilson intervals.
+
+Reading answers (numbers, letters, booleans) is `apportion.answers`' job; this module only
+compares what it reads."""
 
 from __future__ import annotations
 
@@ -8,13 +11,16 @@ import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
+from fractions import Fraction
 
 from apportion.answers import (
     canonical_number,
-    extract_answer,
-    match_options,
+    gold_letters,
+    is_bare_number,
     normalize_text,
     parse_number,
+    predicted_letters,
+    read_boolean,
 )
 from apportion.errors import UsageError
 from apportion.types import AnswerKind
@@ -72,45 +78,15 @@ def _text_pair(pred: str, gold: str) -> tuple[bool, float]:
     return p == g, _f1_tokens(p.split(), g.split())
 
 
-_LETTER_RE = re.compile(r"\s*[(\[]?([A-Za-z])[)\].]?\s*")
-_BOOL = {"yes": "yes", "true": "yes", "y": "yes", "no": "no", "false": "no", "n": "no"}
+# Below this magnitude both numbers fit a float, and are compared as floats (as always);
+# beyond it, exactly, with the same tolerances as Fractions.
+_FLOAT_SAFE = Fraction(10) ** 300
 
 
-def _bare_letter(answer: str, choices: Sequence[str]) -> str | None:
-    m = _LETTER_RE.fullmatch(answer)
-    if m:
-        letter = m.group(1).upper()
-        if not choices or ord(letter) - ord("A") < len(choices):
-            return letter
-    return None
-
-
-def _gold_letters(gold: str, choices: Sequence[str]) -> tuple[str, ...]:
-    """Gold as option letters: "B", "(B)" or an option's text (several when options repeat)."""
-    letter = _bare_letter(gold, choices)
-    return (letter,) if letter else match_options(gold, choices)
-
-
-def _pred_letters(pred: str, choices: Sequence[str]) -> tuple[str, ...]:
-    """A prediction as option letters: a bare letter, an option's text, or whatever
-    `extract_answer` reads out of a longer reply ("B) library", "The answer is (B)")."""
-    letter = _bare_letter(pred, choices)
-    if letter:
-        return (letter,)
-    hits = match_options(pred, choices, loose=False)
-    if hits:
-        return hits
-    extracted = extract_answer(pred, "choice", choices)
-    if extracted:
-        return (extracted,)
-    return match_options(pred, choices)
-
-
-def _boolean(answer: str) -> str | None:
-    norm = normalize_text(answer)
-    if norm in _BOOL:
-        return _BOOL[norm]
-    return extract_answer(answer, "boolean")
+def _close(a: Fraction, b: Fraction, rel_tol: float) -> bool:
+    if abs(a) < _FLOAT_SAFE and abs(b) < _FLOAT_SAFE:
+        return math.isclose(float(a), float(b), rel_tol=rel_tol, abs_tol=ABS_TOL)
+    return abs(a - b) <= max(Fraction(rel_tol) * max(abs(a), abs(b)), Fraction(ABS_TOL))
 
 
 def score(
@@ -139,21 +115,21 @@ def score(
         p = parse_number(predicted)
         if p is None:
             return _WRONG
-        correct = any(math.isclose(p, x, rel_tol=rel_tol, abs_tol=ABS_TOL) for x in golds)
+        correct = any(_close(p, x, rel_tol) for x in golds)
         canon = canonical_number(predicted)
         exact = canon is not None and any(canon == canonical_number(x) for x in (gold, *aliases))
         return Score(correct=correct, f1=float(correct), exact=exact)
     if kind == "choice":
-        gold_letters = _gold_letters(gold, choices)
-        if not gold_letters:
+        golds_as_letters = gold_letters(gold, choices)
+        if not golds_as_letters:
             return score(predicted, gold, kind="text", aliases=aliases)
-        ok = any(p in gold_letters for p in _pred_letters(predicted, choices))
+        ok = any(p in golds_as_letters for p in predicted_letters(predicted, choices))
         return Score(correct=ok, f1=float(ok), exact=ok)
     if kind == "boolean":
-        gold_bool = _boolean(gold)
+        gold_bool = read_boolean(gold)
         if gold_bool is None:
             return score(predicted, gold, kind="text", aliases=aliases)
-        ok = _boolean(predicted) == gold_bool
+        ok = read_boolean(predicted) == gold_bool
         return Score(correct=ok, f1=float(ok), exact=ok)
     if kind == "text":
         exact, f1 = False, 0.0
@@ -168,18 +144,6 @@ def score(
 _BBH_LETTER_RE = re.compile(r"\(([A-Z])\)")
 
 
-def _only_number(answer: str) -> bool:
-    # a single number, optionally with currency, thousands separators, sign, fraction or percent
-    return bool(
-        re.fullmatch(
-            r"[-−+]?[$€£¥]?[-−]?(?:\d{1,3}(?:,\d{3})+|\d+)?(?:\.\d+)?(?:[eE][-+]?\d+)?"
-            r"(?:\s?/\s?\d+)?\s?%?",
-            answer,
-        )
-        and re.search(r"\d", answer)
-    )
-
-
 def infer_kind(answer: str, choices: Sequence[str] = ()) -> AnswerKind:
     """Guess the kind of a gold answer (for generic JSONL lines without `kind`).
 
@@ -188,13 +152,13 @@ def infer_kind(answer: str, choices: Sequence[str] = ()) -> AnswerKind:
     anything else is "text".
     """
     a = answer.strip()
-    if choices and _gold_letters(a, choices):
+    if choices and gold_letters(a, choices):
         return "choice"
     if _BBH_LETTER_RE.fullmatch(a):
         return "choice"
     if a.lower() in ("yes", "no", "true", "false"):
         return "boolean"
-    if _only_number(a):
+    if is_bare_number(a):
         return "number"
     return "text"
 
