@@ -134,4 +134,6 @@ class Program:
 
 
 def _looks_numeric(value: str) -> bool:
-    return re.fullmatch(r"-?[\d,]*\.?\d+(e-?\d+)?", value.strip()) is not None
+    # The same language as -?[\d,]*\.?\d+(e-?\d+)?, written so that a long run of digits
+    # before a stray character fails in linear time (that form backtracks quadratically).
+    return re.fullmatch(r"-?(?:[\d,]*\.\d+|[\d,]*\d)(?:e-?\d+)?", value.strip()) is not None

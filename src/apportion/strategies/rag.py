@@ -31,6 +31,7 @@ low confidence, so a cascade can still escalate.
 from __future__ import annotations
 
 import re
+from bisect import bisect_left
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Annotated, ClassVar
@@ -45,9 +46,11 @@ from apportion.types import Attempt, Message, Query
 
 ABSTAIN = "not found in the documents"
 ABSTAIN_CONFIDENCE = 0.05
-_NOT_FOUND_RE = re.compile(
-    r"\bnot\s+(?:found|mentioned|given|stated)\b.*\b(?:document|passage)", re.IGNORECASE
-)
+# A reply that says so itself: "not found" (or mentioned, given, stated), then "document" or
+# "passage" later on the same line. Matched in two linear passes, not as one pattern with ".*"
+# between, which rescans the rest of the line from every "not found" (quadratic).
+_NOT_FOUND_RE = re.compile(r"\bnot\s+(?:found|mentioned|given|stated)\b", re.IGNORECASE)
+_DOCUMENT_RE = re.compile(r"\b(?:document|passage)", re.IGNORECASE)
 _SUFFIXES = ("ing", "ed", "es", "s")
 # a sentence ends at . ! or ? (perhaps inside a closing quote or bracket) before a capital
 _SENTENCE_END = re.compile(r"(?:(?<=[.!?])|(?<=[.!?][\"')\]]))\s+(?=[\"'(\[]?[A-Z0-9])")
@@ -151,7 +154,7 @@ class Rag:
         rationale = f"{evidence}\n{text}"
         if not text:
             return Attempt(self.name, None, 0.0, rationale=rationale, error="empty answer")
-        if _NOT_FOUND_RE.search(text) or normalize_text(text).startswith(normalize_text(ABSTAIN)):
+        if _says_not_found(text) or normalize_text(text).startswith(normalize_text(ABSTAIN)):
             return Attempt(self.name, ABSTAIN, ABSTAIN_CONFIDENCE, rationale=rationale)
         answer = extract_answer(text, query.kind, query.choices)
         if not answer:
@@ -173,6 +176,23 @@ class Rag:
             rationale=rationale,
             citations=tuple(h.chunk_id for h in supporting),
         )
+
+
+def _says_not_found(text: str) -> bool:
+    """Whether a "not found" in `text` has "document" or "passage" after it on its line."""
+    heads = [m.end() for m in _NOT_FOUND_RE.finditer(text)]
+    if not heads:
+        return False
+    words = [m.start() for m in _DOCUMENT_RE.finditer(text, heads[0])]
+    breaks = [i for i, ch in enumerate(text) if ch == "\n"] if words else []
+    for end in heads:
+        i = bisect_left(words, end)
+        if i == len(words):
+            return False
+        j = bisect_left(breaks, end)
+        if j == len(breaks) or words[i] < breaks[j]:
+            return True
+    return False
 
 
 def _stem(word: str) -> str:

@@ -11,6 +11,7 @@ chunked with the same settings always gets the same ids.
 from __future__ import annotations
 
 import re
+from bisect import bisect_left, bisect_right
 from dataclasses import dataclass
 
 from apportion.errors import UsageError
@@ -60,7 +61,10 @@ def _words_and_boundaries(text: str) -> tuple[list[str], set[int]]:
 
 def windows(text: str, spec: ChunkSpec = ChunkSpec()) -> list[str]:
     """The chunk texts of `text` (whitespace collapsed), in order; [] for a blank text."""
-    words, starts = _words_and_boundaries(text)
+    words, boundary_set = _words_and_boundaries(text)
+    # Sorted, so each window finds its nearest boundary by bisection: scanning every boundary
+    # per window took quadratic time on long texts of short sentences.
+    starts = sorted(boundary_set)
     n = len(words)
     if n == 0:
         return []
@@ -72,17 +76,17 @@ def windows(text: str, spec: ChunkSpec = ChunkSpec()) -> list[str]:
         end = min(start + spec.words, n)
         if end < n:
             # End at the last sentence start in the window's second half, if there is one.
-            snapped = [b for b in starts if start + spec.words // 2 < b <= end]
-            if snapped:
-                end = max(snapped)
+            i = bisect_right(starts, end) - 1
+            if i >= 0 and starts[i] > start + spec.words // 2:
+                end = starts[i]
         out.append(" ".join(words[start:end]))
         if end >= n:
             return out
         nxt = end - spec.overlap
         # Start the next window at a sentence start inside the overlap, when one is there.
-        snapped = [b for b in starts if nxt <= b < end]
-        if snapped:
-            nxt = min(snapped)
+        i = bisect_left(starts, nxt)
+        if i < len(starts) and starts[i] < end:
+            nxt = starts[i]
         start = max(nxt, start + 1)
 
 

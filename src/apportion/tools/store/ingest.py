@@ -31,7 +31,18 @@ CHUNKER_VERSION = 1
 ProgressCallback = Callable[[int, int], None]
 """Called as ``(documents_done, documents_total)`` after each batch."""
 
-_HEADING_RE = re.compile(r"^#{1,6}\s+(.+?)\s*#*\s*$", re.MULTILINE)
+# A Markdown heading's line; its closing "#"s and spaces are trimmed in code (`_title`): as a
+# pattern, "(.+?)\s*#*\s*$" takes cubic time on a heading with a long run of spaces.
+_HEADING_RE = re.compile(r"^#{1,6}\s+(\S[^\n]*)", re.MULTILINE)
+
+
+def _title(text: str) -> str | None:
+    """The first Markdown heading's text ("# Title ##" -> "Title"), or None."""
+    heading = _HEADING_RE.search(text)
+    if heading is None:
+        return None
+    line = heading.group(1)
+    return line.rstrip().rstrip("#").rstrip() or line[:1]
 
 
 @dataclass(frozen=True)
@@ -87,8 +98,8 @@ def read_documents(path: Path, *, id_field: str = "id") -> Iterator[SourceDocume
         yield from _read_jsonl(path, id_field)
         return
     text = path.read_text(encoding="utf-8", errors="replace")
-    heading = _HEADING_RE.search(text) if path.suffix.lower() != ".txt" else None
-    title = heading.group(1) if heading else path.stem
+    heading = _title(text) if path.suffix.lower() != ".txt" else None
+    title = heading or path.stem
     yield SourceDocument(str(path.resolve()), text, title)
 
 
