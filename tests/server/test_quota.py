@@ -166,3 +166,26 @@ def test_key_store_is_private(tmp_path: Path) -> None:
     KeyStore(loose / "keys.sqlite3").close()
     assert stat.S_IMODE(loose.stat().st_mode) == 0o700
     assert stat.S_IMODE((loose / "keys.sqlite3").stat().st_mode) == 0o600
+
+
+def test_a_money_capped_key_lets_a_local_ladder_run_every_call(tmp_path: Path) -> None:
+    """A local model bills by the second, so each call's worst case is all the money the key
+    has left; what the request already spent is part of that, not on top of it, and every
+    sample of a multi-call strategy still fits."""
+    engine = FakeEngine("The answer is 7.")
+    core = fake_core(tmp_path, engine)
+    store = KeyStore(tmp_path / "keys.sqlite3")
+    key, secret = store.add("money", daily_usd=1.0)
+    with live_server(create_app(core.settings, engine=core, keys=store)) as url:
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key=secret, max_retries=0)
+        resp = client.chat.completions.create(
+            model="consistency:n=3,rule=fixed",
+            messages=[{"role": "user", "content": "Go."}],
+            extra_body={"apportion": {"return_ledger": True}},
+        )
+    info = resp.model_extra["apportion"]
+    assert not info["stopped_for_budget"], info
+    assert len(info["ledger"]["calls"]) == 3, info
+    assert store.usage(key.id).usd == pytest.approx(info["ledger"]["cost_usd"])
+    assert store.allowance(key).usd == pytest.approx(1.0 - info["ledger"]["cost_usd"])
+    store.close()

@@ -347,17 +347,17 @@ class ServerState:
     def _refresh_budget(self, job: Job) -> None:
         """Before a model call (worker thread): lower the job's budget to what its key has
         left beside the other requests in flight, so the ledger refuses a call the key cannot
-        pay for with its usual error."""
+        pay for with its usual error. (What the job has spent is not settled yet, so it is
+        part of that: the job may spend `available` in all.)"""
         if job.key is None or self.keys is None or job.ledger is None:
             return
         available = self.keys.available(job.key, job.id)
-        spent = job.ledger.totals()
         b = job.spec.budget
         flops, usd = b.max_flops, b.max_usd
         if available.flops is not None:
-            flops = min(flops if flops is not None else float("inf"), spent.flops + available.flops)
+            flops = available.flops if flops is None else min(flops, available.flops)
         if available.usd is not None:
-            usd = min(usd if usd is not None else float("inf"), spent.cost_usd + available.usd)
+            usd = available.usd if usd is None else min(usd, available.usd)
         job.ledger.budget = Budget(flops, usd, b.max_seconds)
 
     def _reserve(
@@ -387,10 +387,14 @@ class ServerState:
                     / 1e6
                 )
         spent = job.ledger.totals()
+        held_usd = spent.cost_usd + worst_usd
+        if cost.local and job.ledger.budget.max_usd is not None:
+            # the time cut-off keeps the call within the budget: hold exactly that, not its
+            # round trip through seconds (which can come out an ulp above it)
+            held_usd = min(held_usd, job.ledger.budget.max_usd)
         result = self.keys.hold(
-            job.key, job.id, flops=spent.flops + worst_flops, usd=spent.cost_usd + worst_usd,
-            ttl_s=self.hold_ttl_s,
-        )  # fmt: skip
+            job.key, job.id, flops=spent.flops + worst_flops, usd=held_usd, ttl_s=self.hold_ttl_s
+        )
         if not result.granted:
             job.quota_others = result.others
             raise BudgetExceededError(

@@ -122,6 +122,14 @@ class HoldResult:
     others: int = 0
 
 
+def _within(amount: float, available: float | None, cap: float | None) -> bool:
+    """`amount` fits in `available` (None: no cap), allowing for the rounding of the sums
+    that gave it (a billionth of the cap)."""
+    if available is None:
+        return True
+    return amount <= available + 1e-9 * abs(cap or 0.0)
+
+
 def _private_file(path: Path) -> None:
     """Create `path` (if missing) readable by its owner only, in a directory only its owner
     may enter. A directory that exists already is tightened when it is ours, but never the
@@ -279,8 +287,8 @@ class KeyStore:
             row = self._db.execute("SELECT day FROM holds WHERE id = ?", (hold_id,)).fetchone()
             day = row[0] if row else self._today()
             available, others = self._available(key, day, exclude=hold_id)
-            fits = (available.flops is None or flops <= available.flops) and (
-                available.usd is None or usd <= available.usd
+            fits = _within(flops, available.flops, key.daily_flops) and _within(
+                usd, available.usd, key.daily_usd
             )
             if not fits:
                 return HoldResult(False, available, others)
