@@ -176,3 +176,18 @@ def test_linear_rewrites_read_what_the_old_patterns_read(text: str) -> None:
     # a heading of spaces alone no longer counts as a title (the file name is used instead)
     title = heading.group(1) if heading and heading.group(1).strip() else None
     assert ingest._title(text) == title
+
+
+@pytest.mark.parametrize("unit", ["? ", " !", ". ", "= ", "q: ", " is", "not (", "(", "9"])
+def test_paths_with_a_length_cap_are_checked_just_under_it(unit: str) -> None:
+    capped: list[tuple[int, Callable[[str], object]]] = [
+        (solver.MAX_QUESTION_CHARS, solver.extract_math),
+        (logic.MAX_CHARS, logic.evaluate_boolean),
+        (safe_math.MAX_LENGTH, _parse_math),
+    ]
+    for cap, read in capped:
+        text = (unit * cap)[:cap]
+        cpu0 = time.thread_time()
+        read(text)
+        cpu = time.thread_time() - cpu0
+        assert cpu < BOUND_S, f"{read} on {cap} characters of {unit!r}: {cpu:.2f} s CPU"

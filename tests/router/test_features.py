@@ -19,3 +19,13 @@ def test_a_math_expression_pulls_towards_arithmetic() -> None:
 def test_rule_policy_puts_solver_first_for_arithmetic() -> None:
     plan = RulePolicy().plan(extract_features("What is 17*23+5?"), Budget())
     assert plan.steps[0].strategy == "symbolic"
+
+
+def test_an_equation_behind_a_condition_is_math_and_the_solver_answers_it() -> None:
+    from apportion.engine import Engine
+
+    question = "If 6x + 72 = 174, what is x?"  # held out in issue 12: the solver declined it
+    features = extract_features(question)
+    assert features.has_math_expression and features.intent == "arithmetic"
+    answer = Engine().ask(question, strategy="symbolic")
+    assert (answer.answer, answer.strategy) == ("x = 17", "symbolic")

@@ -89,10 +89,31 @@ def test_numeric_expressions(text: str, expected: object) -> None:
         ("x²+1", x**2 + 1),
         ("2 pi", 2 * sympy.pi),
         ("1/2x", x / 2),  # implicit multiplication has the same precedence as '/'
+        ("6x + 72", 6 * x + 72),
+        ("2(x+1)", 2 * x + 2),
+        ("(x+1)(x-1)", x**2 - 1),
+        ("2sin(x)", 2 * sympy.sin(x)),
+        ("2pi x", 2 * sympy.pi * x),
     ],
 )
 def test_algebra_and_implicit_multiplication(text: str, expected: sympy.Expr) -> None:
     assert sympy.expand(parse_expression(text) - expected) == 0
+
+
+@pytest.mark.parametrize(
+    ("text", "error"),
+    [
+        ("cot(x)", "unsupported function 'cot'"),  # was c*o*t*x
+        ("sec x", "unsupported function 'sec'"),  # was s*e*c*x, with e the constant
+        ("erf(x)", "unsupported function 'erf'"),
+        ("2pix", "unknown name 'pix'"),  # pi*x or p*i*x: refused, not guessed
+        ("3xe", "unknown name 'xe'"),
+        ("sinx", "unknown name 'sinx'"),
+    ],
+)
+def test_words_are_never_split_into_letters(text: str, error: str) -> None:
+    with pytest.raises(MathParseError, match=error):
+        parse_expression(text)
 
 
 def test_subscripted_and_forced_variables() -> None:

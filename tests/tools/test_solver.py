@@ -137,6 +137,58 @@ def test_result_fields() -> None:
     assert system.expression == "2*x + y = 5, x - y = 1"
 
 
+# "... what is x?" around an equation, in phrasings the extraction was not written from (the
+# issue's own is the first).
+@pytest.mark.parametrize(
+    ("question", "answer"),
+    [
+        ("If 6x + 72 = 174, what is x?", "x = 17"),
+        ("If 3x - 4 = 11, then what is x?", "x = 5"),
+        ("Given that 2(x + 1) = 10, find x.", "x = 4"),
+        ("Suppose 5y = 35. Solve for y.", "y = 7"),
+        ("Assuming 8x = 64, what is x?", "x = 8"),
+        ("Find x: 4x - 2 = 10", "x = 3"),
+        ("Find x if 7x + 1 = 50.", "x = 7"),
+        ("Solve for x in 9x = 81.", "x = 9"),
+        ("What value of x satisfies 3x + 4 = 19?", "x = 5"),
+        ("For what value of x is 2x = 12?", "x = 6"),
+        ("When 2x + 6 = 20, what does x equal?", "x = 7"),
+        ("Let 10 - x = 4. What is the value of x?", "x = 6"),
+        ("If 4(x - 3) = 20, determine x.", "x = 8"),
+        ("If 2x = 14 then x = ?", "x = 7"),
+        ("If 6x + 72 = 174, x = ?", "x = 17"),
+        ("(x+1)(x-1) = 0, find x", "x = -1, 1"),
+        ("If 3a + 2b = 12 and a - b = -1, what is a?", "a = 2"),
+    ],
+)
+def test_what_is_x_around_an_equation(question: str, answer: str) -> None:
+    result = solve(question)
+    assert result.error is None, result
+    assert result.answer == answer
+
+
+@pytest.mark.parametrize(
+    "question",
+    [
+        "If 3 apples cost $6, how much does 1 apple cost?",
+        "If it rains tomorrow, what is the chance of a flood?",
+        "Given the data, find x.",
+        "Let me know what x is.",
+        "Find x.",
+        "What is x?",
+    ],
+)
+def test_conditions_around_prose_are_still_declined(question: str) -> None:
+    assert extract_math(question) is None
+
+
+def test_a_condition_without_the_unknown_is_never_answered_wrongly() -> None:
+    # substituting into an expression is not supported; it must be declined, not mis-solved
+    assert solve("If x = 3, what is 2x + 1?").answer in (None, "7")
+    wrong_unknown = solve("If 6x + 72 = 174, what is y?")
+    assert wrong_unknown.error == "unsupported: y does not appear in the equation"
+
+
 @pytest.mark.parametrize(
     ("question", "error"),
     [

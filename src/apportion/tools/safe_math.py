@@ -476,15 +476,15 @@ class _Parser:
             return Const(word) if word in CONSTANTS else Var(word)
         if low in CONSTANTS:
             return Const(low)
-        if len(word) <= MAX_SPLIT_NAME and word.isascii():
+        if _splits(word, self.variables):
             # "xy" -> x*y, as in textbook algebra ("3xy + 2x").
-            letters: list[Node] = [
-                Const(c) if c in CONSTANTS and c not in self.variables else Var(c) for c in word
-            ]
+            letters: list[Node] = [Var(c) for c in word]
             node = letters[0]
             for letter in letters[1:]:
                 node = BinOp("*", node, letter)
             return node
+        if low in _UNSUPPORTED_FUNCTIONS:
+            raise MathParseError(f"unsupported function {word!r} at {tok.pos}")
         raise MathParseError(f"unknown name {word!r} at {tok.pos}")
 
     def call(self, tok: _Token, spec: tuple[str, int, int]) -> Node:
@@ -507,6 +507,27 @@ class _Parser:
             want = str(lo) if lo == hi else f"{lo} to {hi}"
             raise MathParseError(f"{tok.text} takes {want} argument(s), got {len(args)}")
         return Call(func, tuple(args))
+
+
+# Short function names this parser does not evaluate: refused by name, never read as a product
+# of letters ("cot(x)" is not c*o*t*x).
+_UNSUPPORTED_FUNCTIONS = frozenset(
+    {"sec", "csc", "cot", "erf", "sgn", "arg", "det", "lim", "deg", "rad", "tg", "ctg", "lg"}
+)
+
+
+def _splits(word: str, variables: frozenset[str]) -> bool:
+    """Whether an unknown name is a product of one-letter variables ("xy", "abc").
+
+    Never when it is a function name, nor when a letter would be a constant: "ex" or "pix"
+    could be e*x or a word, so they are refused rather than guessed."""
+    return (
+        len(word) <= MAX_SPLIT_NAME
+        and word.isascii()
+        and word.lower() not in _UNSUPPORTED_FUNCTIONS
+        and not any(c in CONSTANTS and c not in variables for c in word)
+        and "pi" not in word.lower()
+    )
 
 
 def _ends_with_percent(node: Node) -> bool:

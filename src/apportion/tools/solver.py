@@ -81,8 +81,17 @@ _VERB = (
     r"(?P<verb>calculate|compute|evaluate|solve|simplify|expand|factori[sz]e|factor|work\s+out"
     r"|determine|find|give|figure\s+out)\b\s*:?\s*"
 )
+# The unknown asked for, after a verb ("find x", "what is the value of x", "x =" once "?" is gone).
+_ASK = (
+    r"(?:then\s+)?(?:solve\s+for|solve|find|determine|calculate|compute|give|what\s+is|what's"
+    r"|what\s+does)\s+(?:for\s+|the\s+value\s+of\s+)?(?P<target>[a-z]\d*)(?:\s+equal)?"
+)
 _PREFIXES = [
     _rx(r"^(?:q|question|problem)\s*\d*\s*[:.)]\s*"),
+    # a condition around the equation: "If 6x + 72 = 174, what is x?"
+    _rx(r"^(?:if|given(?:\s+that)?|suppose(?:\s+that)?|assuming(?:\s+that)?|let|when)\s+"),
+    _rx(r"^(?:what|which)\s+value\s+of\s+(?P<target>[a-z]\d*)\s+(?:satisfies|solves|makes)\s+"),
+    _rx(r"^for\s+what\s+value\s+of\s+(?P<target>[a-z]\d*)\s+(?:is|does)\s+"),
     _rx(r"^(?:please|kindly|now)\s*,?\s+"),
     _rx(r"^(?:can|could|would|will)\s+you\s+(?:please\s+)?"),
     _rx(r"^(?:tell\s+me|show\s+me|i\s+(?:want|need)\s+to\s+know|help\s+me(?:\s+to)?)\s+"),
@@ -93,15 +102,17 @@ _PREFIXES = [
     _rx(r"^(?:the\s+)?(?:value|result|answer|solution|output)s?\s+(?:of|to|for)\s*:?\s*"),
     _rx(r"^(?:the\s+)?following\s*[:.]?\s*"),
     _rx(r"^(?:the\s+)?(?:expression|equations?|system)\s*:?\s*"),
-    _rx(r"^for\s+(?P<target>[a-z]\d*)\s*[:,]?\s+"),
+    _rx(r"^for\s+(?P<target>[a-z]\d*)\s*[:,]?\s+(?:(?:in|if|when|where|given)\s+)?"),
+    _rx(r"^(?P<target>[a-z]\d*)\s*:\s*"),  # "Find x: 4x - 2 = 10"
     _rx(r"^(?P<target>[a-z]\d*)\s*,?\s+(?:if|when|where|given(?:\s+that)?|such\s+that|in)\s+"),
 ]
 _SUFFIXES = [
     _rx(r"\s*[?.]+$"),
     _rx(r"(?<![\d)!])\s*!+$"),  # "100!" stays a factorial; "!" after a word is punctuation
     _rx(r"\s*=\s*$"),
+    _rx(r"[.,;]?\s*" + _ASK + "$"),
     _rx(r",?\s+(?:for|in\s+terms\s+of)\s+(?P<target>[a-z]\d*)$"),
-    _rx(r"[.,;]?\s*(?:solve|find|what\s+is)\s+(?:for\s+)?(?P<target>[a-z]\d*)$"),
+    _rx(r"(?:[,;]|\s+then)\s*(?P<target>[a-z]\d*)$"),  # "..., x = ?" once "= ?" is gone
     _rx(r"\s+(?:equal\s+to|equals?|is\s+equal\s+to|is)$"),
     _rx(r",?\s+(?:please|exactly|precisely|for\s+me)$"),
     _rx(r",?\s+(?:in\s+)?(?:simplest|exact)\s+form$"),
@@ -138,6 +149,12 @@ _EXPLICIT_OP = re.compile(r"[-+*/^=!%|×÷−·√²³]|\bmod\b", re.IGNORECASE)
 _ALLOWED_WORDS = set(FUNCTIONS) | set(CONSTANTS) | {"mod", "modulo", "and", "of", "percent"}
 
 
+# Suffixes are searched for in this many closing characters only: every suffix phrase is
+# shorter, and a search over the whole text, repeated once per stripped suffix, made a question
+# of "? ? ? ..." cost quadratic time (0.8 s at MAX_QUESTION_CHARS).
+_SUFFIX_WINDOW = 80
+
+
 def _strip(text: str, verbs: list[str], targets: list[str]) -> str:
     changed = True
     while changed and text:
@@ -155,7 +172,7 @@ def _strip(text: str, verbs: list[str], targets: list[str]) -> str:
                 text = text[m.end() :].strip()
                 changed = True
         for pattern in _SUFFIXES:
-            m = pattern.search(text)
+            m = pattern.search(text, max(0, len(text) - _SUFFIX_WINDOW))
             if m and m.end() > m.start():
                 if m.groupdict().get("target"):
                     targets.append(m.group("target"))
@@ -362,9 +379,13 @@ def _solve_equations(
             raise _Unsupported(f"{target} does not appear in the equation")
     else:
         unknowns = ordered
+    # One equation is solved for the target alone ("x + y = 5" -> x = 5 - y); a system for all
+    # its unknowns, of which the target's value is given: solved for the target alone, a
+    # system such as "3a + 2b = 12, a - b = -1" would have no solution.
+    solve_for = unknowns if len(exprs) == 1 else ordered
     try:
         # A single equation goes in bare: as a one-element list SymPy drops CRootOf solutions.
-        solutions = sympy.solve(exprs[0] if len(exprs) == 1 else exprs, unknowns, dict=True)
+        solutions = sympy.solve(exprs[0] if len(exprs) == 1 else exprs, solve_for, dict=True)
     except NotImplementedError as exc:
         raise _Unsupported("SymPy cannot solve this") from exc
     if not solutions:
