@@ -2,9 +2,10 @@
 (engine, key store, metrics, queue) hangs off `app.state`, never off module globals.
 
 A chat completion goes: Bearer key (when the key store has keys) → request validation
-(schemas.py) → model and strategy resolution → the key's hold is opened (auth.py) → a Job runs
-`Engine.prepare` + `execute` in a worker thread → one JSON body, or server-sent events as the
-work happens (stream.py).
+(schemas.py) → model and strategy resolution (translate.py) → the key's hold is opened
+(quota.py) → a Job (jobs.py) runs `Engine.prepare` + `execute` in a worker thread → one JSON
+body, or server-sent events as the work happens (stream.py). Errors: errors.py; the local
+engine queue: queue.py; the document store: documents.py.
 
 - **Streaming.** The stream opens (status 200 and the role chunk) at the job's first output,
   or after `STREAM_OPEN_S` of work, whichever is first: a request that fails before then
@@ -58,13 +59,11 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.types import Message as AsgiMessage
 
 from apportion.config import Settings
-from apportion.engine import AUTO, Engine, execute
-from apportion.engines import catalogue
+from apportion.engine import Engine, execute
 from apportion.engines.base import GenerationCancelled, TextEngine
-from apportion.errors import ApportionError, BudgetExceededError, UnknownNameError, UsageError
-from apportion.ledger import ModelCost, model_flops
+from apportion.errors import ApportionError, UnknownNameError
 from apportion.server import metrics as m
-from apportion.server.auth import Allowance, ApiKey, KeyStore, seconds_until_utc_midnight
+from apportion.server.auth import ApiKey, KeyStore
 from apportion.server.errors import (
     ApiError,
     error_payload,
@@ -83,10 +82,10 @@ from apportion.server.jobs import (
     cut_at_stop,
 )
 from apportion.server.queue import LocalQueue
+from apportion.server.quota import KeyQuota
 from apportion.server.schemas import (
     AUTO_MODEL,
     ApportionInfo,
-    ApportionOptions,
     ChatCompletion,
     ChatCompletionRequest,
     Choice,
@@ -100,16 +99,14 @@ from apportion.server.schemas import (
     Usage,
 )
 from apportion.server.stream import ChunkWriter, Sse
-from apportion.strategies.registry import parse_spec
-from apportion.types import Answer, Budget
+from apportion.server.translate import RequestTranslator
+from apportion.types import Answer
 
 log = logging.getLogger("apportion.server")
 
 CHAT_PATH = "/v1/chat/completions"
 # The longest a streamed request waits for its first output before the stream opens anyway.
 STREAM_OPEN_S = 0.5
-# Retry-After for a key whose budget is held by its other requests in flight.
-HELD_RETRY_S = 2
 
 
 @dataclass(frozen=True)
@@ -149,261 +146,10 @@ class ServerState:
         self.jobs: set[Job] = set()
         # Engine.engine_for loads a model on first use; two threads must not load it twice.
         self._load_lock = threading.Lock()
-        self._served = self._servable_models()
-        # a hold outlives its request only if the server dies: then it expires on its own
-        self.hold_ttl_s = options.request_timeout_s + 60.0
-
-    # -- models and routing ---------------------------------------------------------------
-
-    def _servable_models(self) -> list[str]:
-        """Models a request may name: configured remote engines, catalogue models already
-        pulled (a request never starts a download), the configured default and large models,
-        and engines registered on the Engine. Arbitrary .gguf paths are not servable: a
-        request must not make the server open files of its choosing."""
-        s = self.settings
-        pulled = [
-            mid
-            for mid, model in catalogue.CATALOGUE.items()
-            if catalogue.model_path(s.models_dir, model).exists()
-        ]
-        ids = [s.default_model, *pulled, *(e.id for e in s.engines), *self.engine.loaded_models()]
-        if s.large_model in catalogue.CATALOGUE and s.large_model in pulled:
-            ids.append(s.large_model)
-        return list(dict.fromkeys(ids))
-
-    def served_models(self) -> list[str]:
-        return list(dict.fromkeys([*self._served, *self.engine.loaded_models()]))
-
-    def resolve(self, body: ChatCompletionRequest) -> RunSpec:
-        messages = [msg.to_message() for msg in body.messages]
-        if messages[-1].role != "user":
-            raise ApiError(400, "the last message must be the user's question", param="messages")
-        if not messages[-1].content.strip():
-            raise ApiError(400, "the question (the last message) is empty", param="messages")
-        if body.stream_options is not None and not body.stream:
-            raise ApiError(
-                400, "stream_options is only allowed with stream: true", param="stream_options"
-            )
-        ext = body.apportion or ApportionOptions()
-        model, strategy = self._route(body.model, ext.strategy)
-        strategy, notes = self._with_temperature(strategy, body.temperature)
-        max_tokens = body.max_completion_tokens or body.max_tokens
-        limit = self.options.max_tokens_limit
-        if max_tokens is not None and max_tokens > limit:
-            raise ApiError(
-                400,
-                f"max_tokens is {max_tokens}; this server allows at most {limit}",
-                param="max_tokens",
-            )
-        b = ext.budget
-        budget = Budget() if b is None else Budget(b.flops, b.usd, b.seconds)
-        return RunSpec(
-            question=messages[-1].content,
-            history=tuple(messages[:-1]),
-            strategy=strategy,
-            model=model,
-            max_tokens=max_tokens,
-            budget=budget,
-            seed=body.seed or 0,
-            return_ledger=ext.return_ledger,
-            stop=body.stop_sequences(),
-            notes=tuple(notes),
-            user=body.user,
+        self.translator = RequestTranslator(
+            settings, engine, max_tokens_limit=options.max_tokens_limit
         )
-
-    def _route(self, name: str, ext_strategy: str | None) -> tuple[str | None, str]:
-        """(model id or None for the default, strategy spec) for the request's `model`."""
-        name = name.strip()
-        if name in (AUTO_MODEL, AUTO):
-            return None, self._checked(ext_strategy or AUTO, "apportion.strategy")
-        if name in self.served_models():
-            return name, self._checked(ext_strategy or AUTO, "apportion.strategy")
-        if name.partition(":")[0].strip() in self.engine.registry.names():
-            if ext_strategy is not None and ext_strategy.strip() != name:
-                raise ApiError(
-                    400,
-                    f"model names the strategy {name!r} and apportion.strategy names "
-                    f"{ext_strategy!r}; send one of them",
-                    param="apportion.strategy",
-                )
-            return None, self._checked(name, "model")
-        valid = [AUTO_MODEL, *self.engine.registry.names(), *self.served_models()]
-        raise ApiError(
-            404,
-            f"unknown model {name!r}; valid models: {', '.join(valid)} "
-            "(a strategy takes parameters, e.g. consistency:n=4)",
-            code="model_not_found",
-            param="model",
-        )
-
-    def _checked(self, strategy: str, param: str) -> str:
-        """The strategy spec, built once to check its name and parameters (their declared
-        bounds included), and its max_tokens held to the server's limit."""
-        if strategy.strip() == AUTO:
-            return AUTO
-        try:
-            self.engine.registry.build(strategy)
-        except UsageError as e:
-            raise ApiError(400, str(e), code="invalid_strategy", param=param) from e
-        limit = self.options.max_tokens_limit
-        for key, value in parse_spec(strategy).params:
-            if key == "max_tokens" and int(value) > limit:
-                raise ApiError(
-                    400,
-                    f"the strategy's max_tokens is {value}; this server allows at most {limit}",
-                    code="invalid_strategy",
-                    param=param,
-                )
-        return strategy.strip()
-
-    def _with_temperature(self, strategy: str, temperature: float | None) -> tuple[str, list[str]]:
-        """Apply `temperature` to a strategy that has one (cot, program, consistency, ...), or
-        say why it does not apply: `direct` is greedy by design, and `auto` picks each step's
-        own sampling."""
-        if temperature is None:
-            return strategy, []
-        if strategy == AUTO:
-            return strategy, [
-                f"temperature {temperature:g} is not used: auto picks each step's own sampling "
-                "(name a strategy such as cot to set it)"
-            ]
-        spec = parse_spec(strategy)
-        if "temperature" not in self.engine.registry.parameters(spec.name):
-            if temperature == 0:
-                return strategy, []  # what a strategy without sampling does anyway
-            return strategy, [
-                f"temperature {temperature:g} is not used: {spec.name} does not sample"
-            ]
-        if any(k == "temperature" for k, _ in spec.params):
-            return strategy, [
-                f"temperature {temperature:g} is not used: the strategy spec sets its own"
-            ]
-        extended = f"{strategy}{',' if spec.params else ':'}temperature={temperature}"
-        return self._checked(extended, "temperature"), []
-
-    # -- keys -----------------------------------------------------------------------------
-
-    async def authenticate(self, credentials: HTTPAuthorizationCredentials | None) -> ApiKey | None:
-        keys = self.keys
-        if keys is None or not await anyio.to_thread.run_sync(keys.enabled, limiter=self.limiter):
-            return None
-        unauthorized = {"WWW-Authenticate": "Bearer"}
-        if credentials is None or not credentials.credentials:
-            raise ApiError(
-                401,
-                "this server needs an API key: send `Authorization: Bearer KEY`",
-                code="missing_api_key",
-                headers=unauthorized,
-            )
-        key = await anyio.to_thread.run_sync(
-            keys.authenticate, credentials.credentials, limiter=self.limiter
-        )
-        if key is None:
-            raise ApiError(
-                401, "the API key is not valid", code="invalid_api_key", headers=unauthorized
-            )
-        return key
-
-    async def admit(self, spec: RunSpec, key: ApiKey | None, job_id: str) -> RunSpec:
-        """Open the key's hold for this request, refusing a key with nothing left (spent, or
-        held by its other requests in flight); the request's budget is capped at what is left,
-        so one request cannot overdraw it."""
-        if key is None or self.keys is None:
-            return spec
-        result = await anyio.to_thread.run_sync(
-            partial(self.keys.open_hold, key, job_id, ttl_s=self.hold_ttl_s),
-            limiter=self.limiter,
-        )
-        if not result.granted:
-            raise self._quota_error(key, result.others)
-        b = spec.budget
-        flops, usd, capped = b.max_flops, b.max_usd, False
-        allowance = result.available
-        if allowance.flops is not None and (flops is None or allowance.flops < flops):
-            flops, capped = allowance.flops, True
-        if allowance.usd is not None and (usd is None or allowance.usd < usd):
-            usd, capped = allowance.usd, True
-        return replace(spec, budget=Budget(flops, usd, b.max_seconds), key_capped=capped)
-
-    @staticmethod
-    def _quota_error(key: ApiKey, others: int, why: str = "") -> ApiError:
-        if others:
-            return ApiError(
-                429,
-                f"the API key {key.name!r} has {others} other request(s) in flight holding "
-                f"what is left of its daily budget{why}; retry when they finish",
-                type="insufficient_quota",
-                code="daily_budget_held",
-                headers={"Retry-After": str(HELD_RETRY_S)},
-            )
-        return ApiError(
-            429,
-            f"the API key {key.name!r} has spent its daily budget{why}; it resets at 00:00 UTC",
-            type="insufficient_quota",
-            code="daily_budget_exceeded",
-            headers={"Retry-After": str(seconds_until_utc_midnight())},
-        )
-
-    def _refresh_budget(self, job: Job) -> None:
-        """Before a model call (worker thread): lower the job's budget to what its key has
-        left beside the other requests in flight, so the ledger refuses a call the key cannot
-        pay for with its usual error. (What the job has spent is not settled yet, so it is
-        part of that: the job may spend `available` in all.)"""
-        if job.key is None or self.keys is None or job.ledger is None:
-            return
-        available = self.keys.available(job.key, job.id)
-        b = job.spec.budget
-        flops, usd = b.max_flops, b.max_usd
-        if available.flops is not None:
-            flops = available.flops if flops is None else min(flops, available.flops)
-        if available.usd is not None:
-            usd = available.usd if usd is None else min(usd, available.usd)
-        job.ledger.budget = Budget(flops, usd, b.max_seconds)
-
-    def _reserve(
-        self, job: Job, cost: ModelCost, prompt_tokens: int, max_tokens: int, n: int
-    ) -> None:
-        """Before a model call (worker thread): raise the job's hold to what it has spent plus
-        the call's worst case, or refuse the call (a budget stop, 429 if nothing answered)."""
-        if job.key is None or self.keys is None or job.ledger is None:
-            return
-        worst_flops = n * model_flops(
-            cost.params, prompt_tokens, max_tokens, cost.n_layers, cost.d_model
-        )
-        worst_usd = 0.0
-        if job.key.daily_usd is not None:
-            if cost.local:
-                # billed by the second: the worst case is all the time the budget leaves
-                left = job.ledger.seconds_left(cost)
-                rate = job.ledger.hardware.usd_per_hour / 3600.0
-                worst_usd = 0.0 if rate <= 0 else float("inf") if left is None else left * rate
-            else:
-                worst_usd = (
-                    n
-                    * (
-                        prompt_tokens * cost.usd_per_m_prompt
-                        + max_tokens * cost.usd_per_m_completion
-                    )
-                    / 1e6
-                )
-        spent = job.ledger.totals()
-        held_usd = spent.cost_usd + worst_usd
-        if cost.local and job.ledger.budget.max_usd is not None:
-            # the time cut-off keeps the call within the budget: hold exactly that, not its
-            # round trip through seconds (which can come out an ulp above it)
-            held_usd = min(held_usd, job.ledger.budget.max_usd)
-        result = self.keys.hold(
-            job.key, job.id, flops=spent.flops + worst_flops, usd=held_usd, ttl_s=self.hold_ttl_s
-        )
-        if not result.granted:
-            job.quota_others = result.others
-            raise BudgetExceededError(
-                f"a {cost.model_id} call may need {worst_flops:.3g} FLOPs"
-                + (f" and ${worst_usd:.6f}" if job.key.daily_usd is not None else "")
-                + f"; the API key has {_left(result.available)} left today beside "
-                f"{result.others} other request(s) in flight",
-                "retry later",
-            )
+        self.quota = KeyQuota(keys, self.limiter, ttl_s=options.request_timeout_s + 60.0)
 
     # -- running --------------------------------------------------------------------------
 
@@ -427,7 +173,7 @@ class ServerState:
         """The engine_for a job's RunContext uses (runs in the worker thread)."""
         if job.cancel.is_set():
             raise GenerationCancelled()
-        served = self.served_models()
+        served = self.translator.served_models()
         if model_id not in served:
             raise UnknownNameError("model", model_id, served)
         with self._load_lock:
@@ -435,9 +181,9 @@ class ServerState:
         if inner.cost.local and not job.holds_local:
             self.local.enter(job.cancel, job.deadline, on_wait=job.on_queue)
             job.holds_local = True
-        self._refresh_budget(job)
+        self.quota.refresh_budget(job)
         stop = job.spec.stop if job.token_channel == "content" else ()
-        return ObservedEngine(inner, job, partial(self._reserve, job), stop=stop)
+        return ObservedEngine(inner, job, partial(self.quota.reserve, job), stop=stop)
 
     def _work(self, job: Job) -> Answer:
         """The worker thread: route, plan and execute; then settle the key's hold."""
@@ -465,23 +211,10 @@ class ServerState:
         finally:
             # Settled before the local slot is given back, so the next request in the queue
             # sees this one's real spending rather than its hold.
-            self._settle(job)
+            self.quota.settle(job)
             if job.holds_local:
                 job.holds_local = False
                 self.local.leave()
-
-    def _settle(self, job: Job) -> None:
-        if not job.holding or job.key is None or self.keys is None:
-            return
-        job.holding = False
-        totals = job.ledger.totals() if job.ledger is not None else None
-        try:
-            self.keys.settle(
-                job.key.id, job.id, flops=totals.flops if totals else 0.0,
-                usd=totals.cost_usd if totals else 0.0,
-            )  # fmt: skip
-        except Exception:  # spending must not turn a served answer into an error
-            log.exception("could not record spending for key %s", job.key.name)
 
     async def _run(self, job: Job) -> Answer:
         self.metrics.in_flight.inc()
@@ -508,7 +241,7 @@ class ServerState:
             job.events.put_nowait(Finished())
             self.jobs.discard(job)
             if job.holding:  # the worker never ran (cancelled before it started)
-                await anyio.to_thread.run_sync(self._settle, job)
+                await anyio.to_thread.run_sync(self.quota.settle, job)
             self._account(job, answer, outcome)
             log.info(
                 "request %s: %s, %s%s", job.id, outcome,
@@ -578,7 +311,7 @@ class ServerState:
             return
         why = answer.error or "the budget refused the first call"
         if job.key is not None and (job.spec.key_capped or job.quota_others is not None):
-            raise self._quota_error(job.key, job.quota_others or 0, f" ({why})")
+            raise self.quota.quota_error(job.key, job.quota_others or 0, f" ({why})")
         raise ApiError(
             400,
             f"the budget is too small for any answer: {why}",
@@ -708,15 +441,6 @@ class ServerState:
                 self.engine.store.close()
 
 
-def _left(allowance: Allowance) -> str:
-    parts = []
-    if allowance.flops is not None:
-        parts.append(f"{max(allowance.flops, 0.0):.3g} FLOPs")
-    if allowance.usd is not None:
-        parts.append(f"${max(allowance.usd, 0.0):.6f}")
-    return " and ".join(parts) or "no cap"
-
-
 # -- the body-size limit ---------------------------------------------------------------------
 
 
@@ -780,7 +504,7 @@ async def _authenticate(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> ApiKey | None:
-    return await _state(request).authenticate(credentials)
+    return await _state(request).quota.authenticate(credentials)
 
 
 def create_app(
@@ -878,7 +602,7 @@ def create_app(
     ) -> Response:
         """Answer the conversation's last message through the route its `model` names."""
         job_id = f"chatcmpl-{uuid.uuid4().hex}"
-        spec = await state.admit(state.resolve(body), key, job_id)
+        spec = await state.quota.admit(state.translator.resolve(body), key, job_id)
         request.state.job_started = True
         job = state.start(spec, key=key, streaming=body.stream, job_id=job_id)
         if not body.stream:
@@ -903,15 +627,13 @@ def create_app(
         """`apportion-auto`, every strategy, and every model a request may name."""
         cards = [ModelCard(id=AUTO_MODEL, kind="router")]
         cards += [ModelCard(id=n, kind="strategy") for n in state.engine.registry.names()]
-        cards += [ModelCard(id=n, kind="model") for n in state.served_models()]
+        cards += [ModelCard(id=n, kind="model") for n in state.translator.served_models()]
         return ModelList(data=cards)
 
     @app.get("/healthz", response_model=Health)
     async def healthz() -> Health:
-        keys = state.keys
-        auth = keys is not None and await anyio.to_thread.run_sync(keys.enabled)
         return Health(
-            auth=auth,
+            auth=await state.quota.enabled(),
             default_model=state.settings.default_model,
             local_queue=QueueInfo(
                 running=state.local.running,

@@ -1,0 +1,151 @@
+"""Translation at the edge: a validated request (schemas.py) into a RunSpec in the package's
+own terms, with the model and strategy it names checked, every parameter applied or said not
+to apply, and the limits the schema cannot state enforced (400s naming the parameter)."""
+
+from __future__ import annotations
+
+from apportion.config import Settings
+from apportion.engine import AUTO, Engine
+from apportion.engines import catalogue
+from apportion.errors import UsageError
+from apportion.server.errors import ApiError
+from apportion.server.jobs import RunSpec
+from apportion.server.schemas import AUTO_MODEL, ApportionOptions, ChatCompletionRequest
+from apportion.strategies.registry import parse_spec
+from apportion.types import Budget
+
+
+class RequestTranslator:
+    """Turns requests into RunSpecs for one Engine."""
+
+    def __init__(self, settings: Settings, engine: Engine, *, max_tokens_limit: int) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.max_tokens_limit = max_tokens_limit
+        self._served = self._servable_models()
+
+    def _servable_models(self) -> list[str]:
+        """Models a request may name: configured remote engines, catalogue models already
+        pulled (a request never starts a download), the configured default and large models,
+        and engines registered on the Engine. Arbitrary .gguf paths are not servable: a
+        request must not make the server open files of its choosing."""
+        s = self.settings
+        pulled = [
+            mid
+            for mid, model in catalogue.CATALOGUE.items()
+            if catalogue.model_path(s.models_dir, model).exists()
+        ]
+        ids = [s.default_model, *pulled, *(e.id for e in s.engines), *self.engine.loaded_models()]
+        if s.large_model in catalogue.CATALOGUE and s.large_model in pulled:
+            ids.append(s.large_model)
+        return list(dict.fromkeys(ids))
+
+    def served_models(self) -> list[str]:
+        return list(dict.fromkeys([*self._served, *self.engine.loaded_models()]))
+
+    def resolve(self, body: ChatCompletionRequest) -> RunSpec:
+        messages = [msg.to_message() for msg in body.messages]
+        if messages[-1].role != "user":
+            raise ApiError(400, "the last message must be the user's question", param="messages")
+        if not messages[-1].content.strip():
+            raise ApiError(400, "the question (the last message) is empty", param="messages")
+        if body.stream_options is not None and not body.stream:
+            raise ApiError(
+                400, "stream_options is only allowed with stream: true", param="stream_options"
+            )
+        ext = body.apportion or ApportionOptions()
+        model, strategy = self._route(body.model, ext.strategy)
+        strategy, notes = self._with_temperature(strategy, body.temperature)
+        max_tokens = body.max_completion_tokens or body.max_tokens
+        limit = self.max_tokens_limit
+        if max_tokens is not None and max_tokens > limit:
+            raise ApiError(
+                400,
+                f"max_tokens is {max_tokens}; this server allows at most {limit}",
+                param="max_tokens",
+            )
+        b = ext.budget
+        budget = Budget() if b is None else Budget(b.flops, b.usd, b.seconds)
+        return RunSpec(
+            question=messages[-1].content,
+            history=tuple(messages[:-1]),
+            strategy=strategy,
+            model=model,
+            max_tokens=max_tokens,
+            budget=budget,
+            seed=body.seed or 0,
+            return_ledger=ext.return_ledger,
+            stop=body.stop_sequences(),
+            notes=tuple(notes),
+            user=body.user,
+        )
+
+    def _route(self, name: str, ext_strategy: str | None) -> tuple[str | None, str]:
+        """(model id or None for the default, strategy spec) for the request's `model`."""
+        name = name.strip()
+        if name in (AUTO_MODEL, AUTO):
+            return None, self._checked(ext_strategy or AUTO, "apportion.strategy")
+        if name in self.served_models():
+            return name, self._checked(ext_strategy or AUTO, "apportion.strategy")
+        if name.partition(":")[0].strip() in self.engine.registry.names():
+            if ext_strategy is not None and ext_strategy.strip() != name:
+                raise ApiError(
+                    400,
+                    f"model names the strategy {name!r} and apportion.strategy names "
+                    f"{ext_strategy!r}; send one of them",
+                    param="apportion.strategy",
+                )
+            return None, self._checked(name, "model")
+        valid = [AUTO_MODEL, *self.engine.registry.names(), *self.served_models()]
+        raise ApiError(
+            404,
+            f"unknown model {name!r}; valid models: {', '.join(valid)} "
+            "(a strategy takes parameters, e.g. consistency:n=4)",
+            code="model_not_found",
+            param="model",
+        )
+
+    def _checked(self, strategy: str, param: str) -> str:
+        """The strategy spec, built once to check its name and parameters (their declared
+        bounds included), and its max_tokens held to the server's limit."""
+        if strategy.strip() == AUTO:
+            return AUTO
+        try:
+            self.engine.registry.build(strategy)
+        except UsageError as e:
+            raise ApiError(400, str(e), code="invalid_strategy", param=param) from e
+        limit = self.max_tokens_limit
+        for key, value in parse_spec(strategy).params:
+            if key == "max_tokens" and int(value) > limit:
+                raise ApiError(
+                    400,
+                    f"the strategy's max_tokens is {value}; this server allows at most {limit}",
+                    code="invalid_strategy",
+                    param=param,
+                )
+        return strategy.strip()
+
+    def _with_temperature(self, strategy: str, temperature: float | None) -> tuple[str, list[str]]:
+        """Apply `temperature` to a strategy that has one (cot, program, consistency, ...), or
+        say why it does not apply: `direct` is greedy by design, and `auto` picks each step's
+        own sampling."""
+        if temperature is None:
+            return strategy, []
+        if strategy == AUTO:
+            return strategy, [
+                f"temperature {temperature:g} is not used: auto picks each step's own sampling "
+                "(name a strategy such as cot to set it)"
+            ]
+        spec = parse_spec(strategy)
+        if "temperature" not in self.engine.registry.parameters(spec.name):
+            if temperature == 0:
+                return strategy, []  # what a strategy without sampling does anyway
+            return strategy, [
+                f"temperature {temperature:g} is not used: {spec.name} does not sample"
+            ]
+        if any(k == "temperature" for k, _ in spec.params):
+            return strategy, [
+                f"temperature {temperature:g} is not used: the strategy spec sets its own"
+            ]
+        extended = f"{strategy}{',' if spec.params else ':'}temperature={temperature}"
+        return self._checked(extended, "temperature"), []
