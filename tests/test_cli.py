@@ -95,6 +95,17 @@ def test_question_longer_than_context_is_refused() -> None:
     assert "context" in proc.stderr
 
 
+@pytest.mark.model
+def test_the_context_size_is_set_with_n_ctx_which_the_overflow_error_names() -> None:
+    question = "word " * 400  # about 400 tokens: fits the default 4096, not 256
+    args = ("ask", question, "--strategy", "direct", "--model", "smollm2-135m", "--max-tokens", "4")
+    small = apportion(*args, "--n-ctx", "256")
+    assert small.returncode == 2
+    said = " ".join(small.stderr.split())
+    assert "256-token context" in said and "--n-ctx N" in said and "8,192" in said
+    assert apportion(*args, "--n-ctx", "1024").returncode == 0
+
+
 def test_help_teaches() -> None:
     proc = apportion("ask", "--help")
     assert proc.returncode == 0

@@ -21,11 +21,14 @@ from rich.table import Table
 
 from apportion.cli_common import (
     ConfigOption,
+    DeterministicOption,
+    NCtxOption,
     PolicyOption,
     err,
     fail,
     out,
     warnings_as_lines,
+    with_model_options,
 )
 from apportion.config import Settings
 
@@ -143,6 +146,8 @@ def ask(
     threads: Annotated[
         int | None, typer.Option("--threads", help="llama.cpp threads (default: free cores).")
     ] = None,
+    n_ctx: NCtxOption = None,
+    deterministic: DeterministicOption = False,
     store: Annotated[
         str | None,
         typer.Option(
@@ -173,9 +178,9 @@ def ask(
     try:
         if question == "-":
             question = read_stdin()
-        settings = Settings.load(config)
-        if threads is not None:
-            settings.threads = threads
+        settings = with_model_options(
+            Settings.load(config), threads=threads, n_ctx=n_ctx, deterministic=deterministic
+        )
         engine = Engine(
             settings=settings, pull_progress=RichPullProgress(err), policy=load_policy(policy)
         )
@@ -190,6 +195,7 @@ def ask(
         )
         with warnings_as_lines():
             answer = engine.run(prepared)
+        engine.close()  # keeps the speeds it measured (engines/speed.py)
     except ApportionError as e:
         fail(e)
     explanation = explain_plan(prepared.features, prepared.plan) if explain else None
@@ -420,6 +426,8 @@ def bench(
         Path | None,
         typer.Option("--data-dir", help="Where named datasets live (also $APPORTION_DATA_DIR)."),
     ] = None,
+    n_ctx: NCtxOption = None,
+    deterministic: DeterministicOption = False,
     policy: PolicyOption = None,
     config: ConfigOption = None,
 ) -> None:
@@ -433,7 +441,7 @@ def bench(
         return
     from apportion.bench.cache import SqliteCompletionCache
     from apportion.bench.report import write_report
-    from apportion.bench.runner import check_run_dir, run_bench, run_meta
+    from apportion.bench.runner import check_run_dir, prefix_reuse, run_bench, run_meta
     from apportion.engine import Engine
     from apportion.errors import UsageError
     from apportion.router.policy import load_policy
@@ -444,7 +452,9 @@ def bench(
             raise UsageError("--out is required", "e.g. --out runs/first")
         if not data and not dataset:
             raise UsageError("give at least one --data FILE or --dataset NAME")
-        settings = Settings.load(config)
+        settings = with_model_options(
+            Settings.load(config), n_ctx=n_ctx, deterministic=deterministic
+        )
         engine = Engine(
             settings=settings, pull_progress=RichPullProgress(err), policy=load_policy(policy)
         )
@@ -471,6 +481,7 @@ def bench(
         meta = run_meta(
             items, specs, model=model_id, seed=seed, max_tokens=max_tokens, data=named_data,
             limit=limit, corpus=corpus, policy=policy_name,
+            deterministic=settings.deterministic, prefix_reuse=prefix_reuse(engine, model_id),
         )  # fmt: skip
         check_run_dir(out, meta, resume=resume, overwrite=overwrite)
         if bench_corpus is not None:

@@ -12,6 +12,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from apportion.config import Settings
 from apportion.errors import ApportionError
 
 err = Console(stderr=True)
@@ -34,6 +35,46 @@ PolicyOption = Annotated[
         show_default=False,
     ),
 ]
+
+
+NCtxOption = Annotated[
+    int | None,
+    typer.Option(
+        "--n-ctx",
+        min=256,
+        help="Context window of local models, in tokens (config: n_ctx; default 4096). Raise "
+        "it for long questions, up to what the model was trained on.",
+        show_default=False,
+    ),
+]
+
+DeterministicOption = Annotated[
+    bool,
+    typer.Option(
+        "--deterministic",
+        help="The same request gives the same tokens whatever ran before: no model call "
+        "reuses a prompt prefix cached by an earlier one (config: deterministic; costs "
+        "re-reading every prompt, see the README's platform section).",
+    ),
+]
+
+
+def with_model_options(
+    settings: Settings,
+    *,
+    threads: int | None = None,
+    n_ctx: int | None = None,
+    deterministic: bool = False,
+) -> Settings:
+    """Settings with the command line's model options laid over the file's."""
+    update: dict[str, object] = {}
+    if threads is not None:
+        update["threads"] = threads
+    if n_ctx is not None:
+        update["n_ctx"] = n_ctx
+    if deterministic:
+        update["deterministic"] = True
+    return settings.model_copy(update=update) if update else settings
 
 
 def fail(error: ApportionError) -> NoReturn:

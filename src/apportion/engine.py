@@ -180,6 +180,10 @@ class Engine:
             self._fingerprints[model_id] = fingerprint
         return self._fingerprints[model_id]
 
+    def is_remote(self, model_id: str) -> bool:
+        """Whether a model is served by a configured OpenAI-compatible endpoint."""
+        return any(e.id == model_id for e in self.settings.engines)
+
     def register(self, engine: TextEngine) -> None:
         """Serve `engine` under its own model id (an engine built elsewhere, or a test double)."""
         self._engines[engine.model_id] = engine

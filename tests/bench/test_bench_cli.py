@@ -246,3 +246,24 @@ def test_generic_multiple_choice_items_are_shown_their_options(tmp_path: Path) -
     letters = [r for r in results if r["answer"] in {"A", "B", "C", "D", "E"}]
     assert len(letters) >= 12, [r["answer"] for r in results]
     assert sum(r["correct"] for r in results) >= 3
+
+
+def test_a_run_records_whether_it_was_deterministic_and_resumes_only_in_that_mode(
+    tmp_path: Path,
+) -> None:
+    data = write_items(
+        tmp_path / "a.jsonl", [{"id": "q1", "question": "What is 2+3?", "answer": "5"}]
+    )
+    cache = str(tmp_path / "c.sqlite")
+    plain, det = tmp_path / "plain", tmp_path / "det"
+    args = ["--data", str(data), "--strategies", "symbolic", "--cache", cache]
+    assert bench(*args, "--out", str(plain)).returncode == 0
+    done = bench(*args, "--out", str(det), "--deterministic")
+    assert done.returncode == 0, done.stderr
+    meta = json.loads((det / "run.json").read_text())
+    assert (meta["deterministic"], meta["prefix_reuse"]) == (True, False)
+    meta = json.loads((plain / "run.json").read_text())
+    assert (meta["deterministic"], meta["prefix_reuse"]) == (False, True)
+    refused = bench(*args, "--out", str(det), "--resume")
+    assert refused.returncode == 2
+    assert "deterministic False here vs True there" in " ".join(refused.stderr.split())

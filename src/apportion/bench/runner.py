@@ -95,6 +95,10 @@ class RunMeta:
     limit: int | None = None
     corpus: str | None = None
     policy: str | None = None
+    # Whether model calls read every prompt afresh (deterministic mode), and so whether a
+    # local model reused cached prompt prefixes (None: a remote server's own business).
+    deterministic: bool = False
+    prefix_reuse: bool | None = True
 
     @classmethod
     def from_json(cls, record: dict[str, Any]) -> tuple[RunMeta, frozenset[str]]:
@@ -135,6 +139,7 @@ _COMPARED = (
     ("seed", "seed"),
     ("max_tokens", "max_tokens"),
     ("policy", "policy"),
+    ("deterministic", "deterministic"),
 )
 
 
@@ -260,11 +265,20 @@ def run_meta(
     limit: int | None = None,
     corpus: str | None = None,
     policy: str | None = None,
+    deterministic: bool = False,
+    prefix_reuse: bool | None = True,
 ) -> RunMeta:
     return RunMeta(
         model, seed, tuple(strategies), max_tokens, tuple(sources), len(items), data=tuple(data),
         items_digest=items_digest(items), limit=limit, corpus=corpus, policy=policy,
+        deterministic=deterministic, prefix_reuse=prefix_reuse,
     )  # fmt: skip
+
+
+def prefix_reuse(engine: Engine, model: str) -> bool | None:
+    """Whether the run's model calls reuse cached prompt prefixes: not in deterministic mode;
+    None for a remote server, whose prompt cache is its own."""
+    return None if engine.is_remote(model) else not engine.settings.deterministic
 
 
 def pending(
@@ -379,6 +393,7 @@ def run_bench(
     meta = run_meta(
         items, strategies, model=model, seed=seed, max_tokens=max_tokens, sources=sources,
         data=data, limit=limit, corpus=corpus, policy=policy,
+        deterministic=engine.settings.deterministic, prefix_reuse=prefix_reuse(engine, model),
     )  # fmt: skip
     done = prepare_run(out, meta, resume=resume, overwrite=overwrite)
     todo = list(pending(items, strategies, done))
