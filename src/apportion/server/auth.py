@@ -15,13 +15,13 @@ granted only if today's spending, every other live hold and this one fit the key
 the requests in flight can never spend more than the key has left. A hold expires on its own
 (`ttl_s`) if its server dies before settling it.
 
-The file is created 0600 in a 0700 directory: it holds the digests and who spent what.
+The file is created 0600 (in a 0700 folder when it makes one; private_files.py): it holds the
+digests and who spent what.
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
 import secrets
 import sqlite3
 import threading
@@ -33,6 +33,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from apportion.errors import UsageError
+from apportion.private_files import private_file
 
 KEY_PREFIX = "ap-"
 
@@ -130,32 +131,13 @@ def _within(amount: float, available: float | None, cap: float | None) -> bool:
     return amount <= available + 1e-9 * abs(cap or 0.0)
 
 
-def _private_file(path: Path) -> None:
-    """Create `path` (if missing) readable by its owner only, in a directory only its owner
-    may enter. A directory that exists already is tightened when it is ours, but never the
-    home directory itself."""
-    parent = path.parent
-    parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    try:
-        mine = parent.stat().st_uid == os.getuid()
-        if mine and parent.resolve() != Path.home().resolve():
-            parent.chmod(0o700)
-    except OSError:
-        pass  # not ours to change: the file's own mode still protects it
-    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
-    os.close(fd)
-    for name in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
-        if name.exists():
-            name.chmod(0o600)
-
-
 class KeyStore:
     """Keys and their daily spending in one SQLite file; safe to share between threads."""
 
     def __init__(self, path: Path, *, today: Callable[[], str] = utc_today) -> None:
         self.path = path
         self._today = today
-        _private_file(path)
+        private_file(path, sqlite=True)
         # One connection behind a lock: calls are short, and it keeps writes ordered.
         self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
         self._lock = threading.Lock()
