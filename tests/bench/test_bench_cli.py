@@ -160,9 +160,7 @@ def test_ctrl_c_saves_writes_the_report_and_exits_130(tmp_path: Path) -> None:
     summary = json.loads((out / "summary.json").read_text())
     assert summary["strategies"]["symbolic"]["n"] == saved
     assert (out / "report.html").is_file()
-    done = bench(*args, "--resume")
-    assert done.returncode == 0, done.stderr
-    assert results.read_text().count("\n") == 400
+    # (that --resume then completes the run is the kill -9 test's part)
 
 
 def test_a_non_empty_out_needs_resume_or_overwrite(tmp_path: Path) -> None:

@@ -112,7 +112,8 @@ class RunMeta:
         return cls(**(defaults | fields)), frozenset(fields)
 
     def differences(self, other: RunMeta, *, compare: frozenset[str] | None = None) -> list[str]:
-        """What differs from `other`, as "what: here vs there", in the order a user reads them."""
+        """What differs from `other`, as "what X here vs Y there", in the order a user reads
+        them; `compare` limits it to the fields the stored run recorded (older runs lack some)."""
         diffs = []
         for name, label in _COMPARED:
             if compare is not None and name not in compare:
