@@ -11,7 +11,7 @@ import os
 import tomllib
 import types
 from pathlib import Path
-from typing import Any, Union, get_args, get_origin
+from typing import Any, Literal, Union, get_args, get_origin
 
 from pydantic import BaseModel, Field, ValidationError
 
@@ -31,6 +31,15 @@ class HardwareProfile(BaseModel):
     watts_per_core: float = Field(default=10.0, gt=0)
     # Rental price of the machine, charged per wall-second of local model time.
     usd_per_hour: float = Field(default=0.10, ge=0)
+
+
+class LlamaCppSettings(BaseModel):
+    """How local GGUF models are loaded by llama.cpp."""
+
+    # llama.cpp's extra buffer types repack weights for faster CPU kernels, AMX included.
+    # "auto" turns them off only where llama.cpp would take its AMX path, which segfaults on
+    # some Intel Xeons (engines/cpu.py); "on"/"off" force it. APPORTION_EXTRA_BUFFERS overrides.
+    extra_buffers: Literal["auto", "on", "off"] = "auto"
 
 
 class RemoteEngineConfig(BaseModel):
@@ -72,6 +81,10 @@ class Settings(BaseModel):
     n_ctx: int = Field(default=4096, ge=256)
     max_tokens: int = Field(default=512, ge=1)
     hardware: HardwareProfile = Field(default_factory=HardwareProfile)
+    llamacpp: LlamaCppSettings = Field(default_factory=LlamaCppSettings)
+    # Same request, same tokens, whatever ran before: no model call reuses a prompt prefix
+    # cached by an earlier one (README, "Deterministic mode", gives what it costs).
+    deterministic: bool = False
     engines: list[RemoteEngineConfig] = Field(default_factory=list)
     # The document store `apportion serve` answers factual questions from (a path,
     # sqlite:PATH, milvus-lite:DIR or a Milvus URL); None: store_path, when it exists.
@@ -123,6 +136,13 @@ class Settings(BaseModel):
             data["threads"] = env["APPORTION_THREADS"]
         if env.get("APPORTION_MODEL"):
             data["default_model"] = env["APPORTION_MODEL"]
+        if env.get("APPORTION_DETERMINISTIC"):
+            data["deterministic"] = env["APPORTION_DETERMINISTIC"]
+        if env.get("APPORTION_EXTRA_BUFFERS"):
+            data["llamacpp"] = {
+                **data.get("llamacpp", {}),
+                "extra_buffers": env["APPORTION_EXTRA_BUFFERS"].strip().lower(),
+            }
         try:
             settings = cls.model_validate(data)
         except ValidationError as e:
