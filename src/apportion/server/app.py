@@ -100,6 +100,7 @@ from apportion.server.schemas import (
 )
 from apportion.server.stream import ChunkWriter, Sse
 from apportion.server.translate import RequestTranslator
+from apportion.tools.solver_worker import SolverWorkers
 from apportion.types import Answer
 
 log = logging.getLogger("apportion.server")
@@ -144,6 +145,7 @@ class ServerState:
         self.metrics.watch_queue(lambda: self.local.waiting)
         self.limiter = anyio.CapacityLimiter(options.worker_threads)
         self.jobs: set[Job] = set()
+        self.solvers = SolverWorkers()  # solver work in worker processes, never on these threads
         # Engine.engine_for loads a model on first use; two threads must not load it twice.
         self._load_lock = threading.Lock()
         self.translator = RequestTranslator(
@@ -192,6 +194,7 @@ class ServerState:
             prepared = self.engine.prepare(
                 spec.question, history=spec.history, strategy=spec.strategy, model=spec.model,
                 max_tokens=spec.max_tokens, budget=spec.budget, seed=spec.seed,
+                deterministic=spec.deterministic,
             )  # fmt: skip
             steps = prepared.plan.steps
             if len(steps) == 1:
@@ -202,8 +205,9 @@ class ServerState:
             ledger.on_charge = job.on_charge
             job.ledger = ledger
             ctx = replace(
-                prepared.ctx, engine_for=partial(self._engine_for, job), on_token=job.on_token
-            )
+                prepared.ctx, engine_for=partial(self._engine_for, job), on_token=job.on_token,
+                solvers=self.solvers,
+            )  # fmt: skip
             return execute(
                 prepared.plan, prepared.query, ctx, self.engine.registry,
                 intent=prepared.features.intent,

@@ -23,7 +23,16 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from apportion.cli_common import ConfigOption, PolicyOption, err, fail, out
+from apportion.cli_common import (
+    ConfigOption,
+    DeterministicOption,
+    NCtxOption,
+    PolicyOption,
+    err,
+    fail,
+    out,
+    with_model_options,
+)
 from apportion.config import Settings
 from apportion.errors import ApportionError
 
@@ -75,6 +84,8 @@ def serve(
         int | None,
         typer.Option("--threads", min=1, help="llama.cpp threads (default: free cores)."),
     ] = None,
+    n_ctx: NCtxOption = None,
+    deterministic: DeterministicOption = False,
     queue_depth: Annotated[
         int,
         typer.Option(
@@ -134,11 +145,11 @@ def serve(
     from apportion.server.documents import open_configured_store, store_uri
 
     try:
-        settings = Settings.load(config)
+        settings = with_model_options(
+            Settings.load(config), threads=threads, n_ctx=n_ctx, deterministic=deterministic
+        )
         if model is not None:
             settings.default_model = model
-        if threads is not None:
-            settings.threads = threads
         # Named in the settings, so that sandboxed programs cannot see them wherever they are.
         settings.keys_db = _keys_path(settings, keys_db)
         if store is not None:
@@ -163,9 +174,10 @@ def serve(
     )
     app = create_app(settings, engine=engine, options=options, keys=keys)
     auth = "on" if keys.enabled() else "off (no keys yet)"
+    mode = " | deterministic" if settings.deterministic else ""
     err.print(
         f"apportion serving on http://{host}:{port}/v1 | default model "
-        f"{settings.default_model} | API keys {auth} ({keys.path})",
+        f"{settings.default_model} | API keys {auth} ({keys.path}){mode}",
         highlight=False,
     )
     try:

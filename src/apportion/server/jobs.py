@@ -146,6 +146,8 @@ class RunSpec:
     # The budget was lowered to what the caller's key may still spend today.
     key_capped: bool = False
     user: str | None = None
+    # None: the server's `deterministic` setting.
+    deterministic: bool | None = None
 
 
 @dataclass(eq=False)

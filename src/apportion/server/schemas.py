@@ -115,6 +115,11 @@ class ApportionOptions(BaseModel):
     return_ledger: StrictBool = Field(
         default=False, description="Include every charged call, not just the totals."
     )
+    deterministic: StrictBool | None = Field(
+        default=None,
+        description="The same request gives the same tokens whatever the server ran before "
+        "(no model call reuses a cached prompt prefix); default: the server's setting.",
+    )
 
 
 class StreamOptions(BaseModel):

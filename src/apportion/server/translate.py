@@ -78,6 +78,7 @@ class RequestTranslator:
             stop=body.stop_sequences(),
             notes=tuple(notes),
             user=body.user,
+            deterministic=ext.deterministic,
         )
 
     def _route(self, name: str, ext_strategy: str | None) -> tuple[str | None, str]:
