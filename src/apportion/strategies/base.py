@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from apportion.engines.speed import SpeedBook
     from apportion.tools.results import SolverResult
     from apportion.tools.sandbox import SandboxLimits, SandboxResult
+    from apportion.tools.solver_worker import SolverWorkers
     from apportion.tools.store.base import DocumentStore, Hit
 
 
@@ -41,6 +42,9 @@ class RunContext:
     max_tokens: int = 512
     seed: int = 0
     solver_timeout_s: float = 5.0
+    # Persistent solver processes (a server's); None solves in this process, SymPy in a child
+    # forked per call, which is cheaper for a one-shot CLI call (see tools/solver_worker.py).
+    solvers: SolverWorkers | None = None
     sandbox_limits: SandboxLimits | None = None
     cache: CompletionCache | None = None
     cache_namespace: Callable[[str], str] = field(default=lambda model_id: model_id)
@@ -264,10 +268,19 @@ class RunContext:
 
     def solve(self, question: str, *, detail: str = "") -> SolverResult:
         """Answer exactly, without a model: a bare boolean formula with Z3, anything else with
-        SymPy (which declines what holds no math). Charged as the tool that ran."""
+        SymPy (which declines what holds no math). Charged as the tool that ran. A timeout is
+        a result (error "timeout"), not an exception."""
         from apportion.tools.logic import NO_LOGIC, evaluate_boolean
         from apportion.tools.solver import solve
 
+        if self.solvers is not None:
+            exact = self.solvers.solve(
+                question, timeout_s=self._tool_timeout(self.solver_timeout_s)
+            )
+            self.ledger.charge_tool(
+                exact.tool, wall_s=exact.result.wall_s, cpu_s=exact.result.cpu_s, detail=detail
+            )
+            return exact.result
         result = evaluate_boolean(question)  # declines at once unless the text is a formula
         tool = "z3"
         if result.error == NO_LOGIC:

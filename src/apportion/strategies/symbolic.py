@@ -22,6 +22,12 @@ class Symbolic:
 
     def run(self, query: Query, ctx: RunContext) -> Attempt:
         result = ctx.solve(query.text, detail="symbolic")
+        if result.error == "timeout":
+            # declined like any other miss, so a ladder falls through to its next step
+            return Attempt(
+                self.name, None, 0.0,
+                error=f"solver: timeout (no exact answer in {result.wall_s:.1f} s)",
+            )  # fmt: skip
         if not result.ok or result.answer is None:
             return Attempt(self.name, None, 0.0, error=f"solver: {result.error}")
         # An exact result is as sure as an answer gets, if the question was parsed right.

@@ -525,6 +525,9 @@ _SYMPY_LAZY_MODULES = (
     "sympy.assumptions.wrapper",
     "sympy.sets.setexpr",
 )
+# The persistent workers' code (Z3 with it), so a worker forked from the server starts with
+# everything imported.
+_PRELOAD = ("apportion.tools.logic", "apportion.tools.solver_worker")
 _warm_lock = threading.Lock()
 _warmed = False
 
@@ -553,7 +556,7 @@ def _context(start_method: str | None) -> Any:
     if start_method == "forkserver":
         # Import SymPy once in the server rather than in every child. This sets the preload
         # list of the process-wide forkserver; it only takes effect if that is not running yet.
-        ctx.set_forkserver_preload([__name__, *_SYMPY_LAZY_MODULES])
+        ctx.set_forkserver_preload([__name__, *_PRELOAD, *_SYMPY_LAZY_MODULES])
     return ctx
 
 
