@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ from apportion.config import Settings
 from apportion.engine import conversation_features
 from apportion.server.app import create_app
 from apportion.types import Message, Query
-from server.support import FakeEngine, fake_core, live_server
+from server.support import FakeEngine, fake_core, live_server, serve_process
 
 openai = pytest.importorskip("openai")
 
@@ -221,46 +222,18 @@ def test_multi_turn_routes_on_the_conversation_and_prompts_carry_it(tmp_path: Pa
 @pytest.mark.model
 def test_serve_command_starts_answers_and_stops_on_sigterm(tmp_path: Path) -> None:
     """`serve` as a process: loads the default model at start, serves, exits on SIGTERM."""
-    import signal
-    import subprocess
-    import sys
-    import time
-
-    from servers import free_port
-
-    port = free_port()
-    launcher = "import typer; from apportion.server.cli import serve; typer.run(serve)"
-    proc = subprocess.Popen(
-        [
-            sys.executable, "-c", launcher, "--port", str(port), "--model", "smollm2-135m",
-            "--threads", "1", "--keys-db", str(tmp_path / "keys.sqlite3"), "--log-level",
-            "warning",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
-            try:
-                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, "serve did not start"
-            time.sleep(0.2)
+    with serve_process(
+        "--model", "smollm2-135m", "--threads", "1", "--keys-db", str(tmp_path / "keys.sqlite3"),
+        "--log-level", "warning",
+    ) as (url, proc):  # fmt: skip
         r = httpx.post(
             f"{url}/v1/chat/completions",
             json={"model": "apportion-auto", "messages": ARITHMETIC},
             timeout=60,
         )
         assert r.json()["choices"][0]["message"]["content"] == "396"
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        # uvicorn shuts down gracefully, then re-raises the signal it caught
-        assert proc.wait(timeout=30) in (0, -signal.SIGTERM)
+    # uvicorn shuts down gracefully on SIGTERM, then re-raises the signal it caught
+    assert proc.returncode in (0, 128 + signal.SIGTERM)
     err = proc.stderr.read().decode() if proc.stderr else ""
     assert "loading smollm2-135m" in err and "API keys off" in err
     assert "Traceback" not in err

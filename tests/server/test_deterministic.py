@@ -5,19 +5,15 @@ some CPUs (AMD EPYC, AVX2) that flips a greedy token."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import httpx
 import openai
 import pytest
 
-from servers import free_port
+from server.support import serve_process
 
 pytestmark = pytest.mark.model
 
@@ -30,30 +26,11 @@ OTHERS = [
 
 @contextmanager
 def serving(tmp_path: Path, *args: str) -> Iterator[openai.OpenAI]:
-    """The real `apportion serve` (the console script), on a free port."""
-    port = free_port()
-    command = [
-        str(Path(sys.executable).with_name("apportion")), "serve", "--port", str(port),
+    with serve_process(
         "--model", "smollm2-135m", "--threads", "1", "--keys-db", str(tmp_path / "keys.db"),
         "--log-level", "warning", *args,
-    ]  # fmt: skip
-    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
-            try:
-                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, "serve did not start"
-            time.sleep(0.2)
+    ) as (url, _):  # fmt: skip
         yield openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
 
 
 def ask(client: openai.OpenAI, messages: Any, **extra: Any) -> str:

@@ -6,12 +6,10 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 import typer
 from typer.testing import CliRunner
@@ -19,8 +17,7 @@ from typer.testing import CliRunner
 from apportion.cli_index import index_app
 from apportion.config import Settings
 from apportion.server.app import create_app
-from server.support import live_server
-from servers import free_port
+from server.support import live_server, serve_process
 
 openai = pytest.importorskip("openai")
 
@@ -109,30 +106,13 @@ def _serve(*args: str) -> subprocess.Popen[bytes]:
 
 @pytest.mark.model
 def test_serve_store_option_opens_the_store(store_path: Path, tmp_path: Path) -> None:
-    port = free_port()
-    proc = _serve(
-        "--port", str(port), "--model", "smollm2-135m", "--threads", "1",
-        "--keys-db", str(tmp_path / "keys.sqlite3"), "--store", str(store_path),
-        "--log-level", "warning",
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
-            try:
-                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, "serve did not start"
-            time.sleep(0.2)
+    with serve_process(
+        "--model", "smollm2-135m", "--threads", "1", "--keys-db", str(tmp_path / "keys.sqlite3"),
+        "--store", str(store_path), "--log-level", "warning",
+    ) as (url, proc):  # fmt: skip
         client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
         resp = client.chat.completions.create(model="rag", messages=RHINE)
         assert _ext(resp)["citations"][0].endswith("rhine.txt#0")
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
     err = proc.stderr.read().decode() if proc.stderr else ""
     assert f"documents: {store_path} (3 chunks)" in err
 
