@@ -8,6 +8,7 @@ alternate between the modes, so a busy machine slows both alike. The ledger char
 prompt in both modes; "computed" counts what llama.cpp evaluated.
 
     python benchmarks/deterministic.py --dataset gsm8k --dataset svamp --limit 20
+    python benchmarks/deterministic.py --dataset gsm8k --dataset svamp --limit 20 --order strategy
 """
 
 from __future__ import annotations
@@ -28,16 +29,20 @@ from apportion.types import Message, Query
 
 
 def prompts(
-    datasets: list[str], limit: int, strategies: list[str], data_dir: Path | None
+    datasets: list[str], limit: int, strategies: list[str], data_dir: Path | None, order: str
 ) -> list[list[Message]]:
-    """The prompts `apportion bench --dataset ... --limit N --strategies ...` sends, in order."""
+    """The prompts `apportion bench --dataset ... --limit N --strategies ...` sends, in its
+    order (item by item); or strategy by strategy, as a server answering a stream of requests
+    routed alike sees them."""
     registry = default_registry()
     items, _ = load_bench_items([], datasets, limit, 0, data_dir)
+    pairs = [(item, spec) for item in items for spec in strategies]
+    if order == "strategy":
+        pairs = [(item, spec) for spec in strategies for item in items]
     out = []
-    for item in items:
+    for item, spec in pairs:
         query = Query(item.question, kind=item.kind, choices=item.choices)
-        for spec in strategies:
-            out.append(registry.build(spec).messages(query))  # type: ignore[attr-defined]
+        out.append(registry.build(spec).messages(query))  # type: ignore[attr-defined]
     return out
 
 
@@ -59,11 +64,17 @@ def main() -> None:
     parser.add_argument("--passes", type=int, default=2, help="passes per mode")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--data-dir", type=Path, default=None)
+    parser.add_argument(
+        "--order", choices=("item", "strategy"), default="item",
+        help="item: as bench sends them; strategy: each strategy's prompts in a row",
+    )
     args = parser.parse_args()
     settings = Settings.load()
     path = catalogue.resolve(args.model, settings.models_dir)
     engine = LlamaCppEngine(args.model, path, n_ctx=4096, threads=args.threads)
-    calls = prompts(args.dataset, args.limit, args.strategies.split(","), args.data_dir)
+    calls = prompts(
+        args.dataset, args.limit, args.strategies.split(","), args.data_dir, args.order
+    )
     tokens = [engine._prompt_tokens(m) for m in calls]
     # what a reusing call evaluates: its prompt past the prefix the previous call left cached
     # (llama-cpp-python re-reads at least the last token)
@@ -88,7 +99,8 @@ def main() -> None:
             seconds[reuse].append((time.perf_counter() - started) / len(calls))
     n = len(calls)
     print(
-        f"{n} prompts ({', '.join(args.dataset)} × {args.strategies}), {args.model}, "
+        f"{n} prompts ({', '.join(args.dataset)} × {args.strategies}, {args.order} order), "
+        f"{args.model}, "
         f"{args.threads} thread(s), {args.passes} passes per mode"
     )
     print(

@@ -99,3 +99,26 @@ def test_usage_errors_are_one_line_and_exit_2(home: Path, args: list[str], messa
     assert code == 2
     assert err.startswith("error: ") and message in err
     assert out == ""
+
+
+@pytest.mark.model
+def test_ask_reads_the_store_the_config_names(home: Path, docs: Path, tmp_path: Path) -> None:
+    """`store = ...` in the config is the store `ask` answers from (as `serve` does)."""
+    import subprocess
+    import sys
+
+    store = tmp_path / "elsewhere" / "docs.sqlite"
+    store.parent.mkdir()
+    assert run("add", str(docs), "--store", str(store))[0] == 0
+    config = tmp_path / "config.toml"
+    config.write_text(f'store = "{store}"\n')
+    proc = subprocess.run(
+        [sys.executable, "-m", "apportion.cli", "ask", "Where does the Rhine flow into?",
+         "--strategy", "rag", "--model", "smollm2-135m", "--config", str(config), "--json"],
+        capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    answer = json.loads(proc.stdout)
+    assert answer["strategy"] == "rag" and "North Sea" in answer["answer"]
+    assert [c["name"] for c in answer["ledger"]["calls"]][0] == "retrieval"
+    assert not (home / "store.sqlite").exists()  # the default store was never made

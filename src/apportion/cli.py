@@ -181,14 +181,17 @@ def ask(
         settings = with_model_options(
             Settings.load(config), threads=threads, n_ctx=n_ctx, deterministic=deterministic
         )
+        if store is not None:
+            settings.store = store  # a setting, so sandboxed programs cannot read it
         engine = Engine(
             settings=settings, pull_progress=RichPullProgress(err), policy=load_policy(policy)
         )
+        documents = settings.store or settings.store_path
         if store is not None or parse_spec(strategy).name in engine.registry.store_readers():
-            engine.store = open_store(store or settings.store_path)
-        elif settings.store_path.exists():
+            engine.store = open_store(documents)
+        elif settings.store is not None or settings.store_path.exists():
             # auto may route a factual question to rag: open the index only if it does.
-            engine.store_opener = lambda: open_store(settings.store_path)
+            engine.store_opener = lambda: open_store(documents)
         budget = Budget(max_flops=budget_flops, max_usd=budget_usd, max_seconds=budget_seconds)
         prepared = engine.prepare(
             question, strategy=strategy, model=model, max_tokens=max_tokens, budget=budget
@@ -455,6 +458,8 @@ def bench(
         settings = with_model_options(
             Settings.load(config), n_ctx=n_ctx, deterministic=deterministic
         )
+        if store_uri is not None:
+            settings.store = store_uri  # a setting, so sandboxed programs cannot read it
         engine = Engine(
             settings=settings, pull_progress=RichPullProgress(err), policy=load_policy(policy)
         )
