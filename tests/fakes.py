@@ -61,6 +61,8 @@ class ScriptedEngine:
             self.calls.append(list(messages))
             text = self.replies.pop(0)
             tokens = len(text.split())
+            if self.clock is not None:  # the time the call would take, on the fake clock
+                self.clock.now += self.prefill_s + tokens * self.seconds_per_token
             lps = (self.token_logprob,) * tokens if logprobs and self.token_logprob else None
             out.append(Completion(text, self.count_tokens(messages), tokens, "stop", lps))
         return out

@@ -18,7 +18,7 @@ import pytest
 from apportion.engine import execute
 from apportion.engines.speed import SpeedBook
 from apportion.errors import BudgetExceededError
-from apportion.ledger import HardwareProfile, Ledger, model_flops
+from apportion.ledger import HardwareProfile, Ledger, ModelCost, model_flops
 from apportion.router.policy import Plan, Step
 from apportion.strategies.base import RunContext
 from apportion.strategies.registry import default_registry
@@ -172,3 +172,51 @@ def test_speeds_are_kept_across_runs(tmp_path: Path) -> None:
     assert again.step_s("m|threads=1") == pytest.approx(0.02)
     path.write_text("not json")
     assert SpeedBook(path).get("m|threads=1") is None  # a damaged file is measured afresh
+
+
+def test_a_stale_speed_is_measured_again() -> None:
+    """A speed taken on a busy machine must not refuse every tight budget forever."""
+    now = [1000.0]
+    book = SpeedBook(now=lambda: now[0])
+    book.record("m", prompt_tokens=10, first_token_s=5.0, steps=1, decode_s=1.0)
+    assert book.get("m") is not None
+    now[0] += 601
+    assert book.get("m") is None and book.step_s("m") is None  # stale: probed or assumed again
+    book.record("m", prompt_tokens=10, first_token_s=0.1, steps=1, decode_s=0.01)
+    fresh = book.get("m")
+    assert fresh is not None and fresh.prompt_s_per_token == pytest.approx(0.01)  # not averaged
+
+
+def test_an_unmeasured_model_is_probed_before_a_tight_budget_decides() -> None:
+    """A one-shot `ask --budget-seconds` on a model this machine never measured: a one-token
+    probe (charged) measures it, and the measurement, not a guess, decides."""
+    clock = FakeClock()
+    # 1e9 parameters: at the prior speed a 33-token prompt reads in 1.3 s, a good share of a
+    # 5 s budget, which leaves room to measure first; really it reads in 0.3 s.
+    engine = ScriptedEngine(["OK", REPLY], seconds_per_token=0.01, clock=clock, prefill_s=0.3)
+    engine.cost = ModelCost("scripted", params=1e9)
+    speeds = SpeedBook()
+    ctx = _timed_ctx(engine, Budget(max_seconds=5.0), speeds)
+    plan = Plan((Step("cot", 0.0),), "t")
+    answer = execute(plan, Query("q?"), ctx, default_registry(), intent=None)
+    assert answer.answer == "72" and not answer.stopped_for_budget
+    probe, call = ctx.ledger.totals().calls
+    assert probe.detail == "speed probe" and probe.completion_tokens == 1
+    assert call.detail == "cot" and speeds.get(ctx._speed_key(engine)) is not None
+    # measured, a budget below the prompt's reading time is refused without a call
+    refused = _timed_ctx(engine, Budget(max_seconds=0.2), speeds)
+    engine.replies.append(REPLY)
+    out = execute(plan, Query("q?"), refused, default_registry(), intent=None)
+    assert out.stopped_for_budget and "(measured)" in (out.error or "")
+    assert refused.ledger.totals().calls == ()
+
+
+def test_without_room_to_measure_an_unmeasured_model_is_judged_at_a_modest_speed() -> None:
+    clock = FakeClock()
+    engine = ScriptedEngine([REPLY], seconds_per_token=0.01, clock=clock, prefill_s=0.3)
+    engine.cost = ModelCost("scripted", params=3e9)  # a 33-token prompt: ~4 s at the prior
+    ctx = _timed_ctx(engine, Budget(max_seconds=2.0), SpeedBook())
+    plan = Plan((Step("cot", 0.0),), "t")
+    out = execute(plan, Query("q?"), ctx, default_registry(), intent=None)
+    assert out.stopped_for_budget and "not been measured on this machine" in (out.error or "")
+    assert engine.calls == []

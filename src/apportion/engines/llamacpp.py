@@ -139,6 +139,7 @@ class LlamaCppEngine:
         n_layers = meta.get(f"{arch}.block_count")
         d_model = meta.get(f"{arch}.embedding_length")
         self._formatter = self._template_formatter()
+        self._warm_up()
         self._cost = ModelCost(
             model_id=model_id,
             params=float(self._llm._model.n_params()),
@@ -146,6 +147,15 @@ class LlamaCppEngine:
             d_model=int(d_model) if d_model else None,
             local=True,
         )
+
+    def _warm_up(self) -> None:
+        """One forward pass at load, so the first request does not pay for faulting in the
+        weights and allocating compute buffers (seconds on a cold page cache), which would
+        also make it look far slower than the model is (engines/speed.py measures calls)."""
+        tokens = self._llm.tokenize(b" OK", add_bos=False, special=False)
+        if tokens:
+            self._llm.eval(tokens[:1])
+        self._llm.reset()  # type: ignore[no-untyped-call]
 
     def _template_formatter(self) -> Any:
         """The formatter llama-cpp-python itself builds from `tokenizer.chat_template`."""

@@ -16,6 +16,17 @@ from apportion.errors import BudgetExceededError
 from apportion.ledger import Ledger, RaplMeter
 from apportion.types import Attempt, Completion, Message, Query
 
+# An unmeasured local model is probed for its speed before a call whose prompt, at the prior
+# speed, would take at least this share of the time left (engines/speed.py).
+PROBE_SHARE = 0.25
+# What the probe reads: about 50 tokens, the size of a short question with its template.
+PROBE_TOKENS = 50
+SPEED_PROBE = (
+    "This is a short calibration text, read once to measure how fast this machine reads a "
+    "prompt. It asks nothing and needs no answer beyond a single word. Reply with the word OK "
+    "and nothing else, please, so that the measurement stays short."
+)
+
 if TYPE_CHECKING:
     from apportion.engines.base import TextEngine
     from apportion.engines.speed import SpeedBook
@@ -225,24 +236,61 @@ class RunContext:
         self, engine: TextEngine, prompt_tokens: int, seconds_left: float
     ) -> None:
         """A model cannot stop while it reads the prompt: refuse a call whose prompt alone
-        would outlast the time left (measured speed, or for an unmeasured local model a
-        modest prior; an unmeasured remote one is let through)."""
+        would outlast the time left, at the speed measured here. A local model never measured
+        whose prompt might take a good share of the time left (at a modest prior speed) is
+        measured first by a one-token call, charged like any other; an unmeasured remote
+        model is let through."""
         if self.speeds is None:
             return
         key = self._speed_key(engine)
-        if self.speeds.get(key) is None and not engine.cost.local:
-            return
-        threads = getattr(engine, "threads", None) or 1
-        expected = self.speeds.prefill_s(
-            key, prompt_tokens, params=engine.cost.params, threads=threads
-        )
+        if self.speeds.get(key) is None:
+            if not engine.cost.local:
+                return
+            threads = getattr(engine, "threads", None) or 1
+            prior = self.speeds.prefill_s(
+                key, prompt_tokens, params=engine.cost.params, threads=threads
+            )
+            if prior < PROBE_SHARE * seconds_left:
+                return  # room to spare: the call itself will measure the model
+            probe = self.speeds.prefill_s(
+                key, PROBE_TOKENS, params=engine.cost.params, threads=threads
+            )
+            if probe + prior >= seconds_left:
+                # no room to measure the model within the budget: judge by the prior
+                if prior >= seconds_left:
+                    raise BudgetExceededError(
+                        f"reading the {prompt_tokens}-token prompt would take "
+                        f"{engine.model_id} about {prior:.2f} s at a modest speed (it has not "
+                        f"been measured on this machine yet); {seconds_left:.2f} s of the "
+                        "budget remain",
+                        "raise --budget-seconds; any call with a larger time budget measures "
+                        "the model for the next ones",
+                    )
+                return
+            self._probe_speed(engine, key)
+            left = self.ledger.seconds_left(engine.cost)
+            seconds_left = seconds_left if left is None else left
+        expected = self.speeds.prefill_s(key, prompt_tokens, params=engine.cost.params, threads=1)
         if expected >= seconds_left:
-            how = "measured" if self.speeds.get(key) is not None else "assumed, not yet measured"
             raise BudgetExceededError(
                 f"reading the {prompt_tokens}-token prompt takes {engine.model_id} about "
-                f"{expected:.2f} s here ({how}); {seconds_left:.2f} s of the budget remain",
+                f"{expected:.2f} s here (measured); {seconds_left:.2f} s of the budget remain",
                 "raise --budget-seconds or --budget-usd",
             )
+
+    def _probe_speed(self, engine: TextEngine, key: str) -> None:
+        """Measure how fast `engine` reads a prompt here: a one-token call on a prompt of the
+        size questions have, charged to the ledger (detail "speed probe"). Its time per prompt
+        token, its one decode step included, errs on the slow side for longer prompts, which
+        are read in larger batches."""
+        assert self.speeds is not None
+        started = self.clock()
+        (completion,) = engine.generate([Message("user", SPEED_PROBE)], max_tokens=1)
+        wall_s = self.clock() - started
+        self._charge(engine, completion, wall_s, None, "speed probe")
+        self.speeds.record(
+            key, prompt_tokens=completion.prompt_tokens, first_token_s=wall_s, steps=0, decode_s=0
+        )
 
     def _prefix_option(self) -> dict[str, bool]:
         """`reuse_prefix=False` in deterministic mode; nothing otherwise, so an engine written
