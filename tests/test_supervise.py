@@ -90,3 +90,33 @@ def test_exit_code_reporting() -> None:
     assert exit_code(signal.SIGABRT, reports.append) == 134
     assert reports == [crash_message(signal.SIGABRT)]
     assert "out of memory" in crash_message(signal.SIGKILL)
+
+
+def test_stopping_and_continuing_the_command_does_not_break_it(tmp_path: Path) -> None:
+    """kill -STOP / kill -CONT of a command started under nohup once made the supervisor pass
+    on a signal number sigtimedwait had garbled, crash with EINVAL, and take the work with it."""
+    ready = tmp_path / "ready"
+    body = (
+        "import time, pathlib\n"
+        f"pathlib.Path({str(ready)!r}).write_text('go')\n"
+        "time.sleep(3)\n"
+        "print('done', flush=True)\n"
+    )
+    proc = subprocess.Popen(
+        ["nohup", *supervised(body)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.monotonic() + 30
+    while not ready.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    children = subprocess.run(
+        ["pgrep", "-P", str(proc.pid)], capture_output=True, text=True, check=False
+    ).stdout.split()
+    pids = [proc.pid, *map(int, children)]
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    time.sleep(1)
+    for pid in pids:
+        os.kill(pid, signal.SIGCONT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert out == "done\n" and "Traceback" not in err

@@ -54,10 +54,12 @@ def wait_for_child(pid: int) -> int:
         if done:
             return status
         info = signal.sigtimedwait(watched, 0.5)
-        if info is None or info.si_signo == signal.SIGCHLD:
+        # Only a signal we watch for is passed on: after a SIGSTOP/SIGCONT of this process
+        # (under nohup, at least) sigtimedwait has returned a siginfo with a garbage number.
+        if info is None or info.si_signo not in FORWARDED:
             continue
         if info.si_code != _SI_KERNEL:
-            with contextlib.suppress(ProcessLookupError):
+            with contextlib.suppress(OSError):
                 os.kill(pid, info.si_signo)
 
 
