@@ -120,5 +120,5 @@ def test_ask_reads_the_store_the_config_names(home: Path, docs: Path, tmp_path: 
     assert proc.returncode == 0, proc.stderr
     answer = json.loads(proc.stdout)
     assert answer["strategy"] == "rag" and "North Sea" in answer["answer"]
-    assert [c["name"] for c in answer["ledger"]["calls"]][0] == "retrieval"
+    assert answer["ledger"]["calls"][0]["name"] == "retrieval"
     assert not (home / "store.sqlite").exists()  # the default store was never made
