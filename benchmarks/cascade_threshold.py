@@ -29,7 +29,7 @@ from pathlib import Path
 
 from apportion.bench.datasets import BenchItem, load_named, write_jsonl
 from apportion.bench.runner import RESULTS, ItemResult, read_results
-from apportion.cli import load_bench_items
+from apportion.bench.session import load_bench_items
 
 THRESHOLDS = (0.7, 0.75, 0.78, 0.8, 0.81, 0.82, 0.83, 0.85, 0.88, 0.9)
 

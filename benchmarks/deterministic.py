@@ -19,7 +19,7 @@ import statistics
 import time
 from pathlib import Path
 
-from apportion.cli import load_bench_items
+from apportion.bench.session import load_bench_items
 from apportion.config import Settings
 from apportion.engines import catalogue
 from apportion.engines.llamacpp import LlamaCppEngine

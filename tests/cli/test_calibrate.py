@@ -6,8 +6,8 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
+from cli.support import apportion
 from router.test_calibrate import traces
-from test_cli import apportion
 
 
 def write_run(folder: Path) -> Path:
@@ -102,7 +102,7 @@ def test_the_shipped_policy_is_what_its_recorded_command_rebuilds(tmp_path: Path
     args = shlex.split(shipped["source"]["command"])[1:]  # after "apportion"
     out = args.index("-o") + 1
     args[out] = str(tmp_path / "rebuilt.json")
-    repo = Path(__file__).resolve().parents[1]
+    repo = Path(__file__).resolve().parents[2]
     proc = apportion(*args, cwd=repo)
     assert proc.returncode == 0, proc.stderr
     rebuilt = json.loads((tmp_path / "rebuilt.json").read_text())

@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from apportion.cli_common import err, fail, out
+from apportion.cli.common import err, fail, out
 from apportion.errors import ApportionError, UsageError
 from apportion.router.policy import DEFAULT_LAMBDA
 

@@ -1,4 +1,5 @@
-"""The `apportion` command as a user runs it, in a subprocess, on the real default model."""
+"""`apportion ask` (and the top-level --help, --version) as a user runs it, in a subprocess, on
+the real default model."""
 
 from __future__ import annotations
 
@@ -9,25 +10,13 @@ from pathlib import Path
 
 import pytest
 
+from cli.support import apportion
+
 NATALIA = (
     "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips "
     "in May. How many clips did Natalia sell altogether in April and May?"
 )
 LEDGER_FIELDS = ("prompt_tokens", "completion_tokens", "flops", "wall_s", "energy_j", "cost_usd")
-
-
-def apportion(
-    *args: str, timeout: float = 600, cwd: Path | None = None, stdin: str | None = None
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "apportion.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-        cwd=cwd,
-        input=stdin,
-    )
 
 
 def ask_json(*args: str) -> dict[str, object]:

@@ -1,13 +1,9 @@
-"""`apportion serve` and `apportion keys` (registered by the main CLI).
+"""`apportion serve`: the OpenAI-compatible server (see `apportion.server`).
 
     apportion serve --port 8000 --model smollm2-135m
     apportion serve --store docs.sqlite               # rag answers from an indexed store
-    apportion keys add alice --budget-flops 1e15      # prints the key once
-    apportion keys list
-    apportion keys revoke alice
 
-Keys live in SQLite (`--keys-db`, default `$APPORTION_HOME/keys.sqlite3`, created 0600 in a
-0700 folder); once the file holds an active key, every request to the server needs one.
+Once the keys file (`apportion keys`) holds an active key, every request needs one.
 
 This module imports nothing of the `server` extra at load time (the main CLI registers it
 always): `serve` checks for the extra first and, without it, says in one line how to install it.
@@ -16,43 +12,27 @@ always): `serve` checks for the extra first and, without it, says in one line ho
 from __future__ import annotations
 
 import importlib.util
-from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.markup import escape
-from rich.table import Table
 
-from apportion.cli_common import (
+from apportion.cli.common import (
     ConfigOption,
     DeterministicOption,
     NCtxOption,
     PolicyOption,
     err,
     fail,
-    out,
     with_model_options,
 )
+from apportion.cli.keys import KeysDbOption, keys_path
 from apportion.config import Settings
 from apportion.errors import ApportionError
 
 # What `apportion serve` needs: the `server` extra.
 SERVER_MODULES = ("fastapi", "uvicorn", "sse_starlette", "prometheus_client")
 SERVER_INSTALL = "pip install 'apportion[server]'"
-
-KeysDbOption = Annotated[
-    Path | None,
-    typer.Option(
-        "--keys-db",
-        help="SQLite file of API keys (default: the keys_db setting, else "
-        "$APPORTION_HOME/keys.sqlite3).",
-        show_default=False,
-    ),
-]
-
-
-def _keys_path(settings: Settings, keys_db: Path | None) -> Path:
-    return (keys_db or settings.keys_db or settings.home / "keys.sqlite3").expanduser()
 
 
 def missing_server_modules() -> list[str]:
@@ -151,7 +131,7 @@ def serve(
         if model is not None:
             settings.default_model = model
         # Named in the settings, so that sandboxed programs cannot see them wherever they are.
-        settings.keys_db = _keys_path(settings, keys_db)
+        settings.keys_db = keys_path(settings, keys_db)
         if store is not None:
             settings.store = store
         engine = Engine(settings=settings, policy=load_policy(policy))
@@ -187,87 +167,3 @@ def serve(
         if engine.store is not None:
             engine.store.close()
         keys.close()
-
-
-keys_app = typer.Typer(
-    help="API keys for `apportion serve`: add (with daily budgets), list, revoke.",
-    no_args_is_help=True,
-)
-
-
-@keys_app.command("add")
-def keys_add(
-    name: Annotated[str, typer.Argument(help="A name for the key's holder.")],
-    budget_flops: Annotated[
-        float | None,
-        typer.Option("--budget-flops", help="FLOPs the key may spend per UTC day."),
-    ] = None,
-    budget_usd: Annotated[
-        float | None, typer.Option("--budget-usd", help="Dollars the key may spend per UTC day.")
-    ] = None,
-    keys_db: KeysDbOption = None,
-    config: ConfigOption = None,
-) -> None:
-    """Create a key and print it. Only its sha256 is stored: copy it now."""
-    from apportion.server.auth import KeyStore
-
-    try:
-        store = KeyStore(_keys_path(Settings.load(config), keys_db))
-        try:
-            _, secret = store.add(name, daily_flops=budget_flops, daily_usd=budget_usd)
-        finally:
-            store.close()
-    except ApportionError as e:
-        fail(e)
-    out.print(secret, highlight=False, markup=False)
-    err.print(f"key {name!r} added to {store.path}; it is shown only this once", highlight=False)
-
-
-@keys_app.command("list")
-def keys_list(keys_db: KeysDbOption = None, config: ConfigOption = None) -> None:
-    """Keys, their daily budgets and what they spent today."""
-    from apportion.server.auth import KeyStore
-
-    try:
-        store = KeyStore(_keys_path(Settings.load(config), keys_db))
-    except ApportionError as e:
-        fail(e)
-    table = Table("name", "daily FLOPs", "daily $", "FLOPs today", "$ today", "requests", "state")
-    try:
-        for key in store.all_keys():
-            used = store.usage(key.id)
-            table.add_row(
-                key.name,
-                "-" if key.daily_flops is None else f"{key.daily_flops:.3g}",
-                "-" if key.daily_usd is None else f"{key.daily_usd:.4g}",
-                f"{used.flops:.3g}",
-                f"{used.usd:.4g}",
-                str(used.requests),
-                "revoked" if key.revoked else "active",
-            )
-    finally:
-        store.close()
-    out.print(table)
-
-
-@keys_app.command("revoke")
-def keys_revoke(
-    name: Annotated[str, typer.Argument(help="The key's name.")],
-    keys_db: KeysDbOption = None,
-    config: ConfigOption = None,
-) -> None:
-    """Revoke a key; requests with it get 401 from then on."""
-    from apportion.server.auth import KeyStore
-
-    try:
-        store = KeyStore(_keys_path(Settings.load(config), keys_db))
-        try:
-            revoked = store.revoke(name)
-        finally:
-            store.close()
-    except ApportionError as e:
-        fail(e)
-    if not revoked:
-        err.print(f"[bold red]error:[/] no active key named {name!r}", highlight=False)
-        raise typer.Exit(1)
-    err.print(f"key {name!r} revoked", highlight=False)

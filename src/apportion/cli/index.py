@@ -22,7 +22,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from apportion.cli_common import err, fail, out
+from apportion.cli.common import err, fail, out
 from apportion.config import Settings
 from apportion.errors import ApportionError
 

@@ -1,4 +1,5 @@
-"""What every `apportion` sub-command shares: the consoles, the --config option, error output."""
+"""What every `apportion` sub-command shares: the consoles, the common options, error output,
+and the progress bar of a model pull."""
 
 from __future__ import annotations
 
@@ -11,8 +12,17 @@ from typing import Annotated, NoReturn, TextIO
 import typer
 from rich.console import Console
 from rich.markup import escape
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
 
 from apportion.config import Settings
+from apportion.engines import catalogue
 from apportion.errors import ApportionError
 
 err = Console(stderr=True)
@@ -104,3 +114,30 @@ def warnings_as_lines() -> Iterator[None]:
     with warnings.catch_warnings():
         warnings.showwarning = show
         yield
+
+
+class RichPullProgress(catalogue.PullProgress):
+    """Shows a byte progress bar while a model's packages are fetched and joined."""
+
+    def __init__(self, console: Console) -> None:
+        self._progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            TimeRemainingColumn(),
+            console=console,
+            transient=False,
+        )
+        self._task: object = None
+
+    def start(self, model: catalogue.CatalogueModel) -> None:
+        self._progress.start()
+        self._task = self._progress.add_task(f"pulling {model.id}", total=model.size)
+
+    def bytes_written(self, n: int) -> None:
+        self._progress.advance(self._task, n)  # type: ignore[arg-type]
+
+    def verifying(self) -> None:
+        self._progress.stop()
+        err.print("verifying sha256 … ok", highlight=False)

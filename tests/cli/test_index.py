@@ -1,4 +1,4 @@
-"""`apportion index ...` mounted in a Typer app the way cli.py mounts it."""
+"""`apportion index ...` mounted in a Typer app the way `apportion.cli` mounts it."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from apportion.cli_index import index_app
+from apportion.cli.index import index_app
 
 app = typer.Typer()
 app.add_typer(index_app, name="index")

@@ -1,0 +1,257 @@
+"""A bench run as `apportion bench` asks for one, checked before any work and then run.
+
+`plan_bench` turns the command's choices into a `BenchRun`: it loads the items (a seeded sample
+per source), checks the strategy specs and the model, resolves the corpus, and refuses a run
+that would mix with the one already in the output folder, all before a document is indexed or a
+model called. The run then indexes its corpus (`index_corpus`), runs every item × strategy
+(`execute`, which reports through callbacks), and writes the summary, plots and report.
+
+The command line only parses options, builds the engine, calls these and prints; scripts
+(benchmarks/*.py) load items the way the command does with `load_bench_items`.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from apportion.bench.datasets import BenchItem, load_jsonl, load_named
+from apportion.bench.runner import (
+    RESULTS,
+    ItemResult,
+    check_run_dir,
+    prefix_reuse,
+    read_results,
+    run_bench,
+    run_meta,
+)
+from apportion.errors import UsageError
+
+if TYPE_CHECKING:
+    from apportion.bench.cache import SqliteCompletionCache
+    from apportion.bench.corpus import BenchCorpus
+    from apportion.engine import Engine
+    from apportion.strategies.base import CompletionCache
+    from apportion.tools.store.base import DocumentStore
+    from apportion.tools.store.ingest import IngestReport
+
+# (done, total): how far an indexing or a run has got.
+ProgressCallback = Callable[[int, int], None]
+
+CACHE_FILE = "bench-cache.sqlite"  # under $APPORTION_HOME unless --cache names another
+
+
+def load_bench_items(
+    data: Sequence[Path], names: Sequence[str], limit: int | None, seed: int, data_dir: Path | None
+) -> tuple[list[BenchItem], list[str]]:
+    """The items of JSONL files and named datasets, each source cut to a seeded sample of
+    `limit`, and how the report names each source ("gsm8k (50)")."""
+    groups: list[tuple[str, list[BenchItem]]] = []
+    for path in data:
+        if not path.is_file():
+            raise UsageError(f"data file not found: {path}")
+        groups.append((path.name, list(load_jsonl(path))))
+    for name in names:
+        groups.append((name, list(load_named(name, data_dir=data_dir))))
+    items: list[BenchItem] = []
+    sources = []
+    for source, group in groups:
+        if limit is not None and limit < len(group):
+            # a seeded sample, in the file's order, so --limit takes a representative slice
+            keep = sorted(random.Random(seed).sample(range(len(group)), limit))
+            group = [group[i] for i in keep]
+        items.extend(group)
+        sources.append(f"{source} ({len(group)})")
+    if not items:
+        raise UsageError("the data sources hold no items")
+    return items, sources
+
+
+def command_data(data: Sequence[Path], names: Sequence[str]) -> tuple[str, ...]:
+    """The data as the command named it, files by absolute path: part of what --resume checks."""
+    return (*(f"--data {p.resolve()}" for p in data), *(f"--dataset {n}" for n in names))
+
+
+def index_bench_corpus(
+    corpus: BenchCorpus, uri: str, *, progress: ProgressCallback | None = None
+) -> tuple[DocumentStore, IngestReport]:
+    """Open the store at `uri` and bring `corpus` into it (unchanged documents are skipped);
+    the store is closed again if indexing fails or is interrupted."""
+    from apportion.tools.store import open_store
+    from apportion.tools.store.ingest import count_documents, ingest_documents
+
+    store = open_store(uri)
+    try:
+        total = count_documents([corpus.path])
+        if progress is not None:
+            progress(0, total)
+        report = ingest_documents(store, corpus.documents(), total=total, progress=progress)
+    except BaseException:
+        store.close()
+        raise
+    return store, report
+
+
+@dataclass(frozen=True)
+class IndexedCorpus:
+    """What indexing a run's corpus did: where, what it wrote, what the store now holds."""
+
+    label: str
+    uri: str
+    report: IngestReport
+    chunks: int
+
+
+@dataclass
+class Tally:
+    """Accuracy so far per strategy, and how many of its items raised: the progress line."""
+
+    correct: dict[str, list[bool]] = field(default_factory=dict)
+    raised: dict[str, int] = field(default_factory=dict)
+
+    def add(self, result: ItemResult) -> None:
+        self.correct.setdefault(result.strategy, []).append(result.correct)
+        if result.error_type is not None:
+            self.raised[result.strategy] = self.raised.get(result.strategy, 0) + 1
+
+    def line(self) -> str:
+        return "  ".join(
+            f"{k} {sum(v) / len(v):.0%}"
+            + (f" ({self.raised[k]} failed)" if k in self.raised else "")
+            for k, v in self.correct.items()
+        )
+
+
+@dataclass
+class BenchRun:
+    """A checked run: the items, the strategies and model they go through, and its folder.
+
+    `data`, `limit`, `corpus_spec` and `policy` describe the command that made it (with the rest,
+    what --resume must match); `sources` is how the report names the data."""
+
+    engine: Engine
+    items: list[BenchItem]
+    sources: list[str]
+    strategies: list[str]
+    model: str
+    out: Path
+    seed: int
+    max_tokens: int | None
+    resume: bool
+    overwrite: bool
+    data: tuple[str, ...]
+    limit: int | None
+    corpus_spec: str | None
+    corpus: BenchCorpus | None
+    policy: str | None
+
+    @property
+    def title(self) -> str:
+        return f"{self.model} · seed {self.seed} · " + ", ".join(self.sources)
+
+    def index_corpus(
+        self, store_uri: str | None, *, progress: ProgressCallback | None = None
+    ) -> IndexedCorpus:
+        """Index the corpus (into `store_uri`, else its own store under $APPORTION_HOME) and
+        give the store to the engine, so retrieval strategies read it."""
+        if self.corpus is None:
+            raise ValueError("this run has no corpus to index (no --corpus)")
+        uri = store_uri or str(self.corpus.default_store(self.engine.settings.home))
+        store, report = index_bench_corpus(self.corpus, uri, progress=progress)
+        self.engine.store = store
+        self.sources.append(f"corpus {self.corpus.label}")
+        return IndexedCorpus(self.corpus.label, uri, report, store.count())
+
+    def open_cache(self, path: Path | None) -> SqliteCompletionCache:
+        """The completion cache: `path`, else the one shared by all runs under $APPORTION_HOME."""
+        from apportion.bench.cache import SqliteCompletionCache
+
+        return SqliteCompletionCache(path or self.engine.settings.home / CACHE_FILE)
+
+    def execute(
+        self,
+        cache: CompletionCache | None,
+        *,
+        on_start: Callable[[int, int], None] | None = None,
+        on_result: Callable[[ItemResult], None] | None = None,
+    ) -> list[ItemResult]:
+        """Run every pending item × strategy; all results, earlier ones (--resume) included.
+        `on_start(done, todo)` comes once before the first item, `on_result` after each."""
+        return run_bench(
+            self.engine, self.items, self.strategies, out=self.out, model=self.model,
+            seed=self.seed, max_tokens=self.max_tokens, resume=self.resume,
+            overwrite=self.overwrite, cache=cache, sources=self.sources, data=self.data,
+            limit=self.limit, corpus=self.corpus_spec, policy=self.policy,
+            on_result=on_result, on_start=on_start,
+        )  # fmt: skip
+
+    def saved_results(self) -> list[ItemResult]:
+        """The results on disk: what an interrupted run keeps."""
+        return read_results(self.out / RESULTS)
+
+    def write_report(self, results: Sequence[ItemResult]) -> dict[str, Any]:
+        """summary.json, the frontier plots and report.html; the summary."""
+        from apportion.bench.report import write_report
+
+        return write_report(results, self.out, title=self.title)
+
+    def close(self) -> None:
+        """Close the corpus's store, if the run opened one."""
+        if self.engine.store is not None:
+            self.engine.store.close()
+
+
+def plan_bench(
+    engine: Engine,
+    *,
+    data: Sequence[Path],
+    datasets: Sequence[str],
+    strategies: str,
+    out: Path,
+    model: str | None = None,
+    limit: int | None = None,
+    seed: int = 0,
+    corpus: str | None = None,
+    data_dir: Path | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    max_tokens: int | None = None,
+    policy: str | None = None,
+) -> BenchRun:
+    """Check everything a run needs before any work: strategy names and parameters, the model,
+    the corpus, the items, and that --out holds no other run (see `check_run_dir`)."""
+    from apportion.strategies.registry import parse_spec, split_specs
+
+    specs = split_specs(strategies)
+    for spec in specs:
+        if spec != "auto":
+            engine.registry.build(spec)  # validate names and parameters before any work
+        if parse_spec(spec).name in engine.registry.store_readers() and corpus is None:
+            raise UsageError(
+                f"{spec} retrieves from documents; give them with --corpus",
+                "e.g. --dataset squad --corpus squad",
+            )
+    model_id = model or engine.settings.default_model
+    engine.check_model(model_id)
+    bench_corpus = None
+    if corpus is not None:
+        from apportion.bench.corpus import resolve_corpus
+
+        bench_corpus = resolve_corpus(corpus, data_dir=data_dir)
+    items, sources = load_bench_items(data, datasets, limit, seed, data_dir)
+    named_data = command_data(data, datasets)
+    # Refuse a run that would mix with the one in --out before indexing or loading anything.
+    meta = run_meta(
+        items, specs, model=model_id, seed=seed, max_tokens=max_tokens, data=named_data,
+        limit=limit, corpus=corpus, policy=policy, deterministic=engine.settings.deterministic,
+        prefix_reuse=prefix_reuse(engine, model_id),
+    )  # fmt: skip
+    check_run_dir(out, meta, resume=resume, overwrite=overwrite)
+    return BenchRun(
+        engine=engine, items=items, sources=sources, strategies=specs, model=model_id, out=out,
+        seed=seed, max_tokens=max_tokens, resume=resume, overwrite=overwrite, data=named_data,
+        limit=limit, corpus_spec=corpus, corpus=bench_corpus, policy=policy,
+    )  # fmt: skip

@@ -1,0 +1,218 @@
+"""`apportion ask`: one question in, the answer, its route and its cost out."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+from rich.table import Table
+
+from apportion.cli.common import (
+    ConfigOption,
+    DeterministicOption,
+    NCtxOption,
+    PolicyOption,
+    RichPullProgress,
+    err,
+    fail,
+    out,
+    warnings_as_lines,
+    with_model_options,
+)
+from apportion.config import Settings
+from apportion.errors import ApportionError
+from apportion.types import Answer, Budget
+
+if TYPE_CHECKING:
+    from apportion.router.features import Features
+    from apportion.router.policy import Plan
+
+
+def ask(
+    question: Annotated[
+        str,
+        typer.Argument(
+            help="The question, in quotes; or - to read it from stdin (for long questions, "
+            "e.g. apportion ask - < question.txt).",
+        ),
+    ],
+    strategy: Annotated[
+        str,
+        typer.Option(
+            "--strategy",
+            "-s",
+            help="auto (the routing policy), or one of: direct, cot, program, symbolic, "
+            "consistency, best_of_n, cascade, rag. Parameters go after a colon, e.g. "
+            "consistency:n=8,rule=beta",
+        ),
+    ] = "auto",
+    model: Annotated[
+        str | None,
+        typer.Option(
+            "--model", "-m", help="Model id (see `apportion models list`) or a .gguf path."
+        ),
+    ] = None,
+    max_tokens: Annotated[
+        int | None, typer.Option("--max-tokens", help="Cap on generated tokens per model call.")
+    ] = None,
+    budget_flops: Annotated[
+        float | None, typer.Option("--budget-flops", help="Hard cap on FLOPs for this question.")
+    ] = None,
+    budget_usd: Annotated[
+        float | None, typer.Option("--budget-usd", help="Hard cap on $ for this question.")
+    ] = None,
+    budget_seconds: Annotated[
+        float | None, typer.Option("--budget-seconds", help="Hard cap on model wall seconds.")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    threads: Annotated[
+        int | None, typer.Option("--threads", help="llama.cpp threads (default: free cores).")
+    ] = None,
+    n_ctx: NCtxOption = None,
+    deterministic: DeterministicOption = False,
+    store: Annotated[
+        str | None,
+        typer.Option(
+            "--store",
+            envvar="APPORTION_STORE",
+            help="Document store for --strategy rag (a path, milvus-lite:DIR or a Milvus URL; "
+            "default: the one `apportion index add` fills).",
+        ),
+    ] = None,
+    policy: PolicyOption = None,
+    explain: Annotated[
+        bool,
+        typer.Option(
+            "--explain", help="Also show the features, the plan, and why the policy chose it."
+        ),
+    ] = False,
+    config: ConfigOption = None,
+) -> None:
+    """Answer one question and show the route it took and what it cost.
+
+    Example: apportion ask "What is 17*23+5?" --json
+    """
+    from apportion.engine import Engine
+    from apportion.router.policy import load_policy
+    from apportion.strategies.registry import parse_spec
+    from apportion.tools.store import open_store
+
+    try:
+        if question == "-":
+            question = read_stdin()
+        settings = with_model_options(
+            Settings.load(config), threads=threads, n_ctx=n_ctx, deterministic=deterministic
+        )
+        if store is not None:
+            settings.store = store  # a setting, so sandboxed programs cannot read it
+        engine = Engine(
+            settings=settings, pull_progress=RichPullProgress(err), policy=load_policy(policy)
+        )
+        documents = settings.store or settings.store_path
+        if store is not None or parse_spec(strategy).name in engine.registry.store_readers():
+            engine.store = open_store(documents)
+        elif settings.store is not None or settings.store_path.exists():
+            # auto may route a factual question to rag: open the index only if it does.
+            engine.store_opener = lambda: open_store(documents)
+        budget = Budget(max_flops=budget_flops, max_usd=budget_usd, max_seconds=budget_seconds)
+        prepared = engine.prepare(
+            question, strategy=strategy, model=model, max_tokens=max_tokens, budget=budget
+        )
+        with warnings_as_lines():
+            answer = engine.run(prepared)
+        engine.close()  # keeps the speeds it measured (engines/speed.py)
+    except ApportionError as e:
+        fail(e)
+    explanation = explain_plan(prepared.features, prepared.plan) if explain else None
+    if as_json:
+        payload = answer.to_dict()
+        if explanation is not None:
+            payload["explain"] = explanation
+        sys.stdout.write(json.dumps(payload) + "\n")
+    else:
+        print_answer(answer)
+        if explanation is not None:
+            print_explanation(explanation)
+    if answer.error:
+        if not as_json:
+            err.print(f"[bold red]no answer:[/] {answer.error}", highlight=False)
+        raise typer.Exit(1)
+
+
+def read_stdin() -> str:
+    """The question from stdin (`ask -`): argv caps one argument at 128 KiB, stdin does not."""
+    from apportion.errors import UsageError
+
+    try:
+        return sys.stdin.buffer.read().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise UsageError(
+            f"stdin is not UTF-8 text (byte {e.start})", "pipe the question as UTF-8"
+        ) from e
+
+
+def explain_plan(features: Features, plan: Plan) -> dict[str, Any]:
+    """What `ask --explain` shows: the features, the plan, and why."""
+    from apportion.router.policy import difficulty_score, plan_spec
+
+    return {
+        "features": {
+            "intent": features.intent,
+            "intent_probabilities": {k: round(v, 4) for k, v in sorted(
+                features.intent_probabilities, key=lambda kv: -kv[1]
+            )},
+            "has_math_expression": features.has_math_expression,
+            "n_words": features.n_words,
+            "n_digits": features.n_numbers,
+            "difficulty_score": round(difficulty_score(features), 3),
+            "difficulty": plan.difficulty,
+        },
+        "plan": plan_spec(plan.steps),
+        "reason": plan.reason,
+        "expected": plan.expected,
+        "alternatives": [
+            {"plan": c.spec, "accuracy": c.accuracy, "flops": c.flops, "score": round(score, 4)}
+            for c, score in sorted(plan.alternatives, key=lambda cs: -cs[1])
+        ],
+    }  # fmt: skip
+
+
+def print_explanation(explanation: dict[str, Any]) -> None:
+    f = explanation["features"]
+    top = ", ".join(f"{k} {v:.0%}" for k, v in list(f["intent_probabilities"].items())[:3])
+    err.print(
+        f"[bold]features[/]  intent {f['intent']} ({top}); math expression "
+        f"{'yes' if f['has_math_expression'] else 'no'}; {f['n_words']} words, "
+        f"{f['n_digits']} digits; difficulty score {f['difficulty_score']}"
+        + (f" → {f['difficulty']}" if f["difficulty"] else ""),
+        highlight=False,
+    )
+    err.print(f"[bold]plan[/]      {explanation['plan']}", highlight=False)
+    err.print(f"[bold]why[/]       {explanation['reason']}", highlight=False)
+    if explanation["alternatives"]:
+        table = Table("alternative plan", "accuracy", "mean FLOPs", "score", title=None)
+        for a in explanation["alternatives"][:6]:
+            table.add_row(a["plan"], f"{a['accuracy']:.0%}", f"{a['flops']:.3g}",
+                          f"{a['score']:.3f}")  # fmt: skip
+        err.print(table)
+
+
+def print_answer(answer: Answer) -> None:
+    if answer.answer:
+        out.print(answer.answer, highlight=False, markup=False)
+    t = answer.ledger
+    tried = " → ".join(a.strategy for a in answer.attempts)
+    route = (
+        f"route: {answer.intent or '-'} → {tried}"
+        if len(answer.attempts) > 1
+        else (f"route: {answer.intent or '-'} → {answer.strategy}")
+    )
+    err.print(
+        f"[dim]{route} | {t.prompt_tokens}+{t.completion_tokens} tok | {t.flops:.3g} FLOPs | "
+        f"{t.wall_s:.2f} s | {t.energy_j:.1f} J | ${t.cost_usd:.2g}"
+        + (" | stopped for budget" if answer.stopped_for_budget else "")
+        + "[/]",
+        highlight=False,
+    )
