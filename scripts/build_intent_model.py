@@ -3,7 +3,7 @@
 
     python scripts/build_intent_model.py [--data-dir ../shared/data] [--out PATH] [--report F]
 
-Builds the labelled queries (apportion.router.intent_data), fits a multinomial logistic
+Builds the labelled queries (apportion.bench.intent_data), fits a multinomial logistic
 regression on the training split with scikit-learn (a dev dependency; inference needs only
 NumPy), and prints held-out accuracy, per-source accuracy, the confusion matrix and the
 latency of one prediction. The fit is deterministic: the same data gives the same weights.
@@ -22,10 +22,10 @@ import numpy as np
 from scipy.sparse import csr_matrix
 from sklearn.linear_model import LogisticRegression
 
-from apportion.router.features import INTENTS
+from apportion.bench.intent_data import LabelledQuery, labelled_queries
 from apportion.router.intent import DIM, MODEL_FILE, IntentClassifier, hashed_features
-from apportion.router.intent_data import LabelledQuery, labelled_queries
-from apportion.tools.solver import extract_math
+from apportion.tools.math_extract import extract_math
+from apportion.types import INTENTS
 
 
 def matrix(queries: list[LabelledQuery]) -> csr_matrix:

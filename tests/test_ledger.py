@@ -3,7 +3,7 @@ import pytest
 from apportion.config import HardwareProfile
 from apportion.errors import BudgetExceededError
 from apportion.ledger import Ledger, ModelCost, RaplMeter, model_flops
-from apportion.types import Budget
+from apportion.types import COST_FIELDS, Budget, Charge, Cost
 
 
 def test_flops_dense_term_is_two_per_parameter_per_token() -> None:
@@ -80,3 +80,62 @@ def test_rapl_meter_reads_counters(tmp_path) -> None:
     assert meter.available
     assert meter.read_j() == pytest.approx(2.5)
     assert RaplMeter(tmp_path / "absent").read_j() is None
+
+
+def test_costs_add_field_by_field() -> None:
+    a = Cost(prompt_tokens=1, completion_tokens=2, flops=3.0, wall_s=4.0, cpu_s=5.0,
+             energy_j=6.0, cost_usd=7.0)  # fmt: skip
+    b = Cost(prompt_tokens=10, completion_tokens=20, flops=30.0, wall_s=40.0, cpu_s=50.0,
+             energy_j=60.0, cost_usd=70.0)  # fmt: skip
+    assert a + b == Cost(prompt_tokens=11, completion_tokens=22, flops=33.0, wall_s=44.0,
+                         cpu_s=55.0, energy_j=66.0, cost_usd=77.0)  # fmt: skip
+    assert Cost.total([]) == Cost() and Cost.total([a, b, a]) == a + b + a
+    # A charge is a cost with a name: adding two gives just the cost.
+    charge = Charge(kind="tool", name="sympy", wall_s=0.5, cpu_s=0.25)
+    assert type(charge + charge) is Cost and (charge + charge).cpu_s == 0.5
+    assert COST_FIELDS == ("prompt_tokens", "completion_tokens", "flops", "wall_s", "cpu_s",
+                           "energy_j", "cost_usd")  # fmt: skip
+
+
+def test_totals_add_in_charge_order() -> None:
+    """The totals are the running sum of the charges, so floats round as they always did."""
+    ledger = Ledger(hardware=HardwareProfile(active_watts=20.0, usd_per_hour=3.6), cores=4)
+    walls = [0.1, 0.2, 0.7, 1e-9]
+    for wall in walls:
+        ledger.charge_tool("z3", wall_s=wall, cpu_s=wall / 3)
+    totals = ledger.totals()
+    running = 0.0
+    for wall in walls:
+        running += wall
+    assert totals.wall_s == running and totals.calls == tuple(ledger.charges)
+    assert totals.cpu_s == sum(c.cpu_s for c in ledger.charges)
+
+
+def test_ledger_json_keeps_its_shape() -> None:
+    ledger = Ledger()
+    ledger.charge_model(ModelCost("m", params=1e6), prompt_tokens=3, completion_tokens=4,
+                        wall_s=1.23456789, detail="direct")  # fmt: skip
+    ledger.charge_tool("sympy", wall_s=0.5, cpu_s=0.1234567891)
+    data = ledger.totals().to_dict()
+    assert list(data) == [*COST_FIELDS, "calls"]
+    assert data["wall_s"] == round(1.23456789 + 0.5, 6)
+    calls = data["calls"]
+    assert isinstance(calls, list)
+    assert list(calls[0]) == ["kind", "name", "prompt_tokens", "completion_tokens", "flops",
+                              "wall_s", "cpu_s", "energy_j", "energy_source", "cost_usd",
+                              "detail"]  # fmt: skip
+    assert (calls[0]["wall_s"], calls[1]["cpu_s"]) == (1.234568, 0.123457)
+    assert calls[1]["kind"] == "tool" and calls[1]["prompt_tokens"] == 0
+
+
+def test_the_api_ledger_is_the_cost_field_for_field() -> None:
+    pytest.importorskip("pydantic")
+    from apportion.server.schemas import LedgerOut
+
+    assert list(LedgerOut.model_fields) == [*COST_FIELDS, "calls"]
+    ledger = Ledger()
+    ledger.charge_tool("sympy", wall_s=0.1234567891, cpu_s=0.1)
+    totals = ledger.totals()
+    out = LedgerOut.of(totals, with_calls=False)
+    assert out.model_dump(exclude={"calls"}) == totals.cost_json() and out.calls is None
+    assert LedgerOut.of(totals, with_calls=True).calls == [totals.calls[0].to_dict()]

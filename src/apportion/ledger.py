@@ -29,21 +29,11 @@ from pathlib import Path
 
 from apportion.config import HardwareProfile
 from apportion.errors import BudgetExceededError
-from apportion.types import Budget, Charge, LedgerTotals
+from apportion.types import Budget, Charge, Cost, LedgerTotals
 
-
-@dataclass(frozen=True)
-class ModelCost:
-    """What the cost model needs to know about a model."""
-
-    model_id: str
-    params: float
-    n_layers: int | None = None
-    d_model: int | None = None
-    local: bool = True
-    usd_per_m_prompt: float = 0.0
-    usd_per_m_completion: float = 0.0
-    joules_per_flop: float = 2.5e-12
+# ModelCost lives with the other value types (a Completion names the model that served it);
+# it is imported from here as much as from there.
+from apportion.types import ModelCost as ModelCost
 
 
 def model_flops(
@@ -151,17 +141,7 @@ class Ledger:
         return self._record(charge)
 
     def totals(self) -> LedgerTotals:
-        c = self.charges
-        return LedgerTotals(
-            prompt_tokens=sum(x.prompt_tokens for x in c),
-            completion_tokens=sum(x.completion_tokens for x in c),
-            flops=sum(x.flops for x in c),
-            wall_s=sum(x.wall_s for x in c),
-            cpu_s=sum(x.cpu_s for x in c),
-            energy_j=sum(x.energy_j for x in c),
-            cost_usd=sum(x.cost_usd for x in c),
-            calls=tuple(c),
-        )
+        return LedgerTotals(**Cost.total(self.charges).cost_fields(), calls=tuple(self.charges))
 
     def check_model_call(self, cost: ModelCost, prompt_tokens: int, max_tokens: int) -> None:
         """Refuse a model call whose worst case (all max_tokens generated) would break a cap."""

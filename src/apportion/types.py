@@ -2,16 +2,31 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
-
-if TYPE_CHECKING:
-    from apportion.ledger import ModelCost
+from collections.abc import Iterable
+from dataclasses import dataclass, field, fields
+from typing import Any, Literal
 
 Role = Literal["system", "user", "assistant"]
 AnswerKind = Literal["number", "text", "choice", "boolean"]
 EnergySource = Literal["estimated", "measured"]
 ChargeKind = Literal["model", "tool"]
+# What the router classifies a query as (router/intent.py's classes).
+Intent = Literal["arithmetic", "math_word", "factual", "logic", "code", "chat"]
+INTENTS: tuple[Intent, ...] = ("arithmetic", "math_word", "factual", "logic", "code", "chat")
+
+
+@dataclass(frozen=True)
+class ModelCost:
+    """What the cost model (apportion.ledger) needs to know about a model."""
+
+    model_id: str
+    params: float
+    n_layers: int | None = None
+    d_model: int | None = None
+    local: bool = True
+    usd_per_m_prompt: float = 0.0
+    usd_per_m_completion: float = 0.0
+    joules_per_flop: float = 2.5e-12
 
 
 @dataclass(frozen=True)
@@ -65,60 +80,76 @@ class Budget:
     max_seconds: float | None = None
 
 
-@dataclass(frozen=True)
-class Charge:
-    """One engine or tool call, as the ledger records it."""
+@dataclass(frozen=True, kw_only=True)
+class Cost:
+    """What something spent: tokens, compute, time, energy and money. A call's charge, a
+    request's totals and a bench item's result are each a Cost with more beside; `+` adds
+    two (a plain Cost), and `Cost.total` adds many."""
 
-    kind: ChargeKind
-    name: str  # model id or tool name
     prompt_tokens: int = 0
     completion_tokens: int = 0
     flops: float = 0.0
     wall_s: float = 0.0
     cpu_s: float = 0.0
     energy_j: float = 0.0
-    energy_source: EnergySource = "estimated"
     cost_usd: float = 0.0
+
+    def __add__(self, other: Cost) -> Cost:
+        return Cost(**{name: getattr(self, name) + getattr(other, name) for name in COST_FIELDS})
+
+    @classmethod
+    def total(cls, costs: Iterable[Cost]) -> Cost:
+        """The sum, added in order (so floats round as a running sum does)."""
+        out = Cost()
+        for cost in costs:
+            out += cost
+        return out
+
+    def cost_fields(self) -> dict[str, Any]:
+        """The seven fields by name, as they are."""
+        return {name: getattr(self, name) for name in COST_FIELDS}
+
+    def cost_json(self) -> dict[str, Any]:
+        """The seven fields as ledgers show them: times rounded to the microsecond."""
+        out = self.cost_fields()
+        out["wall_s"] = round(self.wall_s, 6)
+        out["cpu_s"] = round(self.cpu_s, 6)
+        return out
+
+
+COST_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Cost))
+
+
+@dataclass(frozen=True, kw_only=True)
+class Charge(Cost):
+    """One engine or tool call, as the ledger records it."""
+
+    kind: ChargeKind
+    name: str  # model id or tool name
+    energy_source: EnergySource = "estimated"
     detail: str = ""  # e.g. which strategy step made the call
 
     def to_dict(self) -> dict[str, object]:
+        cost = self.cost_json()
+        usd = cost.pop("cost_usd")  # energy_source goes before it, as it always has
         return {
             "kind": self.kind,
             "name": self.name,
-            "prompt_tokens": self.prompt_tokens,
-            "completion_tokens": self.completion_tokens,
-            "flops": self.flops,
-            "wall_s": round(self.wall_s, 6),
-            "cpu_s": round(self.cpu_s, 6),
-            "energy_j": self.energy_j,
+            **cost,
             "energy_source": self.energy_source,
-            "cost_usd": self.cost_usd,
+            "cost_usd": usd,
             "detail": self.detail,
         }
 
 
-@dataclass(frozen=True)
-class LedgerTotals:
-    prompt_tokens: int
-    completion_tokens: int
-    flops: float
-    wall_s: float
-    cpu_s: float
-    energy_j: float
-    cost_usd: float
+@dataclass(frozen=True, kw_only=True)
+class LedgerTotals(Cost):
+    """What a request spent in all, and the calls that spent it."""
+
     calls: tuple[Charge, ...]
 
     def to_dict(self) -> dict[str, object]:
-        return {
-            "prompt_tokens": self.prompt_tokens,
-            "completion_tokens": self.completion_tokens,
-            "flops": self.flops,
-            "wall_s": round(self.wall_s, 6),
-            "cpu_s": round(self.cpu_s, 6),
-            "energy_j": self.energy_j,
-            "cost_usd": self.cost_usd,
-            "calls": [c.to_dict() for c in self.calls],
-        }
+        return {**self.cost_json(), "calls": [c.to_dict() for c in self.calls]}
 
 
 @dataclass(frozen=True)
@@ -132,6 +163,9 @@ class Attempt:
     rationale: str = ""  # the model's reasoning, program or solver expression behind the answer
     error: str | None = None
     citations: tuple[str, ...] = ()
+    # The strategy found nothing to answer from (rag: nothing relevant in the store) and says
+    # so in `answer`: a valid reply, not an answer to the question.
+    abstained: bool = False
 
     @property
     def ok(self) -> bool:
@@ -150,6 +184,8 @@ class Answer:
     attempts: tuple[Attempt, ...] = field(default_factory=tuple)
     stopped_for_budget: bool = False
     error: str | None = None
+    # The answer is the chosen attempt's abstention (see Attempt.abstained).
+    abstained: bool = False
 
     def to_dict(self) -> dict[str, object]:
         return {

@@ -163,3 +163,27 @@ def test_an_item_that_raises_is_an_error_row_and_the_run_goes_on(tmp_path: Path)
     assert summary["strategies"]["explodes"]["raised"] == 1  # type: ignore[index]
     assert summary["strategies"]["explodes"]["correct"] == 2  # type: ignore[index]
     assert summary["strategies"]["symbolic"]["raised"] == 0  # type: ignore[index]
+
+
+@dataclass(frozen=True)
+class Declines:
+    """Abstains on every question, as rag does when its store knows nothing relevant."""
+
+    @property
+    def name(self) -> str:
+        return "declines"
+
+    def run(self, query: Query, ctx: RunContext) -> Attempt:
+        return Attempt(self.name, "nothing to go on", 0.05, abstained=True)
+
+
+def test_a_row_says_when_its_answer_is_an_abstention(tmp_path: Path, items) -> None:  # type: ignore[no-untyped-def]
+    engine = Engine(registry=default_registry(extra=[("declines", Declines)]))
+    out = tmp_path / "run"
+    results = run_bench(engine, items[:1], ["declines", "symbolic"], out=out,
+                        model="qwen2.5-coder-0.5b")  # fmt: skip
+    assert [(r.strategy, r.abstained) for r in results] == [
+        ("declines", True), ("symbolic", False),
+    ]  # fmt: skip
+    assert read_results(out / RESULTS) == results
+    assert [json.loads(line)["abstained"] for line in (out / RESULTS).open()] == [True, False]

@@ -9,11 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from apportion.bench.runner import ItemResult
 from apportion.engine import execute
 from apportion.errors import UsageError
 from apportion.ledger import Ledger
-from apportion.router.calibrate import calibrate, replay
+from apportion.router.calibrate import calibrate, evaluate, replay
 from apportion.router.features import extract_features
 from apportion.router.policy import (
     CalibratedPolicy,
@@ -26,19 +25,20 @@ from apportion.router.policy import (
 )
 from apportion.strategies.base import RunContext
 from apportion.strategies.registry import default_registry
+from apportion.traces import ItemResult
 from apportion.types import Budget, Query
 from fakes import ScriptedEngine
 
 
 def result(
     item: str, strategy: str, *, correct: bool, confidence: float, flops: float, question: str,
-    answer: str | None = "x",
+    answer: str | None = "x", abstained: bool = False,
 ) -> ItemResult:  # fmt: skip
     return ItemResult(
         dataset="d", item_id=item, strategy=strategy, gold="g", answer=answer, correct=correct,
         f1=float(correct), confidence=confidence, route=strategy, intent=None, error=None,
         prompt_tokens=10, completion_tokens=10, flops=flops, wall_s=flops / 1e10, cpu_s=0.0,
-        energy_j=0.0, cost_usd=flops / 1e14, calls=1, question=question,
+        energy_j=0.0, cost_usd=flops / 1e14, calls=1, question=question, abstained=abstained,
     )  # fmt: skip
 
 
@@ -148,21 +148,44 @@ def test_lambda_trades_accuracy_for_cost() -> None:
     assert all("symbolic" not in c["plan"].split(">")[-1] for c in poor["candidates"])
 
 
-def test_a_plan_that_declines_for_free_is_never_chosen() -> None:
-    # rag abstains on every question here at no cost; direct answers, rightly a third of the time
+def abstaining_rag() -> list[ItemResult]:
+    """rag abstains on every question here at no cost; direct answers, rightly a third of the
+    time."""
     runs = []
     for i in range(30):
         q = f"Who painted picture number {i} in the gallery?"
         runs += [
             result(f"f{i}", "rag", correct=False, confidence=0.05, flops=0.0, question=q,
-                   answer="not found in the documents"),
+                   answer="not found in the documents", abstained=True),
             result(f"f{i}", "direct", correct=i % 3 == 0, confidence=0.5, flops=1e9, question=q),
         ]  # fmt: skip
-    cell = calibrate(runs, lam=10.0, min_cell=100)["cells"]["factual/*"]
+    return runs
+
+
+def test_a_plan_that_declines_for_free_is_never_chosen() -> None:
+    cell = calibrate(abstaining_rag(), lam=10.0, min_cell=100)["cells"]["factual/*"]
     assert cell["chosen"] == "direct"
     assert {c["plan"] for c in cell["candidates"]} <= {"direct", "rag@0.3>direct"} | {
         f"rag@{b}>direct" for b in (0.5, 0.7, 0.9)
     }
+
+
+def test_abstentions_are_read_from_the_flag_and_from_old_rows() -> None:
+    flagged = abstaining_rag()
+    # Rows written before `abstained` existed: rag's message is what marks them.
+    old = []
+    for r in flagged:
+        row = r.to_json()
+        del row["abstained"]
+        old.append(ItemResult.from_json(json.loads(json.dumps(row))))
+    assert [r.abstained for r in old] == [r.abstained for r in flagged]
+    assert calibrate(old, lam=10.0, min_cell=100) == calibrate(flagged, lam=10.0, min_cell=100)
+    # The cheapest answer with hindsight is direct's: an abstention answers nothing.
+    for rows in (flagged, old):
+        assert evaluate({}, rows).cheapest_answer == (1 / 3, 1e9)
+    # The flag, not the text, decides: the same rows unflagged are answers, and free ones.
+    unflagged = [replace(r, abstained=False) for r in flagged]
+    assert evaluate({}, unflagged).cheapest_answer == (0.0, 0.0)
 
 
 def test_same_traces_same_policy_whatever_their_order() -> None:

@@ -109,6 +109,7 @@ def test_retrieval_and_generation_are_both_charged(store: EmbeddedStore) -> None
     ctx = ctx_for(engine, store)
     attempt = Rag().run(Query("When was the Eiffel Tower completed?", kind="number"), ctx)
     assert (attempt.answer, attempt.citations) == ("1889", ("eiffel#0",))
+    assert not attempt.abstained
     calls = ctx.ledger.totals().calls
     assert [(c.kind, c.name, c.detail) for c in calls] == [
         ("tool", "retrieval", "rag: retrieve"),
@@ -121,7 +122,7 @@ def test_unrelated_question_abstains_without_calling_the_model(store: EmbeddedSt
     engine = ScriptedEngine([])
     ctx = ctx_for(engine, store)
     attempt = Rag().run(Query("How long should sourdough bread proof?"), ctx)
-    assert attempt.ok and attempt.answer == ABSTAIN
+    assert attempt.ok and attempt.answer == ABSTAIN and attempt.abstained
     assert attempt.confidence < 0.1 and attempt.citations == ()
     assert engine.calls == []
     assert [c.name for c in ctx.ledger.totals().calls] == ["retrieval"]
@@ -140,7 +141,7 @@ def test_a_partial_keyword_match_is_not_enough(store: EmbeddedStore) -> None:
 def test_model_saying_not_found_is_an_abstention(store: EmbeddedStore) -> None:
     engine = ScriptedEngine(["Not found in the documents."])
     attempt = Rag().run(Query("Who designed the Eiffel Tower in Paris?"), ctx_for(engine, store))
-    assert (attempt.answer, attempt.citations) == (ABSTAIN, ())
+    assert (attempt.answer, attempt.citations, attempt.abstained) == (ABSTAIN, (), True)
     assert attempt.confidence < 0.1 and len(engine.calls) == 1
 
 

@@ -1,44 +1,17 @@
-"""Summaries, the oracle and the Pareto frontier: pure functions over bench results.
-
-The oracle picks, item by item, the cheapest strategy that was right: the limit any router over
-these strategies can reach. "Cheapest" orders by FLOPs, then energy, then wall time, so that
-tool-only routes (zero model FLOPs) are still ranked by the CPU they burn. Where no strategy was
-right, the oracle is wrong and pays the cheapest strategy's cost (a router must spend something).
-"""
+"""Summaries and the Pareto frontier: pure functions over bench results (apportion.traces,
+which also holds the oracle they compare against)."""
 
 from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from apportion.bench.runner import ItemResult
 from apportion.bench.scoring import wilson_interval
-
-ORACLE = "oracle"
-ADAPTIVE = ("auto", ORACLE)
-
-
-def _cost_key(r: ItemResult) -> tuple[float, float, float]:
-    return (r.flops, r.energy_j, r.wall_s)
-
-
-def oracle(results: Iterable[ItemResult]) -> list[ItemResult]:
-    """One result per item: the cheapest correct one, else the cheapest one, relabelled oracle."""
-    by_item: dict[tuple[str, str], list[ItemResult]] = defaultdict(list)
-    for r in results:
-        # The oracle chooses among fixed strategies; an adaptive policy is what it bounds.
-        if r.strategy.split(":")[0] not in ADAPTIVE:
-            by_item[(r.dataset, r.item_id)].append(r)
-    picks = []
-    for rs in by_item.values():
-        correct = [r for r in rs if r.correct]
-        best = min(correct or rs, key=_cost_key)
-        picks.append(replace(best, strategy=ORACLE, route=best.strategy))
-    return picks
+from apportion.traces import ORACLE, ItemResult, is_adaptive, oracle
 
 
 def _stats(values: Sequence[float]) -> dict[str, float]:
@@ -143,7 +116,7 @@ def points(by_strategy: dict[str, list[ItemResult]], metric: str) -> list[Point]
 
 def fixed_points(by_strategy: dict[str, list[ItemResult]], metric: str) -> list[Point]:
     """The fixed strategies' points: the line an adaptive policy has to beat."""
-    return [p for p in points(by_strategy, metric) if p.name.split(":")[0] not in ADAPTIVE]
+    return [p for p in points(by_strategy, metric) if not is_adaptive(p.name)]
 
 
 def pareto_front(pts: Iterable[Point]) -> list[Point]:

@@ -14,17 +14,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from apportion.bench.frontier import (
-    ADAPTIVE,
-    ORACLE,
     Point,
     complete_items,
-    oracle,
     pareto_front,
     points,
     strategies_in,
     summarize,
 )
-from apportion.bench.runner import ItemResult
+from apportion.strategies.registry import spec_name
+from apportion.traces import ORACLE, ItemResult, is_adaptive, oracle
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -107,7 +105,7 @@ def plot_frontier(
     def xy(p: Point) -> tuple[float, float]:
         return max(p.cost, floor), p.accuracy * 100
 
-    fixed = [p for p in pts if p.name.split(":")[0] not in ADAPTIVE]
+    fixed = [p for p in pts if not is_adaptive(p.name)]
     pareto = _pareto_line([xy(p) for p in pareto_front(fixed)], x_range[1])
     if pareto:
         ax.plot(
@@ -117,7 +115,7 @@ def plot_frontier(
     sizes: dict[str, float] = {}
     for p in pts:
         is_oracle = p.name == ORACLE
-        is_auto = p.name.split(":")[0] == "auto"
+        is_auto = spec_name(p.name) == "auto"
         sizes[p.name] = 120 if is_oracle or is_auto else 50
         ax.scatter(
             [xy(p)[0]], [xy(p)[1]],
@@ -164,7 +162,7 @@ def _label_text(p: Point) -> str:
 
 def _priority(p: Point) -> tuple[int, float]:
     """Oracle and auto are placed first, then the others from the most accurate down."""
-    return (0 if p.name.split(":")[0] in ADAPTIVE else 1, -p.accuracy)
+    return (0 if is_adaptive(p.name) else 1, -p.accuracy)
 
 
 def _spot_box(spot: tuple[str, str, int, int], marker: Box, w: float, h: float) -> Box:

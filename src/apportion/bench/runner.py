@@ -8,10 +8,8 @@ the same command replays instead of regenerating.
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import json
-import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -21,11 +19,17 @@ from apportion.bench.datasets import BenchItem
 from apportion.bench.scoring import score
 from apportion.errors import UsageError
 
+# The trace record and its file are apportion.traces' (calibrate reads them too); bench code
+# imports them from here as well.
+from apportion.traces import RESULTS as RESULTS
+from apportion.traces import ItemResult as ItemResult
+from apportion.traces import ResultWriter as ResultWriter
+from apportion.traces import read_results as read_results
+
 if TYPE_CHECKING:
     from apportion.engine import Engine
     from apportion.strategies.base import CompletionCache
 
-RESULTS = "results.jsonl"
 RUN_META = "run.json"
 # Everything a run writes into its folder: what --overwrite removes.
 RUN_FILES = (
@@ -36,46 +40,6 @@ RUN_FILES = (
     "frontier_energy.png",
     "report.html",
 )
-
-
-@dataclass(frozen=True)
-class ItemResult:
-    """One item × strategy: the answer, whether it was right, and what it cost."""
-
-    dataset: str
-    item_id: str
-    strategy: str
-    gold: str
-    answer: str | None
-    correct: bool
-    f1: float
-    confidence: float
-    route: str  # the strategy that produced the answer (differs from `strategy` for ladders)
-    intent: str | None
-    error: str | None  # why there is no answer: the strategy's reason, or "Type: message"
-    prompt_tokens: int
-    completion_tokens: int
-    flops: float
-    wall_s: float
-    cpu_s: float
-    energy_j: float
-    cost_usd: float
-    calls: int
-    stopped_for_budget: bool = False
-    # The item itself, so traces are self-contained for `apportion calibrate`.
-    question: str = ""
-    kind: str | None = None
-    # The exception's type when the item raised (a strategy, parser or scorer failed); the run
-    # records the row and goes on.
-    error_type: str | None = None
-
-    @property
-    def key(self) -> tuple[str, str, str]:
-        return (self.dataset, self.item_id, self.strategy)
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> ItemResult:
-        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
 
 
 @dataclass(frozen=True)
@@ -158,44 +122,6 @@ def items_digest(items: Sequence[BenchItem]) -> str:
                   list(item.choices), list(item.aliases)]  # fmt: skip
         h.update(json.dumps(record, ensure_ascii=False).encode() + b"\n")
     return h.hexdigest()
-
-
-def read_results(path: Path, *, repair: bool = False) -> list[ItemResult]:
-    """Results in `path`; a torn final line (a kill mid-write) is dropped, and with `repair`
-    cut from the file so later appends start on a clean line."""
-    if not path.exists():
-        return []
-    results: list[ItemResult] = []
-    good_bytes = 0
-    if path.suffix == ".gz":  # archived traces (benchmarks/traces): read only
-        with gzip.open(path, "rt", encoding="utf-8") as z:
-            return [ItemResult.from_json(json.loads(line)) for line in z if line.strip()]
-    with path.open("rb") as f:
-        for raw in f:
-            if not raw.endswith(b"\n"):
-                break
-            try:
-                results.append(ItemResult.from_json(json.loads(raw)))
-            except (ValueError, TypeError, KeyError):
-                break
-            good_bytes += len(raw)
-    if repair and good_bytes != path.stat().st_size:
-        with path.open("r+b") as f:
-            f.truncate(good_bytes)
-    return results
-
-
-class ResultWriter:
-    def __init__(self, path: Path, *, append: bool) -> None:
-        self._f = path.open("a" if append else "w", encoding="utf-8")
-
-    def write(self, result: ItemResult) -> None:
-        self._f.write(json.dumps(asdict(result)) + "\n")
-        self._f.flush()
-        os.fsync(self._f.fileno())
-
-    def close(self) -> None:
-        self._f.close()
 
 
 def check_run_dir(out: Path, meta: RunMeta, *, resume: bool, overwrite: bool = False) -> None:
@@ -312,9 +238,10 @@ def run_one(
     except Exception as e:  # recorded in the row, with its type; Ctrl-C (not an Exception) passes
         kind = type(e).__name__
         return ItemResult(
-            item.dataset, item.id, strategy, item.answer, None, False, 0.0, 0.0, strategy, None,
-            f"{kind}: {e}", 0, 0, 0.0, 0.0, 0.0, 0.0, 0.0, 0, question=item.question,
-            kind=item.kind, error_type=kind,
+            dataset=item.dataset, item_id=item.id, strategy=strategy, gold=item.answer,
+            answer=None, correct=False, f1=0.0, confidence=0.0, route=strategy, intent=None,
+            error=f"{kind}: {e}", calls=0, question=item.question, kind=item.kind,
+            error_type=kind,
         )  # fmt: skip
 
 
@@ -342,6 +269,7 @@ def _run_one(
     s = score(predicted, item.answer, kind=item.kind, aliases=item.aliases, choices=item.choices)
     t = answer.ledger
     return ItemResult(
+        **t.cost_fields(),
         dataset=item.dataset,
         item_id=item.id,
         strategy=strategy,
@@ -353,17 +281,11 @@ def _run_one(
         route=answer.strategy,
         intent=answer.intent,
         error=answer.error,
-        prompt_tokens=t.prompt_tokens,
-        completion_tokens=t.completion_tokens,
-        flops=t.flops,
-        wall_s=t.wall_s,
-        cpu_s=t.cpu_s,
-        energy_j=t.energy_j,
-        cost_usd=t.cost_usd,
         calls=len(t.calls),
         stopped_for_budget=answer.stopped_for_budget,
         question=item.question,
         kind=item.kind,
+        abstained=answer.abstained,
     )
 
 

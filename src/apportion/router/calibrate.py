@@ -24,8 +24,6 @@ from dataclasses import dataclass
 from itertools import permutations
 from typing import Any
 
-from apportion.bench.frontier import ADAPTIVE, oracle
-from apportion.bench.runner import ItemResult
 from apportion.errors import UsageError
 from apportion.router.features import Features, extract_features
 from apportion.router.policy import (
@@ -43,9 +41,9 @@ from apportion.router.policy import (
     stops_here,
     trade_off,
 )
-from apportion.strategies.rag import ABSTAIN
 from apportion.strategies.registry import default_registry
-from apportion.types import Budget
+from apportion.traces import ItemResult, is_adaptive, oracle
+from apportion.types import Budget, Cost
 
 __all__ = [
     "DEFAULT_BARS",
@@ -75,10 +73,6 @@ class _Item:
         return difficulty_score(self.features)
 
 
-def _ok(r: ItemResult) -> bool:
-    return r.answer is not None and r.error is None
-
-
 def _run_ladder(
     steps: Sequence[Step], outcomes: dict[str, ItemResult]
 ) -> tuple[ItemResult | None, list[ItemResult]]:
@@ -87,9 +81,9 @@ def _run_ladder(
     for step in steps:
         r = outcomes[step.strategy]
         ran.append(r)
-        if stops_here(_ok(r), r.confidence, step):
+        if stops_here(r.ok, r.confidence, step):
             return r, ran
-    best = fallback_choice([(_ok(r), r.confidence) for r in ran])
+    best = fallback_choice([(r.ok, r.confidence) for r in ran])
     return (None if best is None else ran[best]), ran
 
 
@@ -101,23 +95,24 @@ def replay(steps: Sequence[Step], outcomes: dict[str, ItemResult]) -> tuple[bool
 
 def _answers(final: ItemResult | None) -> bool:
     """Whether a ladder ended with an answer: not a decline (no answer, an error) and not
-    rag's "not found in the documents"."""
-    return final is not None and _ok(final) and final.answer != ABSTAIN
+    an abstention (rag's "not found in the documents")."""
+    return final is not None and final.ok and not final.abstained
 
 
 def _measure(steps: tuple[Step, ...], items: Sequence[_Item]) -> tuple[Candidate, float]:
     """The plan replayed over `items`: its accuracy and mean costs, and the share of the
     items it answered."""
-    correct = flops = wall = usd = answered = 0.0
+    correct = answered = 0.0
+    spent = Cost()
     for item in items:
         final, ran = _run_ladder(steps, item.outcomes)
         correct += final is not None and final.correct
         answered += _answers(final)
-        flops += sum(r.flops for r in ran)
-        wall += sum(r.wall_s for r in ran)
-        usd += sum(r.cost_usd for r in ran)
+        spent += Cost.total(ran)
     n = len(items)
-    return Candidate(steps, correct / n, flops / n, wall / n, usd / n), answered / n
+    return Candidate(
+        steps, correct / n, spent.flops / n, spent.wall_s / n, spent.cost_usd / n
+    ), answered / n
 
 
 def _candidates(
@@ -169,7 +164,7 @@ def _items(
     grouped: dict[tuple[str, str], dict[str, ItemResult]] = {}
     questions: dict[tuple[str, str], str] = {}
     for r in results:
-        if r.strategy in ADAPTIVE:
+        if is_adaptive(r.strategy):
             continue  # calibrate from fixed strategies only; auto is what is being built
         if keep is not None and not keep(r.dataset, r.item_id):
             continue
@@ -283,7 +278,7 @@ def calibrate(
 class Evaluation:
     """Accuracy and mean FLOPs on a set of traced items: per fixed strategy, per policy (its
     plans replayed over the traces; None where they need a strategy the traces lack) and for
-    the oracle (bench.frontier's: the cheapest right strategy)."""
+    the oracle (apportion.traces': the cheapest right strategy)."""
 
     n: int
     fixed: dict[str, tuple[float, float]]

@@ -1,15 +1,17 @@
 """Query features the policy plans on: the intent (a trained classifier, router/intent.py),
-whether the solver sees a math expression, and the sizes that the difficulty estimate reads."""
+whether the solver sees a math expression, and the sizes that the difficulty estimate reads.
+
+Routing a question imports neither SymPy nor torch: the math is found without SymPy
+(tools/math_extract.py), and the classifier is NumPy alone, loaded on the first question."""
 
 from __future__ import annotations
 
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
 
-Intent = Literal["arithmetic", "math_word", "factual", "logic", "code", "chat"]
-INTENTS: tuple[Intent, ...] = ("arithmetic", "math_word", "factual", "logic", "code", "chat")
+from apportion.tools.math_extract import extract_math
+from apportion.types import Intent
 
 _NUMBER = re.compile(r"\d")
 
@@ -50,8 +52,6 @@ def top_intent(shares: dict[Intent, float]) -> Intent:
 
 
 def extract_features(text: str) -> Features:
-    from apportion.tools.solver import extract_math
-
     has_math = extract_math(text) is not None
     shares = intent_probabilities(text, has_math_expression=has_math)
     return Features(

@@ -1,7 +1,7 @@
 """The trained intent classifier: hashed n-gram features and a multinomial logistic regression.
 
 The weights ship beside this file (`intent_model.npz`); `scripts/build_intent_model.py`
-rebuilds them from the labelled queries in `router/intent_data.py`. Inference is pure NumPy
+rebuilds them from the labelled queries in `bench/intent_data.py`. Inference is pure NumPy
 over a few hundred hashed features, well under a millisecond per query on one core.
 
 Features (the single definition, shared by training and inference):
@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from apportion.router.features import INTENTS, Intent
+from apportion.types import INTENTS, Intent
 
 __all__ = ["DIM", "MODEL_FILE", "IntentClassifier", "default_classifier", "hashed_features"]
 

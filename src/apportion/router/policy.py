@@ -25,9 +25,9 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from apportion.errors import UsageError
-from apportion.router.features import Features, Intent
+from apportion.router.features import Features
 from apportion.strategies.registry import parse_spec
-from apportion.types import Budget
+from apportion.types import Budget, Intent
 
 POLICY_FILE = Path(__file__).with_name("policy.json")
 POLICY_VERSION = 1

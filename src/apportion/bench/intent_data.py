@@ -1,4 +1,6 @@
-"""Labelled queries for the intent classifier, built from the public sets in shared/data.
+"""Labelled queries for the intent classifier (router/intent.py), built from the public sets in
+shared/data by the bench loaders. Only `scripts/build_intent_model.py` and the tests read them:
+the router itself never imports bench.
 
 Each source gives one label (the label is what the dataset *is*, not a per-item judgement):
 
@@ -29,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from apportion.bench.datasets import default_data_dir, load_named
-from apportion.router.features import Intent
+from apportion.types import Intent
 
 __all__ = ["LabelledQuery", "labelled_queries"]
 

@@ -1,0 +1,69 @@
+"""Trace rows: the results.jsonl shape, old rows (archived traces) and abstentions."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from dataclasses import replace
+from pathlib import Path
+
+from apportion.traces import RESULTS, ItemResult, ResultWriter, is_adaptive, read_results
+
+ARCHIVE = Path(__file__).resolve().parents[1] / "benchmarks" / "traces"
+# The row's keys, in order, as results.jsonl has always written them; `abstained` came last.
+ROW_KEYS = [
+    "dataset", "item_id", "strategy", "gold", "answer", "correct", "f1", "confidence", "route",
+    "intent", "error", "prompt_tokens", "completion_tokens", "flops", "wall_s", "cpu_s",
+    "energy_j", "cost_usd", "calls", "stopped_for_budget", "question", "kind", "error_type",
+    "abstained",
+]  # fmt: skip
+
+ROW = ItemResult(
+    dataset="squad", item_id="7", strategy="rag", gold="1889", answer="1889", correct=True,
+    f1=1.0, confidence=0.75, route="rag", intent="factual", error=None, prompt_tokens=120,
+    completion_tokens=3, flops=1.5e11, wall_s=0.25, cpu_s=0.01, energy_j=5.0, cost_usd=1e-5,
+    calls=2, question="When was the Eiffel Tower completed?", kind="number",
+)  # fmt: skip
+
+
+def test_rows_keep_their_keys_and_order_and_read_back(tmp_path: Path) -> None:
+    abstained = replace(ROW, item_id="8", answer="not found in the documents", correct=False,
+                        f1=0.0, confidence=0.05, abstained=True)  # fmt: skip
+    writer = ResultWriter(tmp_path / RESULTS, append=False)
+    for row in (ROW, abstained):
+        writer.write(row)
+    writer.close()
+    lines = (tmp_path / RESULTS).read_text().splitlines()
+    assert [list(json.loads(line)) for line in lines] == [ROW_KEYS, ROW_KEYS]
+    assert read_results(tmp_path / RESULTS) == [ROW, abstained]
+
+
+def test_an_old_row_with_rags_message_reads_as_an_abstention() -> None:
+    old = ROW.to_json()
+    del old["abstained"]  # rows written before the field existed
+    assert not ItemResult.from_json(old).abstained
+    old |= {"answer": "not found in the documents", "correct": False}
+    assert ItemResult.from_json(old).abstained
+    # A new row says so itself, whatever its answer.
+    assert not ItemResult.from_json(old | {"abstained": False}).abstained
+
+
+def test_the_archived_traces_still_load_with_their_abstentions() -> None:
+    (archive,) = ARCHIVE.glob("*.jsonl.gz")
+    rows = read_results(archive)
+    with gzip.open(archive, "rt", encoding="utf-8") as f:
+        raw = [json.loads(line) for line in f if line.strip()]
+    assert len(rows) == len(raw) > 1000
+    abstained = [r for r in rows if r.abstained]
+    assert abstained and all(r.answer == "not found in the documents" for r in abstained)
+    assert len(abstained) == sum(r["answer"] == "not found in the documents" for r in raw)
+    assert {r.strategy for r in abstained} == {"rag"}
+    # Every field a row held comes back as it was.
+    for row, data in zip(rows, raw, strict=True):
+        assert {k: v for k, v in row.to_json().items() if k in data} == data
+
+
+def test_adaptive_specs() -> None:
+    assert is_adaptive("auto") and is_adaptive("oracle") and is_adaptive(" auto ")
+    assert not is_adaptive("cot") and not is_adaptive("consistency:n=8")
+    assert not is_adaptive("autocomplete")
