@@ -10,9 +10,9 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
+from apportion.cli.keys import keys_app
 from apportion.server.app import create_app
 from apportion.server.auth import KeyStore
-from apportion.server.cli import keys_app
 from server.support import FakeEngine, assert_openai_error, fake_core, live_server
 
 CHAT = "/v1/chat/completions"
@@ -159,7 +159,7 @@ def test_serve_names_its_key_store_in_the_settings(
 ) -> None:
     """`serve --keys-db` and `--store` go into the settings the engine (and so the sandbox)
     reads, not only into the server."""
-    import apportion.server.cli as server_cli
+    import apportion.cli.serve as server_cli
 
     seen = {}
 

@@ -14,7 +14,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from apportion.cli_index import index_app
+from apportion.cli.index import index_app
 from apportion.config import Settings
 from apportion.server.app import create_app
 from server.support import live_server, serve_process
@@ -96,7 +96,7 @@ def test_rag_abstains_on_what_the_store_does_not_hold(client: Any) -> None:
 
 
 def _serve(*args: str) -> subprocess.Popen[bytes]:
-    launcher = "import typer; from apportion.server.cli import serve; typer.run(serve)"
+    launcher = "import typer; from apportion.cli.serve import serve; typer.run(serve)"
     return subprocess.Popen(
         [sys.executable, "-c", launcher, *args],
         stdout=subprocess.DEVNULL,

@@ -1,10 +1,12 @@
 """The OpenAI-compatible server. `create_app(settings)` builds one FastAPI app; all of its state
 (engine, key store, metrics, queue) hangs off `app.state`, never off module globals.
 
-A chat completion goes: Bearer key (when the key store has keys) → request validation
-(schemas.py) → model and strategy resolution (translate.py) → the key's hold is opened
-(quota.py) → a Job (jobs.py) runs `Engine.prepare` + `execute` in a worker thread → one JSON
-body, or server-sent events as the work happens (stream.py). Errors: errors.py; the local
+This module is the routes and the wiring. A chat completion goes: Bearer key (when the key
+store has keys) → request validation (schemas.py) → model and strategy resolution
+(translate.py, against the models in models.py) → the key's hold is opened (quota.py) → a Job
+(jobs.py) is started (runner.py), which runs `Engine.prepare` + `execute` in a worker thread
+with the server's hooks in (hooks.py) → one JSON body (responses.py), or server-sent events
+as the work happens (stream.py). Errors: errors.py; the body limit: body_limit.py; the local
 engine queue: queue.py; the document store: documents.py.
 
 - **Streaming.** The stream opens (status 200 and the role chunk) at the job's first output,
@@ -36,15 +38,11 @@ engine queue: queue.py; the document store: documents.py.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import threading
-import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, replace
-from functools import partial
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 import anyio
@@ -55,15 +53,14 @@ from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sse_starlette import EventSourceResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import ASGIApp, Receive, Scope, Send
-from starlette.types import Message as AsgiMessage
 
 from apportion.config import Settings
-from apportion.engine import Engine, execute
-from apportion.engines.base import GenerationCancelled, TextEngine
-from apportion.errors import ApportionError, UnknownNameError
+from apportion.engine import Engine
+from apportion.engines.base import GenerationCancelled
+from apportion.errors import ApportionError
 from apportion.server import metrics as m
 from apportion.server.auth import ApiKey, KeyStore
+from apportion.server.body_limit import BodyLimit
 from apportion.server.errors import (
     ApiError,
     error_payload,
@@ -71,37 +68,24 @@ from apportion.server.errors import (
     outcome_for,
     validation_error,
 )
-from apportion.server.jobs import (
-    TOKEN_CHANNELS,
-    Finished,
-    Job,
-    JobEvent,
-    ObservedEngine,
-    RunSpec,
-    StopFilter,
-    cut_at_stop,
-)
+from apportion.server.hooks import RunHooks
+from apportion.server.jobs import Finished
+from apportion.server.models import ServedModels
 from apportion.server.queue import LocalQueue
 from apportion.server.quota import KeyQuota
+from apportion.server.responses import Responses
+from apportion.server.runner import JobRunner
 from apportion.server.schemas import (
-    AUTO_MODEL,
-    ApportionInfo,
     ChatCompletion,
     ChatCompletionRequest,
-    Choice,
     ErrorBody,
     Health,
-    LedgerOut,
-    ModelCard,
     ModelList,
     QueueInfo,
-    ResponseMessage,
-    Usage,
 )
-from apportion.server.stream import ChunkWriter, Sse
+from apportion.server.stream import ChunkWriter, sse_events
 from apportion.server.translate import RequestTranslator
 from apportion.tools.solver_worker import SolverWorkers
-from apportion.types import Answer
 
 log = logging.getLogger("apportion.server")
 
@@ -124,7 +108,8 @@ class ServerOptions:
 
 
 class ServerState:
-    """Everything one app holds: the Engine, keys, metrics, the local queue and live jobs."""
+    """What one app holds, wired together: the Engine, the models it serves, the key store
+    (through its quotas), metrics, the local queue, the solver workers and the jobs."""
 
     def __init__(
         self,
@@ -138,362 +123,29 @@ class ServerState:
         self.settings = settings
         self.engine = engine
         self.options = options
-        self.keys = keys
         self.owns_engine = owns_engine
         self.metrics = m.ServerMetrics()
         self.local = LocalQueue(options.queue_depth)
         self.metrics.watch_queue(lambda: self.local.waiting)
-        self.limiter = anyio.CapacityLimiter(options.worker_threads)
-        self.jobs: set[Job] = set()
+        limiter = anyio.CapacityLimiter(options.worker_threads)
         self.solvers = SolverWorkers()  # solver work in worker processes, never on these threads
-        # Engine.engine_for loads a model on first use; two threads must not load it twice.
-        self._load_lock = threading.Lock()
+        self.models = ServedModels(settings, engine)
         self.translator = RequestTranslator(
-            settings, engine, max_tokens_limit=options.max_tokens_limit
+            engine.registry, self.models, max_tokens_limit=options.max_tokens_limit
         )
-        self.quota = KeyQuota(keys, self.limiter, ttl_s=options.request_timeout_s + 60.0)
-
-    # -- running --------------------------------------------------------------------------
-
-    def start(self, spec: RunSpec, *, key: ApiKey | None, streaming: bool, job_id: str) -> Job:
-        job = Job(
-            spec=spec,
-            loop=asyncio.get_running_loop(),
-            streaming=streaming,
-            deadline=time.monotonic() + self.options.request_timeout_s,
-            key=key,
-            id=job_id,
-            holding=key is not None and self.keys is not None,
+        self.quota = KeyQuota(keys, limiter, ttl_s=options.request_timeout_s + 60.0)
+        hooks = RunHooks(engine, self.models, self.local, self.quota, self.solvers)
+        self.jobs = JobRunner(
+            engine, hooks, self.quota, self.metrics, limiter, timeout_s=options.request_timeout_s
         )
-        self.jobs.add(job)
-        job.task = asyncio.create_task(self._run(job))
-        # the outcome is read by whoever waits; this only stops "never retrieved" warnings
-        job.task.add_done_callback(lambda t: t.cancelled() or t.exception())
-        return job
-
-    def _engine_for(self, job: Job, model_id: str) -> TextEngine:
-        """The engine_for a job's RunContext uses (runs in the worker thread)."""
-        if job.cancel.is_set():
-            raise GenerationCancelled()
-        served = self.translator.served_models()
-        if model_id not in served:
-            raise UnknownNameError("model", model_id, served)
-        with self._load_lock:
-            inner = self.engine.engine_for(model_id)
-        if inner.cost.local and not job.holds_local:
-            self.local.enter(job.cancel, job.deadline, on_wait=job.on_queue)
-            job.holds_local = True
-        self.quota.refresh_budget(job)
-        stop = job.spec.stop if job.token_channel == "content" else ()
-        return ObservedEngine(inner, job, partial(self.quota.reserve, job), stop=stop)
-
-    def _work(self, job: Job) -> Answer:
-        """The worker thread: route, plan and execute; then settle the key's hold."""
-        spec = job.spec
-        try:
-            prepared = self.engine.prepare(
-                spec.question, history=spec.history, strategy=spec.strategy, model=spec.model,
-                max_tokens=spec.max_tokens, budget=spec.budget, seed=spec.seed,
-                deterministic=spec.deterministic,
-            )  # fmt: skip
-            steps = prepared.plan.steps
-            if len(steps) == 1:
-                job.token_channel = TOKEN_CHANNELS.get(m.strategy_label(steps[0].strategy))
-            if job.token_channel == "content" and spec.stop:
-                job.content_filter = StopFilter(spec.stop)
-            ledger = prepared.ctx.ledger
-            ledger.on_charge = job.on_charge
-            job.ledger = ledger
-            ctx = replace(
-                prepared.ctx, engine_for=partial(self._engine_for, job), on_token=job.on_token,
-                solvers=self.solvers,
-            )  # fmt: skip
-            return execute(
-                prepared.plan, prepared.query, ctx, self.engine.registry,
-                intent=prepared.features.intent,
-            )  # fmt: skip
-        finally:
-            # Settled before the local slot is given back, so the next request in the queue
-            # sees this one's real spending rather than its hold.
-            self.quota.settle(job)
-            if job.holds_local:
-                job.holds_local = False
-                self.local.leave()
-
-    async def _run(self, job: Job) -> Answer:
-        self.metrics.in_flight.inc()
-        answer: Answer | None = None
-        outcome = m.ERROR
-        try:
-            answer = await anyio.to_thread.run_sync(self._work, job, limiter=self.limiter)
-            if answer.answer:
-                outcome = m.OK
-            else:
-                outcome = m.BUDGET if answer.stopped_for_budget else m.NO_ANSWER
-            return answer
-        except GenerationCancelled:
-            outcome = m.TIMEOUT if job.timed_out else m.CANCELLED
-            raise
-        except Exception as e:
-            status, _, _ = error_payload(e)
-            outcome = outcome_for(status)
-            if not isinstance(e, ApiError | ApportionError):
-                log.error("request %s failed", job.id, exc_info=e)
-            raise
-        finally:
-            self.metrics.in_flight.dec()
-            job.events.put_nowait(Finished())
-            self.jobs.discard(job)
-            if job.holding:  # the worker never ran (cancelled before it started)
-                await anyio.to_thread.run_sync(self.quota.settle, job)
-            self._account(job, answer, outcome)
-            log.info(
-                "request %s: %s, %s%s", job.id, outcome,
-                answer.strategy if answer is not None else job.spec.strategy,
-                f", user {job.spec.user!r}" if job.spec.user else "",
-            )  # fmt: skip
-
-    def _account(self, job: Job, answer: Answer | None, outcome: str) -> None:
-        """Metrics, for every job however it ended: a cancelled or failed request still spent
-        what its ledger holds (the key's spending was settled by the worker)."""
-        totals = (answer.ledger if answer is not None else None) or (
-            job.ledger.totals() if job.ledger is not None else None
-        )
-        strategy = answer.strategy if answer is not None else job.spec.strategy
-        self.metrics.finished(
-            strategy,
-            outcome,
-            seconds=time.monotonic() - job.started,
-            prompt_tokens=totals.prompt_tokens if totals else 0,
-            completion_tokens=totals.completion_tokens if totals else 0,
-            flops=totals.flops if totals else 0.0,
-            cost_usd=totals.cost_usd if totals else 0.0,
-        )
-
-    def _timeout(self, job: Job) -> ApiError:
-        job.stop(timed_out=True)
-        return ApiError(
-            504,
-            f"the request took longer than {self.options.request_timeout_s:g} s",
-            type="timeout",
-        )
-
-    async def next_event(self, job: Job, *, within: float | None = None) -> JobEvent | None:
-        """The job's next event; None if `within` seconds pass first. Past the request's
-        deadline, the job is stopped and this raises 504."""
-        remaining = job.deadline - time.monotonic()
-        wait = remaining if within is None else min(within, remaining)
-        try:
-            return await asyncio.wait_for(job.events.get(), timeout=max(wait, 0.0))
-        except TimeoutError:
-            if within is not None and within < remaining:
-                return None
-            raise self._timeout(job) from None
-
-    async def result(self, job: Job) -> Answer:
-        """The job's answer once it has ended (after its Finished event)."""
-        assert job.task is not None
-        answer = await asyncio.shield(job.task)
-        self.check_budget_refusal(job, answer)
-        return answer
-
-    async def wait(self, job: Job, request: Request) -> Answer:
-        """A non-streamed request: the answer, watching for the deadline and the client
-        going away meanwhile."""
-        assert job.task is not None
-        while not job.task.done():
-            remaining = job.deadline - time.monotonic()
-            if remaining <= 0:
-                raise self._timeout(job)
-            await asyncio.wait({job.task}, timeout=min(0.25, remaining))
-            if not job.task.done() and await request.is_disconnected():
-                job.stop()
-        return await self.result(job)
-
-    def check_budget_refusal(self, job: Job, answer: Answer) -> None:
-        if answer.answer or not answer.stopped_for_budget:
-            return
-        why = answer.error or "the budget refused the first call"
-        if job.key is not None and (job.spec.key_capped or job.quota_others is not None):
-            raise self.quota.quota_error(job.key, job.quota_others or 0, f" ({why})")
-        raise ApiError(
-            400,
-            f"the budget is too small for any answer: {why}",
-            code="budget_too_small",
-            param="apportion.budget",
-        )
-
-    # -- responses ------------------------------------------------------------------------
-
-    def content(self, job: Job, answer: Answer) -> str:
-        """The answer as the client receives it: up to the first stop sequence."""
-        text, hit = cut_at_stop(answer.answer, job.spec.stop)
-        job.stop_hit = job.stop_hit or hit
-        return text
-
-    def info(self, job: Job, answer: Answer) -> ApportionInfo:
-        t = answer.ledger
-        giver = next((a for a in answer.attempts if a.strategy == answer.strategy and a.ok), None)
-        return ApportionInfo(
-            strategy=answer.strategy,
-            intent=answer.intent,
-            confidence=answer.confidence,
-            route=[a.strategy for a in answer.attempts],
-            stopped_for_budget=answer.stopped_for_budget,
-            error=answer.error,
-            ledger=LedgerOut(
-                prompt_tokens=t.prompt_tokens,
-                completion_tokens=t.completion_tokens,
-                flops=t.flops,
-                wall_s=round(t.wall_s, 6),
-                cpu_s=round(t.cpu_s, 6),
-                energy_j=t.energy_j,
-                cost_usd=t.cost_usd,
-                calls=[c.to_dict() for c in t.calls] if job.spec.return_ledger else None,
-            ),
-            citations=list(giver.citations) if giver is not None else [],
-            notes=list(job.spec.notes),
-        )
-
-    @staticmethod
-    def usage(answer: Answer) -> Usage:
-        t = answer.ledger
-        return Usage(
-            prompt_tokens=t.prompt_tokens,
-            completion_tokens=t.completion_tokens,
-            total_tokens=t.prompt_tokens + t.completion_tokens,
-        )
-
-    @staticmethod
-    def finish_reason(job: Job, answer: Answer) -> str:
-        if job.stop_hit:
-            return "stop"
-        single = m.strategy_label(answer.strategy) in TOKEN_CHANNELS
-        return "length" if single and job.last_finish == "length" else "stop"
-
-    def completion(self, job: Job, answer: Answer, model: str) -> ChatCompletion:
-        reasoning = None
-        if m.strategy_label(answer.strategy) == "cot":
-            chosen = [a for a in answer.attempts if a.strategy == answer.strategy and a.ok]
-            reasoning = chosen[-1].rationale if chosen else None
-        content = self.content(job, answer)
-        return ChatCompletion(
-            id=job.id,
-            created=job.created,
-            model=model,
-            choices=[
-                Choice(
-                    message=ResponseMessage(content=content, reasoning_content=reasoning),
-                    finish_reason=self.finish_reason(job, answer),
-                )
-            ],
-            usage=self.usage(answer),
-            apportion=self.info(job, answer),
-        )
-
-    async def sse(
-        self, job: Job, writer: ChunkWriter, first: JobEvent | None
-    ) -> AsyncIterator[Sse]:
-        """The event stream of a streamed request, starting from its first event (None: the
-        stream opened before the job said anything)."""
-        try:
-            yield writer.role()
-            event = first
-            while not isinstance(event, Finished):
-                if event is not None:
-                    out = writer.event(event)
-                    if out is not None:
-                        yield out
-                try:
-                    event = await self.next_event(job)
-                except ApiError as e:
-                    yield writer.failure(e)
-                    return
-            try:
-                answer = await self.result(job)
-            except Exception as e:
-                yield writer.failure(e)
-                return
-            if job.token_channel == "content":
-                rest = job.content_filter.flush() if job.content_filter is not None else ""
-                if job.content_filter is not None and job.content_filter.hit:
-                    job.stop_hit = True
-                if rest:
-                    yield writer.chunk({"content": rest})
-            else:
-                content = self.content(job, answer)
-                if content:
-                    yield writer.chunk({"content": content})
-            finish = self.finish_reason(job, answer)
-            usage = self.usage(answer).model_dump()
-            for out in writer.ending(finish, usage, self.info(job, answer).model_dump()):
-                yield out
-        finally:
-            # Normally a no-op (the job has ended); when the client went away mid-stream this
-            # is what stops the generation, at its next token.
-            job.stop()
+        self.responses = Responses(engine.registry)
 
     async def shutdown(self) -> None:
-        for job in list(self.jobs):
-            job.stop()
-        tasks = [j.task for j in self.jobs if j.task is not None]
-        if tasks:
-            await asyncio.wait(tasks, timeout=10)
+        await self.jobs.shutdown()
         if self.owns_engine:
             await anyio.to_thread.run_sync(self.engine.close)
             if self.engine.store is not None:
                 self.engine.store.close()
-
-
-# -- the body-size limit ---------------------------------------------------------------------
-
-
-class BodyLimit:
-    """Refuse request bodies over `max_bytes` with 413, whether or not they declare a length
-    (a chunked body is counted as it arrives, and stopped once it is over)."""
-
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
-        self.app = app
-        self.max_bytes = max_bytes
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        too_large = ApiError(
-            413,
-            f"the request body is larger than {self.max_bytes:,} bytes",
-            code="request_too_large",
-        )
-        for name, value in scope.get("headers", []):
-            if name == b"content-length":
-                try:
-                    declared = int(value)
-                except ValueError:
-                    await error_response(
-                        ApiError(400, "the Content-Length header is not a number")
-                    )(scope, receive, send)
-                    return
-                if declared > self.max_bytes:
-                    await error_response(too_large)(scope, receive, send)
-                    return
-        seen = 0
-
-        async def limited_receive() -> AsgiMessage:
-            nonlocal seen
-            message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.max_bytes:
-                    # FastAPI re-raises HTTPExceptions from reading the body; the handler
-                    # below turns this one into the OpenAI-style 413.
-                    raise StarletteHTTPException(413, too_large.message)
-            return message
-
-        await self.app(scope, limited_receive, send)
-
-
-# -- the app ---------------------------------------------------------------------------------
 
 
 def _state(request: Request) -> ServerState:
@@ -608,18 +260,18 @@ def create_app(
         job_id = f"chatcmpl-{uuid.uuid4().hex}"
         spec = await state.quota.admit(state.translator.resolve(body), key, job_id)
         request.state.job_started = True
-        job = state.start(spec, key=key, streaming=body.stream, job_id=job_id)
+        job = state.jobs.start(spec, key=key, streaming=body.stream, job_id=job_id)
         if not body.stream:
-            answer = await state.wait(job, request)
-            return JSONResponse(state.completion(job, answer, body.model).model_dump())
-        first = await state.next_event(job, within=STREAM_OPEN_S)
+            answer = await state.jobs.wait(job, request.is_disconnected)
+            return JSONResponse(state.responses.completion(job, answer, body.model).model_dump())
+        first = await state.jobs.next_event(job, within=STREAM_OPEN_S)
         if isinstance(first, Finished):
             # It ended before any output: failures still get their own status codes.
-            await state.result(job)
+            await state.jobs.result(job)
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         writer = ChunkWriter(job, body.model, include_usage=include_usage)
         return EventSourceResponse(
-            state.sse(job, writer, first),
+            sse_events(state.jobs, state.responses, job, writer, first),
             ping=15,
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
@@ -629,10 +281,7 @@ def create_app(
         _key: Annotated[ApiKey | None, Depends(_authenticate)],
     ) -> ModelList:
         """`apportion-auto`, every strategy, and every model a request may name."""
-        cards = [ModelCard(id=AUTO_MODEL, kind="router")]
-        cards += [ModelCard(id=n, kind="strategy") for n in state.engine.registry.names()]
-        cards += [ModelCard(id=n, kind="model") for n in state.translator.served_models()]
-        return ModelList(data=cards)
+        return state.models.listing()
 
     @app.get("/healthz", response_model=Health)
     async def healthz() -> Health:

@@ -28,13 +28,14 @@ def open_configured_store(settings: Settings, override: str | None) -> DocumentS
     uri = store_uri(settings, override)
     if uri is None:
         return None
-    from apportion.tools.store import MILVUS_LITE, open_store
+    from apportion.tools.store import SQLITE, StoreRegistry, open_store, store_scheme
 
-    if not uri.startswith((MILVUS_LITE, "http://", "https://")):
+    schemes = StoreRegistry()
+    if store_scheme(uri, schemes) == SQLITE:
         path = Path(uri.removeprefix("sqlite:")).expanduser()
         if not path.is_file():
             raise UsageError(
                 f"no document store at {path}",
                 f"index documents first: apportion index add DOCS --store {path}",
             )
-    return open_store(uri)
+    return open_store(uri, registry=schemes)

@@ -1,5 +1,5 @@
-"""One request's work: the resolved spec, the job that runs it in a worker thread and reports
-to the event loop, and the engine wrapper its strategies call."""
+"""One request's work as the server tracks it: the resolved spec, the job that runs it in a
+worker thread (runner.py), and the events the job hands to the event loop as it works."""
 
 from __future__ import annotations
 
@@ -7,18 +7,24 @@ import asyncio
 import threading
 import time
 import uuid
-from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from apportion.engines.base import GenerationCancelled, TextEngine
-from apportion.ledger import Ledger, ModelCost
+from apportion.engines.base import GenerationCancelled
+from apportion.ledger import Ledger
 from apportion.server.auth import ApiKey
-from apportion.types import Answer, Budget, Charge, Completion, Message
+from apportion.server.stops import StopFilter
+from apportion.strategies.registry import TokenStream
+from apportion.types import Answer, Budget, Charge, Message
 
+# The delta field a streamed token goes in.
 TokenChannel = Literal["content", "reasoning_content"]
-# Single-sample strategies whose tokens are streamed, and the delta field they go in.
-TOKEN_CHANNELS: dict[str, TokenChannel] = {"direct": "content", "cot": "reasoning_content"}
+# Where the tokens of a one-strategy plan go, by what its strategy says they are: the answer
+# is `content`, reasoning is `reasoning_content` (what chat clients show as thinking).
+CHANNEL_FOR: dict[TokenStream, TokenChannel] = {
+    "answer": "content",
+    "reasoning": "reasoning_content",
+}
 
 
 # -- what a job reports while it works ---------------------------------------------------------
@@ -89,42 +95,6 @@ class Finished:
 JobEvent = TokenEvent | CallEvent | QueueEvent | ProgressEvent | Finished
 
 
-# -- stop sequences ----------------------------------------------------------------------------
-
-
-def cut_at_stop(text: str, stops: Sequence[str]) -> tuple[str, bool]:
-    """`text` up to the first of `stops`, and whether one was found."""
-    found = [i for i in (text.find(s) for s in stops) if i >= 0]
-    return (text[: min(found)], True) if found else (text, False)
-
-
-class StopFilter:
-    """Streams text up to the first stop sequence, whatever the engine does with them: a piece
-    that might begin a stop sequence is held back until the next one settles it."""
-
-    def __init__(self, stops: Sequence[str]) -> None:
-        self.stops = tuple(stops)
-        self.held = ""
-        self.hit = False
-
-    def feed(self, piece: str) -> str:
-        if self.hit:
-            return ""
-        text, hit = cut_at_stop(self.held + piece, self.stops)
-        if hit:
-            self.hit, self.held = True, ""
-            return text
-        keep = max(
-            (k for s in self.stops for k in range(1, len(s)) if text.endswith(s[:k])), default=0
-        )
-        self.held = text[len(text) - keep :]
-        return text[: len(text) - keep]
-
-    def flush(self) -> str:
-        out, self.held = self.held, ""
-        return out
-
-
 # -- a request and its job ---------------------------------------------------------------------
 
 
@@ -172,7 +142,8 @@ class Job:
     timed_out: bool = False
     last_finish: str | None = None
     task: asyncio.Task[Answer] | None = None
-    # Set for a `direct` route with stop sequences: the streamed content stops at them.
+    # Set when the plan's tokens are its answer and the request has stop sequences: the
+    # streamed content stops at them.
     content_filter: StopFilter | None = None
     # The answer was cut at a stop sequence (finish_reason "stop").
     stop_hit: bool = False
@@ -216,98 +187,3 @@ class Job:
     def stop(self, *, timed_out: bool = False) -> None:
         self.timed_out = self.timed_out or timed_out
         self.cancel.set()
-
-
-# Called before each model call with (engine cost, prompt tokens, max tokens, n): reserves the
-# call's worst case against the caller's key, or raises BudgetExceededError.
-BeforeCall = Callable[[ModelCost, int, int, int], None]
-
-
-class ObservedEngine:
-    """What a job's strategies call: the real engine, plus a cancel check and the key's hold
-    before each call, the request's stop sequences where they apply, and a note of how the
-    last call finished (for the response's finish_reason)."""
-
-    def __init__(
-        self,
-        inner: TextEngine,
-        job: Job,
-        before_call: BeforeCall,
-        stop: Sequence[str] = (),
-    ) -> None:
-        self._inner = inner
-        self._job = job
-        self._before_call = before_call
-        self._stop = tuple(stop)
-
-    @property
-    def model_id(self) -> str:
-        return self._inner.model_id
-
-    @property
-    def cost(self) -> ModelCost:
-        return self._inner.cost
-
-    @property
-    def context_size(self) -> int:
-        return self._inner.context_size
-
-    def count_tokens(self, messages: Sequence[Message]) -> int:
-        return self._inner.count_tokens(messages)
-
-    def _start(self, messages: Sequence[Message], max_tokens: int, n: int) -> None:
-        if self._job.cancel.is_set():
-            raise GenerationCancelled()
-        self._before_call(self.cost, self._inner.count_tokens(messages), max_tokens, n)
-        self._job.on_call(self.model_id)
-
-    def _stops(self, stop: Sequence[str] | None) -> list[str] | None:
-        merged = [*(stop or ()), *self._stop]
-        return merged or None
-
-    def generate(
-        self,
-        messages: Sequence[Message],
-        *,
-        max_tokens: int,
-        temperature: float = 0.0,
-        n: int = 1,
-        stop: Sequence[str] | None = None,
-        seed: int | None = None,
-        logprobs: bool = False,
-        reuse_prefix: bool = True,
-    ) -> list[Completion]:
-        self._start(messages, max_tokens, n)
-        out = self._inner.generate(
-            messages, max_tokens=max_tokens, temperature=temperature, n=n,
-            stop=self._stops(stop), seed=seed, logprobs=logprobs, **_prefix(reuse_prefix),
-        )  # fmt: skip
-        if out:
-            self._job.last_finish = out[-1].finish_reason
-        return out
-
-    def stream(
-        self,
-        messages: Sequence[Message],
-        *,
-        max_tokens: int,
-        temperature: float = 0.0,
-        stop: Sequence[str] | None = None,
-        seed: int | None = None,
-        reuse_prefix: bool = True,
-    ) -> Generator[str, None, Completion]:
-        self._start(messages, max_tokens, 1)
-        completion = yield from self._inner.stream(
-            messages, max_tokens=max_tokens, temperature=temperature, stop=self._stops(stop),
-            seed=seed, **_prefix(reuse_prefix),
-        )  # fmt: skip
-        self._job.last_finish = completion.finish_reason
-        return completion
-
-    def close(self) -> None:
-        """The Engine owns the real engine and closes it; a job never does."""
-
-
-def _prefix(reuse_prefix: bool) -> dict[str, bool]:
-    """Pass `reuse_prefix` on only when it is not the default, as RunContext does."""
-    return {} if reuse_prefix else {"reuse_prefix": False}

@@ -18,6 +18,8 @@ from prometheus_client import (
     generate_latest,
 )
 
+from apportion.strategies.registry import spec_name
+
 # Outcomes a request can end in.
 OK = "ok"  # an answer
 NO_ANSWER = "no_answer"  # every strategy failed (the reply says why)
@@ -36,7 +38,7 @@ _FLOPS_BUCKETS = tuple(10.0**e for e in range(6, 16))
 
 
 def strategy_label(spec: str) -> str:
-    return spec.partition(":")[0] or NO_STRATEGY
+    return spec_name(spec) or NO_STRATEGY
 
 
 class ServerMetrics:

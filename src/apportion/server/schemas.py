@@ -24,7 +24,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
 
-from apportion.types import Message
+from apportion.types import LedgerTotals, Message
 
 AUTO_MODEL = "apportion-auto"
 # llama.cpp takes a 32-bit seed, and samples use seed + i.
@@ -257,6 +257,8 @@ class Choice(BaseModel):
 
 
 class LedgerOut(BaseModel):
+    """A request's ledger: its Cost (apportion.types), field for field, and its calls."""
+
     prompt_tokens: int
     completion_tokens: int
     flops: float
@@ -267,6 +269,13 @@ class LedgerOut(BaseModel):
     calls: list[dict[str, Any]] | None = Field(
         default=None, description="Every charged call; only with `return_ledger`."
     )
+
+    @classmethod
+    def of(cls, totals: LedgerTotals, *, with_calls: bool) -> LedgerOut:
+        """The ledger as the API shows it (times to the microsecond, as `ask --json` does),
+        with every call when `with_calls`."""
+        calls = [c.to_dict() for c in totals.calls] if with_calls else None
+        return cls(**totals.cost_json(), calls=calls)
 
 
 class ApportionInfo(BaseModel):

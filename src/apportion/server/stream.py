@@ -11,12 +11,14 @@ The `apportion` object (route, confidence, the ledger) rides on the last chunk b
 `[DONE]`: the usage chunk when `stream_options.include_usage` is true, else the finish chunk.
 With include_usage every other chunk carries `"usage": null`, as OpenAI's do.
 
-Progress: a `direct` plan streams its tokens as `content`, a `cot` plan its reasoning as
-`reasoning_content`. Any other plan (program, consistency, best_of_n, cascade, the solver,
-ladders) streams what it is doing as `reasoning_content`: a line when a model call starts,
-that call's tokens when it streams, and a line when a call is charged (tokens, FLOPs, time);
-the chunk that carries a charge line also has a machine-readable `apportion` object with
-`"event": "progress"`. A client that prints only `delta.content` sees just the answer.
+Progress: a plan of one strategy whose call's tokens are the answer (its `token_stream`
+attribute says so: `direct`) streams them as `content`; one whose tokens are reasoning (`cot`)
+streams them as `reasoning_content`. Any other plan (program, consistency, best_of_n,
+cascade, the solver, ladders) streams what it is doing as `reasoning_content`: a line when a
+model call starts, that call's tokens when it streams, and a line when a call is charged
+(tokens, FLOPs, time); the chunk that carries a charge line also has a machine-readable
+`apportion` object with `"event": "progress"`. A client that prints only `delta.content`
+sees just the answer.
 
 An error after the stream has opened arrives as OpenAI's error event, `data: {"error": ...}`,
 which the official client raises as an APIError.
@@ -25,17 +27,21 @@ which the official client raises as an APIError.
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
 from typing import Any
 
-from apportion.server.errors import error_payload
+from apportion.server.errors import ApiError, error_payload
 from apportion.server.jobs import (
     CallEvent,
+    Finished,
     Job,
     JobEvent,
     ProgressEvent,
     QueueEvent,
     TokenEvent,
 )
+from apportion.server.responses import Responses
+from apportion.server.runner import JobRunner
 
 Sse = dict[str, str]
 
@@ -92,3 +98,46 @@ class ChunkWriter:
         # Mid-stream the status line has gone out: an error event is all that is left.
         _, body, _ = error_payload(exc)
         return {"data": body.model_dump_json()}
+
+
+async def sse_events(
+    runner: JobRunner, responses: Responses, job: Job, writer: ChunkWriter, first: JobEvent | None
+) -> AsyncIterator[Sse]:
+    """The event stream of a streamed request, starting from its first event (None: the
+    stream opened before the job said anything)."""
+    try:
+        yield writer.role()
+        event = first
+        while not isinstance(event, Finished):
+            if event is not None:
+                out = writer.event(event)
+                if out is not None:
+                    yield out
+            try:
+                event = await runner.next_event(job)
+            except ApiError as e:
+                yield writer.failure(e)
+                return
+        try:
+            answer = await runner.result(job)
+        except Exception as e:
+            yield writer.failure(e)
+            return
+        if job.token_channel == "content":
+            rest = job.content_filter.flush() if job.content_filter is not None else ""
+            if job.content_filter is not None and job.content_filter.hit:
+                job.stop_hit = True
+            if rest:
+                yield writer.chunk({"content": rest})
+        else:
+            content = responses.content(job, answer)
+            if content:
+                yield writer.chunk({"content": content})
+        finish = responses.finish_reason(job, answer)
+        usage = responses.usage(answer).model_dump()
+        for out in writer.ending(finish, usage, responses.info(job, answer).model_dump()):
+            yield out
+    finally:
+        # Normally a no-op (the job has ended); when the client went away mid-stream this
+        # is what stops the generation, at its next token.
+        job.stop()

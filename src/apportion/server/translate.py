@@ -4,44 +4,25 @@ to apply, and the limits the schema cannot state enforced (400s naming the param
 
 from __future__ import annotations
 
-from apportion.config import Settings
-from apportion.engine import AUTO, Engine
-from apportion.engines import catalogue
+from apportion.engine import AUTO
 from apportion.errors import UsageError
 from apportion.server.errors import ApiError
 from apportion.server.jobs import RunSpec
+from apportion.server.models import ServedModels
 from apportion.server.schemas import AUTO_MODEL, ApportionOptions, ChatCompletionRequest
-from apportion.strategies.registry import parse_spec
+from apportion.strategies.registry import StrategyRegistry, StrategySpec, parse_spec, spec_name
 from apportion.types import Budget
 
 
 class RequestTranslator:
-    """Turns requests into RunSpecs for one Engine."""
+    """Turns requests into RunSpecs, against one strategy registry and the models served."""
 
-    def __init__(self, settings: Settings, engine: Engine, *, max_tokens_limit: int) -> None:
-        self.settings = settings
-        self.engine = engine
+    def __init__(
+        self, registry: StrategyRegistry, models: ServedModels, *, max_tokens_limit: int
+    ) -> None:
+        self.registry = registry
+        self.models = models
         self.max_tokens_limit = max_tokens_limit
-        self._served = self._servable_models()
-
-    def _servable_models(self) -> list[str]:
-        """Models a request may name: configured remote engines, catalogue models already
-        pulled (a request never starts a download), the configured default and large models,
-        and engines registered on the Engine. Arbitrary .gguf paths are not servable: a
-        request must not make the server open files of its choosing."""
-        s = self.settings
-        pulled = [
-            mid
-            for mid, model in catalogue.CATALOGUE.items()
-            if catalogue.model_path(s.models_dir, model).exists()
-        ]
-        ids = [s.default_model, *pulled, *(e.id for e in s.engines), *self.engine.loaded_models()]
-        if s.large_model in catalogue.CATALOGUE and s.large_model in pulled:
-            ids.append(s.large_model)
-        return list(dict.fromkeys(ids))
-
-    def served_models(self) -> list[str]:
-        return list(dict.fromkeys([*self._served, *self.engine.loaded_models()]))
 
     def resolve(self, body: ChatCompletionRequest) -> RunSpec:
         messages = [msg.to_message() for msg in body.messages]
@@ -86,9 +67,11 @@ class RequestTranslator:
         name = name.strip()
         if name in (AUTO_MODEL, AUTO):
             return None, self._checked(ext_strategy or AUTO, "apportion.strategy")
-        if name in self.served_models():
+        if name in self.models.ids():
             return name, self._checked(ext_strategy or AUTO, "apportion.strategy")
-        if name.partition(":")[0].strip() in self.engine.registry.names():
+        # A strategy's name, whether or not its parameters parse: `_checked` says what is wrong
+        # with them.
+        if spec_name(name) in self.registry.names():
             if ext_strategy is not None and ext_strategy.strip() != name:
                 raise ApiError(
                     400,
@@ -97,7 +80,7 @@ class RequestTranslator:
                     param="apportion.strategy",
                 )
             return None, self._checked(name, "model")
-        valid = [AUTO_MODEL, *self.engine.registry.names(), *self.served_models()]
+        valid = [AUTO_MODEL, *self.registry.names(), *self.models.ids()]
         raise ApiError(
             404,
             f"unknown model {name!r}; valid models: {', '.join(valid)} "
@@ -112,7 +95,7 @@ class RequestTranslator:
         if strategy.strip() == AUTO:
             return AUTO
         try:
-            self.engine.registry.build(strategy)
+            self.registry.build(strategy)
         except UsageError as e:
             raise ApiError(400, str(e), code="invalid_strategy", param=param) from e
         limit = self.max_tokens_limit
@@ -138,7 +121,7 @@ class RequestTranslator:
                 "(name a strategy such as cot to set it)"
             ]
         spec = parse_spec(strategy)
-        if "temperature" not in self.engine.registry.parameters(spec.name):
+        if "temperature" not in self.registry.parameters(spec.name):
             if temperature == 0:
                 return strategy, []  # what a strategy without sampling does anyway
             return strategy, [
@@ -148,5 +131,5 @@ class RequestTranslator:
             return strategy, [
                 f"temperature {temperature:g} is not used: the strategy spec sets its own"
             ]
-        extended = f"{strategy}{',' if spec.params else ':'}temperature={temperature}"
-        return self._checked(extended, "temperature"), []
+        extended = StrategySpec(spec.name, (*spec.params, ("temperature", str(temperature))))
+        return self._checked(str(extended), "temperature"), []

@@ -9,7 +9,7 @@ from typing import Annotated, ClassVar
 from apportion.answers import extract_answer
 from apportion.strategies.base import RunContext
 from apportion.strategies.prompts import FINAL_LINE, answer_format
-from apportion.strategies.registry import MAX_TOKENS_BOUND, Bounds
+from apportion.strategies.registry import MAX_TOKENS_BOUND, Bounds, TokenStream
 from apportion.types import Attempt, Message, Query
 
 
@@ -22,6 +22,8 @@ class ChainOfThought:
 
     # It ends in an answer whenever the model says anything: a plan may end with it.
     always_answers: ClassVar[bool] = True
+    # Its one call's tokens are the reasoning that ends in the answer.
+    token_stream: ClassVar[TokenStream] = "reasoning"
 
     @property
     def name(self) -> str:

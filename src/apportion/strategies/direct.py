@@ -9,7 +9,7 @@ from typing import Annotated, ClassVar
 from apportion.answers import extract_answer
 from apportion.strategies.base import RunContext
 from apportion.strategies.prompts import answer_format
-from apportion.strategies.registry import MAX_TOKENS_BOUND, Bounds
+from apportion.strategies.registry import MAX_TOKENS_BOUND, Bounds, TokenStream
 from apportion.types import Attempt, Message, Query
 
 
@@ -23,6 +23,8 @@ class Direct:
 
     # It ends in an answer whenever the model says anything: a plan may end with it.
     always_answers: ClassVar[bool] = True
+    # Its one call's tokens are the answer: a client may be shown them as they come.
+    token_stream: ClassVar[TokenStream] = "answer"
 
     @property
     def name(self) -> str:

@@ -1,0 +1,42 @@
+"""The models a request may name, and what `/v1/models` lists."""
+
+from __future__ import annotations
+
+from apportion.config import Settings
+from apportion.engine import Engine
+from apportion.engines import catalogue
+from apportion.server.schemas import AUTO_MODEL, ModelCard, ModelList
+
+
+class ServedModels:
+    """The models one Engine serves. Fixed when the server starts, plus any engine registered
+    on the Engine since."""
+
+    def __init__(self, settings: Settings, engine: Engine) -> None:
+        self.engine = engine
+        self._at_start = self._servable(settings)
+
+    def _servable(self, s: Settings) -> list[str]:
+        """Configured remote engines, catalogue models already pulled (a request never starts a
+        download), the configured default and large models, and engines registered on the
+        Engine. Arbitrary .gguf paths are not servable: a request must not make the server
+        open files of its choosing."""
+        pulled = [
+            mid
+            for mid, model in catalogue.CATALOGUE.items()
+            if catalogue.model_path(s.models_dir, model).exists()
+        ]
+        ids = [s.default_model, *pulled, *(e.id for e in s.engines), *self.engine.loaded_models()]
+        if s.large_model in catalogue.CATALOGUE and s.large_model in pulled:
+            ids.append(s.large_model)
+        return list(dict.fromkeys(ids))
+
+    def ids(self) -> list[str]:
+        return list(dict.fromkeys([*self._at_start, *self.engine.loaded_models()]))
+
+    def listing(self) -> ModelList:
+        """`apportion-auto`, every strategy, and every model a request may name."""
+        cards = [ModelCard(id=AUTO_MODEL, kind="router")]
+        cards += [ModelCard(id=n, kind="strategy") for n in self.engine.registry.names()]
+        cards += [ModelCard(id=n, kind="model") for n in self.ids()]
+        return ModelList(data=cards)
