@@ -10,12 +10,23 @@ import difflib
 import os
 import tomllib
 import types
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal, Union, get_args, get_origin
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Union, get_args, get_origin
 
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import (
+    BaseModel,
+    Field,
+    SerializeAsAny,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 
 from apportion.errors import UsageError
+
+if TYPE_CHECKING:
+    from apportion.engines.registry import EngineRegistry
 
 DEFAULT_MODEL = "qwen2.5-coder-0.5b"
 LARGE_MODEL = "qwen2.5-coder-1.5b"
@@ -42,10 +53,39 @@ class LlamaCppSettings(BaseModel):
     extra_buffers: Literal["auto", "on", "off"] = "auto"
 
 
-class RemoteEngineConfig(BaseModel):
-    """An OpenAI-compatible endpoint (vLLM, SGLang, llama.cpp server, Ollama, a hosted API)."""
+class EngineConfig(BaseModel):
+    """One `[[engines]]` entry: the id requests name it by, and the `kind` of engine serving it
+    (default "openai"). Each kind validates the entry with its own subclass of this model,
+    which adds the kind's fields (`engines/registry.py` maps kinds to them; `apportion.plugins`
+    says how a plug-in adds a kind)."""
 
     id: str
+    kind: str
+
+    def describe(self) -> str:
+        """One line for `apportion models`."""
+        return f"{self.kind} engine"
+
+    @classmethod
+    def entry_model(
+        cls, entry: Mapping[str, Any], kinds: EngineRegistry | None = None
+    ) -> type[EngineConfig]:
+        """The model that validates `entry`: its kind's (see `check_keys`)."""
+        from apportion.engines.registry import EngineRegistry
+
+        return (kinds or EngineRegistry()).config_model(str(entry.get("kind", DEFAULT_KIND)))
+
+
+# The kind of an [[engines]] entry that names none: the OpenAI-compatible HTTP engine, which
+# every entry was before engines had kinds.
+DEFAULT_KIND = "openai"
+
+
+class RemoteEngineConfig(EngineConfig):
+    """An OpenAI-compatible endpoint (vLLM, SGLang, llama.cpp server, Ollama, a hosted API):
+    the `openai` kind."""
+
+    kind: str = DEFAULT_KIND
     base_url: str
     model: str
     api_key_env: str | None = None
@@ -72,6 +112,24 @@ class RemoteEngineConfig(BaseModel):
     # go straight to the fallback, without waiting through retries, and then it is tried again.
     fallback_cooldown_s: float = Field(default=30.0, ge=0)
 
+    def describe(self) -> str:
+        return f"remote: {self.model} at {self.base_url}"
+
+
+class LlamaCppEngineConfig(EngineConfig):
+    """A GGUF model run in this process by llama.cpp: the `llamacpp` kind. A catalogue model
+    needs no entry (its id is served as is); an entry gives one another id, or a context size
+    of its own, or serves a .gguf file by id."""
+
+    kind: str = "llamacpp"
+    # A catalogue id (pulled on first use) or the path of a .gguf file.
+    model: str
+    # The context window; None: the n_ctx setting.
+    n_ctx: int | None = Field(default=None, ge=256)
+
+    def describe(self) -> str:
+        return f"llama.cpp: {self.model}"
+
 
 class Settings(BaseModel):
     home: Path = Field(default_factory=lambda: Path("~/.cache/apportion").expanduser())
@@ -85,12 +143,41 @@ class Settings(BaseModel):
     # Same request, same tokens, whatever ran before: no model call reuses a prompt prefix
     # cached by an earlier one (README, "Deterministic mode", gives what it costs).
     deterministic: bool = False
-    engines: list[RemoteEngineConfig] = Field(default_factory=list)
+    # [[engines]] entries, each validated by its kind's model (see EngineConfig).
+    engines: list[SerializeAsAny[EngineConfig]] = Field(default_factory=list)
+    # The exact solvers the symbolic strategy asks, in order (built-in: z3, sympy; plug-ins
+    # by their names). None: the installed plug-in solvers first, then z3, then sympy.
+    solvers: list[str] | None = None
     # The document store `apportion serve` answers factual questions from (a path,
     # sqlite:PATH, milvus-lite:DIR or a Milvus URL); None: store_path, when it exists.
     store: str | None = None
     # The API keys of `apportion serve`; None: home / "keys.sqlite3".
     keys_db: Path | None = None
+
+    @field_validator("engines", mode="before")
+    @classmethod
+    def _entries_by_kind(cls, value: Any, info: ValidationInfo) -> Any:
+        """Validate each [[engines]] entry with its kind's model, so a kind's fields are
+        checked (and kept) whichever kind it is. Entries built in code pass as they are."""
+        if not isinstance(value, list):
+            return value
+        kinds = (info.context or {}).get("engine_kinds")
+        out: list[Any] = []
+        for i, entry in enumerate(value):
+            if not isinstance(entry, Mapping):
+                out.append(entry)
+                continue
+            data = {**entry, "kind": str(entry.get("kind", DEFAULT_KIND))}
+            model = EngineConfig.entry_model(data, kinds)
+            try:
+                out.append(model.model_validate(data))
+            except ValidationError as e:
+                problems = "; ".join(
+                    f"{'.'.join(str(p) for p in err['loc']) or 'entry'}: {err['msg']}"
+                    for err in e.errors()
+                )
+                raise ValueError(f"engines[{i}] (kind {data['kind']!r}): {problems}") from None
+        return out
 
     @property
     def models_dir(self) -> Path:
@@ -117,8 +204,11 @@ class Settings(BaseModel):
     @classmethod
     def load(cls, path: Path | None = None, env: dict[str, str] | None = None) -> Settings:
         """Defaults ← TOML file (explicit path, else $APPORTION_CONFIG if set) ← environment."""
+        from apportion.engines.registry import EngineRegistry
+
         env = dict(os.environ) if env is None else env
         data: dict[str, Any] = {}
+        kinds = EngineRegistry()  # the engine kinds [[engines]] entries may name, read once
         config_path = path or (
             Path(env["APPORTION_CONFIG"]) if env.get("APPORTION_CONFIG") else None
         )
@@ -129,7 +219,7 @@ class Settings(BaseModel):
                 raise UsageError(f"config file not found: {config_path}") from e
             except tomllib.TOMLDecodeError as e:
                 raise UsageError(f"config file {config_path} is not valid TOML: {e}") from e
-            check_keys(data, cls, where=str(config_path))
+            check_keys(data, cls, where=str(config_path), engine_kinds=kinds)
         if env.get("APPORTION_HOME"):
             data["home"] = env["APPORTION_HOME"]
         if env.get("APPORTION_THREADS"):
@@ -144,16 +234,24 @@ class Settings(BaseModel):
                 "extra_buffers": env["APPORTION_EXTRA_BUFFERS"].strip().lower(),
             }
         try:
-            settings = cls.model_validate(data)
+            settings = cls.model_validate(data, context={"engine_kinds": kinds})
         except ValidationError as e:
             raise UsageError(f"invalid configuration: {e}") from e
         settings.home = settings.home.expanduser()
         return settings
 
 
-def check_keys(data: dict[str, Any], model: type[BaseModel], *, where: str, at: str = "") -> None:
+def check_keys(
+    data: dict[str, Any],
+    model: type[BaseModel],
+    *,
+    where: str,
+    at: str = "",
+    engine_kinds: EngineRegistry | None = None,
+) -> None:
     """Refuse a key `model` does not define, at every nesting level, naming the closest valid
-    key: a misspelt setting silently left at its default is worse than an error."""
+    key: a misspelt setting silently left at its default is worse than an error. An
+    [[engines]] entry is checked against its kind's model."""
     valid = dict(model.model_fields)
     valid.update({info.alias: info for info in model.model_fields.values() if info.alias})
     for key, value in data.items():
@@ -170,17 +268,28 @@ def check_keys(data: dict[str, Any], model: type[BaseModel], *, where: str, at: 
         if nested is None:
             continue
         if isinstance(value, dict):
-            check_keys(value, nested, where=where, at=path)
+            check_keys(value, nested, where=where, at=path, engine_kinds=engine_kinds)
         elif isinstance(value, list):
             for i, entry in enumerate(value):
                 if isinstance(entry, dict):
-                    check_keys(entry, nested, where=where, at=f"{path}[{i}]")
+                    # an entry whose fields depend on its kind is checked against that kind's
+                    entry_model = (
+                        nested.entry_model(entry, engine_kinds)
+                        if issubclass(nested, EngineConfig)
+                        else nested
+                    )
+                    check_keys(
+                        entry, entry_model, where=where, at=f"{path}[{i}]",
+                        engine_kinds=engine_kinds,
+                    )  # fmt: skip
 
 
 def _nested_model(annotation: Any) -> type[BaseModel] | None:
     """The settings model a field holds, directly, optionally or as a list's entries."""
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return annotation
+    if get_origin(annotation) is Annotated:
+        return _nested_model(get_args(annotation)[0])
     if get_origin(annotation) in (list, Union, types.UnionType):
         for arg in get_args(annotation):
             found = _nested_model(arg)

@@ -18,9 +18,11 @@ from typing import TYPE_CHECKING
 from apportion.config import Settings
 from apportion.engines import catalogue
 from apportion.engines.base import GenerationCancelled
+from apportion.engines.registry import EngineRegistry, EngineServices
 from apportion.engines.speed import SpeedBook
 from apportion.errors import ApportionError, BudgetExceededError, UnknownNameError, UsageError
 from apportion.ledger import Ledger, RaplMeter
+from apportion.plugins import PluginIndex
 from apportion.router.features import Features, extract_features, top_intent, with_earlier_turns
 from apportion.router.policy import (
     Plan,
@@ -34,6 +36,7 @@ from apportion.strategies.base import CompletionCache, RunContext
 from apportion.strategies.prompts import with_options
 from apportion.strategies.registry import StrategyRegistry, default_registry
 from apportion.tools.sandbox import SandboxLimits
+from apportion.tools.solvers import SolverRegistry
 from apportion.types import Answer, AnswerKind, Attempt, Budget, Message, Query
 
 if TYPE_CHECKING:
@@ -106,9 +109,18 @@ class Engine:
     # Model speeds measured here, for time budgets; kept in APPORTION_HOME across runs.
     speeds: SpeedBook | None = field(default=None, repr=False)
 
+    # The installed plug-ins (read once, with the strategy registry's) and the registries of
+    # engine kinds and exact solvers filled from them: built once per Engine.
+    plugins: PluginIndex = field(init=False, repr=False)
+    engine_kinds: EngineRegistry = field(init=False, repr=False)
+    exact_solvers: SolverRegistry = field(init=False, repr=False)
+
     def __post_init__(self) -> None:
         if self.speeds is None:
             self.speeds = SpeedBook(self.settings.home / "speeds.json")
+        self.plugins = self.registry.plugins or PluginIndex()
+        self.engine_kinds = EngineRegistry(self.plugins)
+        self.exact_solvers = SolverRegistry(self.plugins, order=self.settings.solvers)
 
     @classmethod
     def from_config(cls, path: Path | str | None = None, **overrides: object) -> Engine:
@@ -131,58 +143,27 @@ class Engine:
         raise UnknownNameError("model", model_id, [*self.model_ids(), "<path/to/file.gguf>"])
 
     def engine_for(self, model_id: str) -> TextEngine:
-        """The engine serving `model_id`, loaded on first use and kept for this Engine's life."""
-        if model_id in self._engines:
-            return self._engines[model_id]
-        remote = next((e for e in self.settings.engines if e.id == model_id), None)
-        engine: TextEngine
-        if remote is not None:
-            from apportion.engines.fallback import FallbackEngine, fallback_chain
-            from apportion.engines.openai_http import OpenAIHttpEngine
-
-            engine = OpenAIHttpEngine(remote)
-            if (fallback := remote.fallback) is not None:
-                fallback_chain({e.id: e.fallback for e in self.settings.engines}, model_id)
-                self.check_model(fallback)
-                engine = FallbackEngine(
-                    engine, lambda: self.engine_for(fallback), fallback_id=fallback,
-                    cooldown_s=remote.fallback_cooldown_s,
-                )  # fmt: skip
-        else:
-            from apportion.engines.cpu import choose_extra_buffers
-            from apportion.engines.llamacpp import LlamaCppEngine
-
-            path = catalogue.resolve(
-                model_id, self.settings.models_dir, progress=self.pull_progress
+        """The engine serving `model_id`, built by its kind (engines/registry.py) on first use
+        and kept for this Engine's life."""
+        if model_id not in self._engines:
+            services = EngineServices(
+                self.settings, self.engine_for, self.check_model, self.pull_progress
             )
-            extra = choose_extra_buffers(self.settings.llamacpp.extra_buffers)
-            engine = LlamaCppEngine(
-                model_id,
-                path,
-                n_ctx=self.settings.n_ctx,
-                threads=self.settings.threads,
-                extra_buffers=extra.enabled,
-            )
-        self._engines[model_id] = engine
-        return engine
+            entry = self.engine_kinds.entry_for(self.settings, model_id)
+            self._engines[model_id] = self.engine_kinds.build(entry, services)
+        return self._engines[model_id]
 
     def model_fingerprint(self, model_id: str) -> str:
-        """What identifies a model's outputs for caching: its weights' sha256, or a remote
-        endpoint and model name."""
+        """What identifies a model's outputs for caching: its weights' sha256, a remote
+        endpoint and model name, or what its kind says."""
         if model_id not in self._fingerprints:
-            remote = next((e for e in self.settings.engines if e.id == model_id), None)
-            if remote is not None:
-                fingerprint = f"remote:{remote.base_url}|{remote.model}"
-            elif model_id in catalogue.CATALOGUE:
-                fingerprint = catalogue.CATALOGUE[model_id].sha256
-            else:
-                fingerprint = catalogue.sha256_file(Path(model_id).expanduser())
-            self._fingerprints[model_id] = fingerprint
+            entry = self.engine_kinds.entry_for(self.settings, model_id)
+            self._fingerprints[model_id] = self.engine_kinds.fingerprint(entry)
         return self._fingerprints[model_id]
 
     def is_remote(self, model_id: str) -> bool:
-        """Whether a model is served by a configured OpenAI-compatible endpoint."""
-        return any(e.id == model_id for e in self.settings.engines)
+        """Whether a model is served over the network (an OpenAI-compatible endpoint)."""
+        return self.engine_kinds.is_remote(self.engine_kinds.entry_for(self.settings, model_id))
 
     def register(self, engine: TextEngine) -> None:
         """Serve `engine` under its own model id (an engine built elsewhere, or a test double)."""
@@ -278,6 +259,7 @@ class Engine:
             meter=self.meter,
             speeds=self.speeds,
             deterministic=self.settings.deterministic if deterministic is None else deterministic,
+            exact_solvers=self.exact_solvers,
             # programs never see apportion's data (store, keys, caches), wherever it lives
             sandbox_limits=SandboxLimits(
                 hidden_paths=tuple(str(p) for p in self.settings.data_paths())
@@ -387,4 +369,5 @@ def execute(
         ledger=totals,
         attempts=tuple(attempts),
         stopped_for_budget=stopped_for_budget,
+        abstained=chosen.abstained,
     )

@@ -1,7 +1,7 @@
 import pytest
 
 from apportion.errors import UnknownNameError, UsageError
-from apportion.strategies.registry import default_registry, parse_spec, split_specs
+from apportion.strategies.registry import default_registry, parse_spec, spec_name, split_specs
 
 
 def test_parse_spec_with_params() -> None:
@@ -92,3 +92,11 @@ def test_values_at_the_bounds_are_accepted() -> None:
     assert registry.build("consistency:n=64,rule=fixed").n == 64  # type: ignore[attr-defined]
     assert registry.build("consistency:n=1").n == 1  # type: ignore[attr-defined]
     assert registry.build("cot:max_tokens=32768").max_tokens == 32768  # type: ignore[attr-defined]
+
+
+def test_spec_name_reads_the_name_whatever_the_parameters_say() -> None:
+    assert spec_name("consistency:n=8,rule=fixed") == "consistency"
+    assert spec_name(" cot : oops ") == "cot"  # parse_spec refuses this; its name is still cot
+    with pytest.raises(UsageError):
+        parse_spec("cot:oops")
+    assert spec_name("") == ""

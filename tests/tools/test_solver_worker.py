@@ -129,3 +129,18 @@ def test_close_ends_every_worker() -> None:
     assert not worker.process.is_alive()
     assert pool.solve("What is 2+2?", timeout_s=1).result.error == "crashed"
     assert worker.process not in multiprocessing.active_children()
+
+
+def test_a_call_asks_only_the_built_ins_it_names_in_their_order(workers: SolverWorkers) -> None:
+    """The solver registry (tools/solvers.py) sends a run of built-ins in one round trip;
+    the worker asks exactly those, in that order, and names the one that answered."""
+    formula = "not ( True ) and ( True ) is"
+    assert workers.solve(formula, timeout_s=60, solvers=("z3",)).tool == "z3"
+    only_sympy = workers.solve(formula, timeout_s=60, solvers=("sympy",))
+    assert (only_sympy.tool, only_sympy.result.error) == ("sympy", "no_math")
+    sympy_first = workers.solve("What is 17*23+5?", timeout_s=60, solvers=("sympy", "z3"))
+    assert (sympy_first.tool, sympy_first.result.answer) == ("sympy", "396")
+    declined = workers.solve("What is 17*23+5?", timeout_s=60, solvers=("z3",))
+    assert (declined.tool, declined.result.error) == ("z3", "no_logic")
+    with pytest.raises(ValueError, match="built-in solvers"):
+        workers.solve("What is 2+2?", timeout_s=60, solvers=("factorial",))

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Protocol
 from apportion.engines.base import GenerationCancelled
 from apportion.errors import BudgetExceededError
 from apportion.ledger import Ledger, RaplMeter
+from apportion.tools.solvers import SolverRegistry
 from apportion.types import Attempt, Completion, Message, Query
 
 # An unmeasured local model is probed for its speed before a call whose prompt, at the prior
@@ -56,6 +57,9 @@ class RunContext:
     # Persistent solver processes (a server's); None solves in this process, SymPy in a child
     # forked per call, which is cheaper for a one-shot CLI call (see tools/solver_worker.py).
     solvers: SolverWorkers | None = None
+    # The exact solvers `solve` asks, in order (tools/solvers.py); an Engine passes its own,
+    # plug-ins included. The default holds the built-ins only.
+    exact_solvers: SolverRegistry = field(default_factory=SolverRegistry)
     sandbox_limits: SandboxLimits | None = None
     cache: CompletionCache | None = None
     cache_namespace: Callable[[str], str] = field(default=lambda model_id: model_id)
@@ -315,27 +319,17 @@ class RunContext:
         )
 
     def solve(self, question: str, *, detail: str = "") -> SolverResult:
-        """Answer exactly, without a model: a bare boolean formula with Z3, anything else with
-        SymPy (which declines what holds no math). Charged as the tool that ran. A timeout is
-        a result (error "timeout"), not an exception."""
-        from apportion.tools.logic import NO_LOGIC, evaluate_boolean
-        from apportion.tools.solver import solve
-
-        if self.solvers is not None:
-            exact = self.solvers.solve(
-                question, timeout_s=self._tool_timeout(self.solver_timeout_s)
-            )
-            self.ledger.charge_tool(
-                exact.tool, wall_s=exact.result.wall_s, cpu_s=exact.result.cpu_s, detail=detail
-            )
-            return exact.result
-        result = evaluate_boolean(question)  # declines at once unless the text is a formula
-        tool = "z3"
-        if result.error == NO_LOGIC:
-            result = solve(question, timeout_s=self._tool_timeout(self.solver_timeout_s))
-            tool = "sympy"
-        self.ledger.charge_tool(tool, wall_s=result.wall_s, cpu_s=result.cpu_s, detail=detail)
-        return result
+        """Answer exactly, without a model: the exact solvers are asked in turn (by default a
+        bare boolean formula goes to Z3, anything else to SymPy, which declines what holds no
+        math). Charged as the solver that answered (the last asked, if all declined). A timeout
+        is a result (error "timeout"), not an exception."""
+        exact = self.exact_solvers.solve(
+            question, timeout_s=self._tool_timeout(self.solver_timeout_s), workers=self.solvers
+        )
+        self.ledger.charge_tool(
+            exact.tool, wall_s=exact.result.wall_s, cpu_s=exact.result.cpu_s, detail=detail
+        )
+        return exact.result
 
     def _tool_timeout(self, default_s: float) -> float:
         """A tool's timeout, shortened to what the time budget has left; refuses the call

@@ -4,7 +4,7 @@
 A strategy is a dataclass; its fields are its parameters, and their annotations give the types
 that `key=value` strings are coerced to, and the range each may take (`Bounds`, declared beside
 the field). Third-party strategies register through the `apportion.strategies` entry-point group
-(name → dataclass), without touching the core.
+(name → dataclass), without touching the core (`apportion.plugins` says how).
 """
 
 from __future__ import annotations
@@ -14,16 +14,22 @@ import math
 import typing
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from importlib.metadata import entry_points
-from typing import Any
+from typing import Any, Literal
 
 from apportion.errors import UnknownNameError, UsageError
+from apportion.plugins import STRATEGIES, PluginIndex, PluginLoadError, Registry
 from apportion.strategies.base import Strategy
 
 StrategyFactory = Callable[..., Strategy]
 
 # The most tokens any one call of a strategy may ask for: beyond every context window served.
 MAX_TOKENS_BOUND = 32_768
+
+# What the tokens of a strategy's one model call are, to a client watching them arrive: the
+# answer itself, or reasoning that ends in the answer. A strategy that makes that one call
+# declares it in a `token_stream` class attribute; one that makes several calls, or none,
+# leaves it out (its tokens are then work in progress, not the answer).
+TokenStream = Literal["answer", "reasoning"]
 
 
 @dataclass(frozen=True)
@@ -73,6 +79,12 @@ def parse_spec(text: str) -> StrategySpec:
     return StrategySpec(name.strip(), tuple(params))
 
 
+def spec_name(text: str) -> str:
+    """The strategy name a spec starts with, its parameters left unread (and so unchecked):
+    `consistency` for `consistency:n=8`, and `cot` for the malformed `cot:oops` too."""
+    return text.partition(":")[0].strip()
+
+
 def split_specs(text: str) -> list[str]:
     """Split a comma-separated list of specs whose own parameters are comma-separated too:
     a piece with `=` but no `:` continues the spec before it."""
@@ -110,10 +122,22 @@ def _coerce(value: str, annotation: Any, where: str) -> Any:
 
 
 class StrategyRegistry:
-    """Name → factory. Built once per Engine; not a mutable global."""
+    """Name → factory. Built once per Engine; not a mutable global.
 
-    def __init__(self, factories: Mapping[str, StrategyFactory]) -> None:
+    `broken` holds the plug-ins that failed to load: asking for one raises its error, every
+    other name works. `plugins` is the entry-point index the registry was filled from, which
+    an Engine fills its other registries from too (None: built from explicit factories)."""
+
+    def __init__(
+        self,
+        factories: Mapping[str, StrategyFactory],
+        *,
+        broken: Mapping[str, PluginLoadError] | None = None,
+        plugins: PluginIndex | None = None,
+    ) -> None:
         self._factories = dict(factories)
+        self._broken = dict(broken or {})
+        self.plugins = plugins
 
     def names(self) -> list[str]:
         return sorted(self._factories)
@@ -129,6 +153,17 @@ class StrategyRegistry:
         anything (direct, cot, ...), so a plan may end with it; solvers, programs and
         retrieval can decline. Plug-ins say so with an `always_answers` attribute."""
         return bool(getattr(self.build(spec_text), "always_answers", False))
+
+    def token_stream(self, spec_text: str) -> TokenStream | None:
+        """What the tokens of the strategy's one model call are (see `TokenStream`), or None
+        for a strategy that does not say, or a name not registered. Read from the class, so
+        the spec's parameters are not checked here."""
+        declared = getattr(self._factories.get(spec_name(spec_text)), "token_stream", None)
+        if declared == "answer":
+            return "answer"
+        if declared == "reasoning":
+            return "reasoning"
+        return None
 
     def parameters(self, name: str) -> dict[str, Any]:
         factory = self._factories[name]
@@ -154,6 +189,8 @@ class StrategyRegistry:
         spec = parse_spec(spec_text)
         factory = self._factories.get(spec.name)
         if factory is None:
+            if spec.name in self._broken:
+                raise self._broken[spec.name]
             raise UnknownNameError("strategy", spec.name, [*self.names(), "auto"])
         kwargs: dict[str, Any] = {}
         if spec.params:
@@ -201,9 +238,21 @@ def builtin_factories() -> dict[str, StrategyFactory]:
     }
 
 
-def default_registry(extra: Iterable[tuple[str, StrategyFactory]] = ()) -> StrategyRegistry:
-    factories = builtin_factories()
-    for ep in entry_points(group="apportion.strategies"):
-        factories.setdefault(ep.name, ep.load())
+def default_registry(
+    extra: Iterable[tuple[str, StrategyFactory]] = (), *, plugins: PluginIndex | None = None
+) -> StrategyRegistry:
+    """The built-in strategies, the installed plug-ins of the `apportion.strategies` group
+    (from `plugins`, else the installed packages; a built-in name wins) and `extra`. A plug-in
+    that fails to load is left out, with a warning, and named when it is asked for."""
+    plugins = PluginIndex() if plugins is None else plugins
+    source: Registry[StrategyFactory] = Registry(
+        group=STRATEGIES,
+        what="strategy",
+        builtins=builtin_factories(),
+        plugins=plugins,
+        accepts=callable,
+        expected="a strategy factory (a callable returning a Strategy)",
+    )
+    factories = {name: source.get(name) for name in source.names()}
     factories.update(dict(extra))
-    return StrategyRegistry(factories)
+    return StrategyRegistry(factories, broken=source.failures(), plugins=plugins)

@@ -1,9 +1,10 @@
 """symbolic: answer exactly with a solver, no model call at all.
 
-A bare propositional formula ("not ( True ) and False is") goes to Z3 (`tools/logic.py`);
-arithmetic and algebra go to SymPy through the safe parser (`tools/solver.py`); the choice is
-`RunContext.solve`'s. A question that is neither is declined, so a ladder can fall through to a
-model.
+`RunContext.solve` asks the registered exact solvers in turn (`tools/solvers.py`): by default
+a bare propositional formula ("not ( True ) and False is") goes to Z3 (`tools/logic.py`),
+arithmetic and algebra to SymPy through the safe parser (`tools/solver.py`), and a plug-in
+solver (the `apportion.solvers` entry-point group) is asked before them. A question every
+solver declines is declined here too, so a ladder can fall through to a model.
 """
 
 from __future__ import annotations

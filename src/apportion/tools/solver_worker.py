@@ -1,15 +1,17 @@
 """Exact answers (Z3 for a boolean formula, SymPy for math) in persistent worker processes.
 
-A server sets `RunContext.solvers` to a `SolverWorkers`: every solver call is then a round trip
-over a pipe to a process with SymPy and Z3 imported and warmed (about a millisecond), never
-work on the server's own threads, so one hard question cannot hold the interpreter lock that
-other requests need. A call that runs past its timeout gets a "timeout" result at once and its
-worker is killed; the next call starts a fresh one. Workers start with the "forkserver" method
-when the caller has threads (a server always does), since forking a threaded process is unsafe.
+A server sets `RunContext.solvers` to a `SolverWorkers`: every call of the built-in solvers
+(`tools/solvers.py`) is then a round trip over a pipe to a process with SymPy and Z3 imported
+and warmed (about a millisecond), never work on the server's own threads, so one hard question
+cannot hold the interpreter lock that other requests need. A call names the built-ins to ask,
+in order; the worker answers with the first that does not decline. A call that runs past its
+timeout gets a "timeout" result at once and its worker is killed; the next call starts a fresh
+one. Workers start with the "forkserver" method when the caller has threads (a server always
+does), since forking a threaded process is unsafe.
 
-Without it (`solvers=None`, the CLI), `RunContext.solve` runs Z3 in the calling process (its
-parser is linear and capped) and SymPy in a child forked per call (`solver.solve`): for a
-one-shot command that is cheaper than starting a worker.
+Without it (`solvers=None`, the CLI), the built-ins run Z3 in the calling process (its parser is
+linear and capped) and SymPy in a child forked per call (`solver.solve`): for a one-shot command
+that is cheaper than starting a worker.
 """
 
 from __future__ import annotations
@@ -19,14 +21,17 @@ import signal
 import threading
 import time
 import weakref
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import Any
 
 from apportion.tools import solver
-from apportion.tools.logic import NO_LOGIC, evaluate_boolean
+from apportion.tools.logic import evaluate_boolean
+from apportion.tools.math_extract import find_math
 from apportion.tools.results import SolverResult
+from apportion.tools.solvers import BUILTIN_SOLVERS, DECLINING_ERRORS, ExactAnswer
 
 __all__ = ["ExactAnswer", "SolverWorkers"]
 
@@ -36,29 +41,36 @@ MAX_CALLS_PER_WORKER = 500
 DEFAULT_MAX_WORKERS = max(2, min(8, os.cpu_count() or 2))
 
 
-@dataclass(frozen=True)
-class ExactAnswer:
-    """A solver's result and the tool that produced it ("z3" or "sympy"), for the ledger."""
-
-    tool: str
-    result: SolverResult
-
-
 # --------------------------------------------------------------------------- in the worker
 
 
-def _answer(question: str) -> dict[str, Any]:
-    """One call's work inside a worker: what `RunContext.solve` does in process, with SymPy
-    run right here rather than in a further child."""
+def _z3(question: str) -> dict[str, Any]:
     logic = evaluate_boolean(question)
-    if logic.error != NO_LOGIC:
-        return {"tool": "z3", "ok": logic.ok, "answer": logic.answer,
-                "expression": logic.expression, "error": logic.error}  # fmt: skip
-    found = solver._extract(question)
+    return {"ok": logic.ok, "answer": logic.answer, "expression": logic.expression,
+            "error": logic.error}  # fmt: skip
+
+
+def _sympy(question: str) -> dict[str, Any]:
+    """What `solver.solve` does, with SymPy run right here rather than in a further child."""
+    found = find_math(question)
     if found is None:
-        return {"tool": "sympy", "ok": False, "answer": None, "expression": None,
-                "error": "no_math"}  # fmt: skip
-    return {"tool": "sympy", **solver._work(found.text, found.target, found.mode)}
+        return {"ok": False, "answer": None, "expression": None, "error": "no_math"}
+    return solver._work(found.text, found.target, found.mode)
+
+
+# What each built-in solver (tools/solvers.py) does inside a worker.
+_IN_WORKER: dict[str, Callable[[str], dict[str, Any]]] = {"z3": _z3, "sympy": _sympy}
+
+
+def _answer(question: str, names: Sequence[str] = tuple(BUILTIN_SOLVERS)) -> dict[str, Any]:
+    """One call's work inside a worker: the named built-ins, in order, until one does not
+    decline (the last one's result if all do)."""
+    out: dict[str, Any] = {}
+    for name in names:
+        out = {"tool": name, **_IN_WORKER[name](question)}
+        if out.get("error") not in DECLINING_ERRORS:
+            break
+    return out
 
 
 def _worker_main(conn: Connection) -> None:
@@ -74,12 +86,12 @@ def _worker_main(conn: Connection) -> None:
         conn.send("ready")
         while True:
             try:
-                question = conn.recv()
+                question, names = conn.recv()
             except EOFError:
                 return  # the parent closed its end (or died): nothing more to do
             cpu0 = time.process_time()
             try:
-                out = _answer(question)
+                out = _answer(question, names)
             except MemoryError:
                 out = {"tool": "sympy", "ok": False, "error": "resource_limit"}
             except Exception as exc:  # report, never die on a question
@@ -138,11 +150,21 @@ class SolverWorkers:
         with self._lock:
             return len(self._all)
 
-    def solve(self, question: str, *, timeout_s: float) -> ExactAnswer:
-        """Answer `question` in a worker within `timeout_s` seconds (worker start-up aside);
-        never raises for bad input, a timeout or a worker that dies."""
+    def solve(
+        self,
+        question: str,
+        *,
+        timeout_s: float,
+        solvers: Sequence[str] = tuple(BUILTIN_SOLVERS),
+    ) -> ExactAnswer:
+        """Answer `question` in a worker within `timeout_s` seconds (worker start-up aside),
+        asking the named built-in `solvers` in order; never raises for bad input, a timeout or
+        a worker that dies."""
+        names = tuple(solvers)
+        if not names or any(name not in _IN_WORKER for name in names):
+            raise ValueError(f"workers run the built-in solvers {list(_IN_WORKER)}, not {names}")
         wall0, cpu0 = time.perf_counter(), time.thread_time()
-        out = self._call(question, max(timeout_s, 0.0))
+        out = self._call(question, names, max(timeout_s, 0.0))
         result = SolverResult(
             ok=bool(out.get("ok")),
             answer=out.get("answer"),
@@ -151,7 +173,7 @@ class SolverWorkers:
             wall_s=time.perf_counter() - wall0,
             cpu_s=time.thread_time() - cpu0 + float(out.get("cpu_s", 0.0)),
         )
-        return ExactAnswer(str(out.get("tool", "sympy")), result)
+        return ExactAnswer(str(out.get("tool", names[-1])), result)
 
     def close(self) -> None:
         with self._lock:
@@ -169,7 +191,7 @@ class SolverWorkers:
 
     # -- internals ---------------------------------------------------------------------------
 
-    def _call(self, question: str, timeout_s: float) -> dict[str, Any]:
+    def _call(self, question: str, names: tuple[str, ...], timeout_s: float) -> dict[str, Any]:
         deadline = time.monotonic() + timeout_s
         worker = self._take(deadline)
         if worker is None:  # every worker stayed busy until the deadline, or the pool closed
@@ -178,7 +200,7 @@ class SolverWorkers:
             return {"ok": False, "error": worker}
         try:
             cpu_before = solver._proc_cpu(worker.process.pid)
-            worker.conn.send(question)
+            worker.conn.send((question, names))
             if not worker.conn.poll(max(deadline - time.monotonic(), 0.0)):
                 cpu = solver._proc_cpu(worker.process.pid) - cpu_before
                 self._discard(worker)

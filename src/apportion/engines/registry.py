@@ -1,0 +1,187 @@
+"""Engines by kind: the `kind` of an `[[engines]]` entry names the `EngineKind` that builds it.
+
+Built-in kinds: ``openai`` (an OpenAI-compatible HTTP endpoint, `engines/openai_http.py`; the
+kind of an entry that names none) and ``llamacpp`` (a GGUF model in this process,
+`engines/llamacpp.py`). Plug-in packages add kinds through the ``apportion.engines`` entry-point
+group (`apportion.plugins`). A model id with no entry is a catalogue id or a .gguf path, served
+by the llamacpp kind as if an entry ``{id = ID, kind = "llamacpp", model = ID}`` named it.
+
+    >>> from apportion.config import Settings
+    >>> EngineRegistry().entry_for(Settings(), "smollm2-135m").kind
+    'llamacpp'
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+from apportion.config import (
+    DEFAULT_KIND,
+    EngineConfig,
+    LlamaCppEngineConfig,
+    RemoteEngineConfig,
+    Settings,
+)
+from apportion.errors import UsageError
+from apportion.plugins import ENGINES, PluginIndex, Registry
+
+if TYPE_CHECKING:
+    from apportion.engines.base import TextEngine
+    from apportion.engines.catalogue import PullProgress
+
+__all__ = ["EngineKind", "EngineRegistry", "EngineServices"]
+
+C = TypeVar("C", bound=EngineConfig)
+
+
+@dataclass(frozen=True)
+class EngineServices:
+    """What an engine factory may use besides its own entry: the settings (models folder,
+    threads, context size), the other engines by id (a wrapper such as a fallback builds on
+    them; engines are built once per Engine and kept), and the model check that names the
+    valid ids."""
+
+    settings: Settings
+    engine_for: Callable[[str], TextEngine]
+    check_model: Callable[[str], None]
+    pull_progress: PullProgress | None = None
+
+
+@dataclass(frozen=True)
+class EngineKind(Generic[C]):
+    """One kind of engine, as the ``apportion.engines`` group registers it.
+
+    `config`: the model an entry of this kind is validated with (a subclass of EngineConfig).
+    `build(config, services) -> TextEngine`: the factory, called once per Engine and model id.
+    `fingerprint(config) -> str`: what identifies the engine's outputs, for the completion cache
+    and the speed book; None: the kind and the entry's fields, its id left out.
+    `remote`: the engine serves over the network (its prompt cache is the server's own)."""
+
+    config: type[C]
+    build: Callable[[C, EngineServices], TextEngine]
+    fingerprint: Callable[[C], str] | None = None
+    remote: bool = False
+
+
+# --------------------------------------------------------------------------- built-in kinds
+
+
+def _build_openai(config: RemoteEngineConfig, services: EngineServices) -> TextEngine:
+    from apportion.engines.fallback import FallbackEngine, fallback_chain
+    from apportion.engines.openai_http import OpenAIHttpEngine
+
+    engine: TextEngine = OpenAIHttpEngine(config)
+    if (fallback := config.fallback) is not None:
+        entries = services.settings.engines
+        fallback_chain({e.id: getattr(e, "fallback", None) for e in entries}, config.id)
+        services.check_model(fallback)
+        engine = FallbackEngine(
+            engine, lambda: services.engine_for(fallback), fallback_id=fallback,
+            cooldown_s=config.fallback_cooldown_s,
+        )  # fmt: skip
+    return engine
+
+
+def _openai_fingerprint(config: RemoteEngineConfig) -> str:
+    return f"remote:{config.base_url}|{config.model}"
+
+
+def _build_llamacpp(config: LlamaCppEngineConfig, services: EngineServices) -> TextEngine:
+    from apportion.engines import catalogue
+    from apportion.engines.cpu import choose_extra_buffers
+    from apportion.engines.llamacpp import LlamaCppEngine
+
+    settings = services.settings
+    path = catalogue.resolve(config.model, settings.models_dir, progress=services.pull_progress)
+    extra = choose_extra_buffers(settings.llamacpp.extra_buffers)
+    return LlamaCppEngine(
+        config.id,
+        path,
+        n_ctx=config.n_ctx or settings.n_ctx,
+        threads=settings.threads,
+        extra_buffers=extra.enabled,
+    )
+
+
+def _llamacpp_fingerprint(config: LlamaCppEngineConfig) -> str:
+    """The weights' sha256: pinned in the catalogue, else read from the file."""
+    from apportion.engines import catalogue
+
+    if config.model in catalogue.CATALOGUE:
+        return catalogue.CATALOGUE[config.model].sha256
+    return catalogue.sha256_file(Path(config.model).expanduser())
+
+
+def builtin_kinds() -> dict[str, EngineKind[Any]]:
+    return {
+        DEFAULT_KIND: EngineKind(
+            RemoteEngineConfig, _build_openai, _openai_fingerprint, remote=True
+        ),
+        "llamacpp": EngineKind(LlamaCppEngineConfig, _build_llamacpp, _llamacpp_fingerprint),
+    }
+
+
+# --------------------------------------------------------------------------- the registry
+
+
+class EngineRegistry:
+    """Kind → EngineKind: the built-ins, then the ``apportion.engines`` plug-ins (read from
+    `plugins`, else from the installed packages when a kind is not built in). One per Engine."""
+
+    def __init__(self, plugins: PluginIndex | None = None) -> None:
+        self._kinds: Registry[EngineKind[Any]] = Registry(
+            group=ENGINES,
+            what="engine kind",
+            builtins=builtin_kinds(),
+            plugins=PluginIndex() if plugins is None else plugins,
+            accepts=lambda found: isinstance(found, EngineKind),
+            expected="an apportion.engines.registry.EngineKind",
+        )
+
+    def names(self) -> list[str]:
+        return self._kinds.names()
+
+    def kind(self, name: str) -> EngineKind[Any]:
+        """The kind registered as `name` (UnknownNameError lists the valid ones)."""
+        return self._kinds.get(name)
+
+    def config_model(self, name: str) -> type[EngineConfig]:
+        return self.kind(name).config
+
+    def entry_for(self, settings: Settings, model_id: str) -> EngineConfig:
+        """The [[engines]] entry serving `model_id`; a catalogue id or .gguf path with no entry
+        is served by llama.cpp under its own name."""
+        for entry in settings.engines:
+            if entry.id == model_id:
+                return entry
+        return LlamaCppEngineConfig(id=model_id, model=model_id)
+
+    def _checked(self, config: EngineConfig) -> EngineKind[Any]:
+        kind = self.kind(config.kind)
+        if not isinstance(config, kind.config):
+            raise UsageError(
+                f"engine {config.id!r} is a {type(config).__name__}, which is not the "
+                f"{config.kind!r} kind's configuration ({kind.config.__name__})"
+            )
+        return kind
+
+    def build(self, config: EngineConfig, services: EngineServices) -> TextEngine:
+        """The engine an entry describes, built by its kind's factory."""
+        return self._checked(config).build(config, services)
+
+    def fingerprint(self, config: EngineConfig) -> str:
+        """What identifies an engine's outputs (cache keys, speeds): its kind's fingerprint, or
+        else the kind and the entry's fields (its id, which names rather than defines it, left
+        out)."""
+        kind = self._checked(config)
+        if kind.fingerprint is not None:
+            return kind.fingerprint(config)
+        fields = config.model_dump(mode="json", exclude={"id"})
+        return f"{config.kind}:{json.dumps(fields, sort_keys=True)}"
+
+    def is_remote(self, config: EngineConfig) -> bool:
+        return self._checked(config).remote
