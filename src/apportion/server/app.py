@@ -439,6 +439,8 @@ class ServerState:
         tasks = [j.task for j in self.jobs if j.task is not None]
         if tasks:
             await asyncio.wait(tasks, timeout=10)
+        # the solver processes are the server's own, whoever owns the engine
+        await anyio.to_thread.run_sync(self.solvers.close)
         if self.owns_engine:
             await anyio.to_thread.run_sync(self.engine.close)
             if self.engine.store is not None:
