@@ -78,3 +78,14 @@ def test_a_long_run_of_question_marks_does_not_block_health(served: tuple[str, A
         gaps, reply = _health_gaps_while(url, "?" * 30_000 + "x", model)
         assert reply.status_code < 500, reply.text
         assert max(gaps) < 1.0, (model, gaps)
+
+
+def test_the_servers_solver_processes_stop_with_it(tmp_path: Path) -> None:
+    core = fake_core(tmp_path)
+    app = create_app(core.settings, engine=core)
+    with live_server(app) as url:
+        replies: list[httpx.Response] = []
+        _ask(url, "What is 17*23+5?", "symbolic", replies)
+        state = app.state.apportion
+        assert state.solvers.live_workers >= 1
+    assert state.solvers.live_workers == 0  # they once outlived the server

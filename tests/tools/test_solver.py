@@ -238,6 +238,7 @@ def test_injection_never_runs(payload: str, tmp_path: Path) -> None:
 
 def test_timeout_kills_the_child() -> None:
     # Accepted by the parser (degree 1000 is within limits) but SymPy needs far over 20 s.
+    before = set(multiprocessing.active_children())  # others' workers, if any still run
     start = time.perf_counter()
     result = solve("Solve (x+1)^1000 = 2", timeout_s=0.5)
     elapsed = time.perf_counter() - start
@@ -246,7 +247,7 @@ def test_timeout_kills_the_child() -> None:
     assert elapsed < 3.0
     assert result.wall_s >= 0.5
     assert result.cpu_s > 0.05  # the child's CPU, read before it was killed
-    assert multiprocessing.active_children() == []
+    assert set(multiprocessing.active_children()) <= before  # this solve's child is gone
     # The calling process is unharmed.
     assert solve("What is 2+2?").answer == "4"
 

@@ -142,6 +142,8 @@ class ServerState:
 
     async def shutdown(self) -> None:
         await self.jobs.shutdown()
+        # the solver processes are the server's own, whoever owns the engine
+        await anyio.to_thread.run_sync(self.solvers.close)
         if self.owns_engine:
             await anyio.to_thread.run_sync(self.engine.close)
             if self.engine.store is not None:
