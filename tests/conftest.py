@@ -18,7 +18,7 @@ def settings() -> Settings:
 @pytest.fixture(scope="session")
 def small_engine(settings: Settings) -> Iterator[object]:
     """The default model (qwen2.5-coder-0.5b), loaded once for the whole session."""
-    from apportion.engine import Engine
+    from apportion.runtime import Engine
 
     engine = Engine(settings=settings)
     engine.engine_for(settings.default_model)

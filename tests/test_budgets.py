@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from apportion.engine import execute
 from apportion.engines.speed import SpeedBook
 from apportion.errors import BudgetExceededError
 from apportion.ledger import HardwareProfile, Ledger, ModelCost, model_flops
 from apportion.router.policy import Plan, Step
+from apportion.runtime import execute
 from apportion.strategies.base import RunContext
 from apportion.strategies.registry import default_registry
 from apportion.types import Budget, Message, Query
@@ -37,11 +37,11 @@ PLANS = [
 
 def run(plan: tuple[Step, ...], budget: Budget, engine: ScriptedEngine) -> Ledger:
     ledger = Ledger(budget=budget, hardware=HardwareProfile(usd_per_hour=3600.0))  # $1 per s
-    ctx = RunContext(
+    ctx = RunContext.over(
         engine_for=lambda _id: engine, default_model=engine.model_id, ledger=ledger, max_tokens=24
     )
     if engine.clock is not None:
-        ctx.clock = engine.clock
+        ctx.calls.clock = engine.clock
     answer = execute(
         Plan(plan, "test"), Query("How many clips?", kind="number"), ctx, default_registry(),
         intent=None,
@@ -87,7 +87,7 @@ def test_a_cut_call_is_charged_and_reported() -> None:
     clock = FakeClock()
     engine = ScriptedEngine([REPLY], seconds_per_token=0.01, clock=clock)
     ledger = Ledger(budget=Budget(max_seconds=0.05))
-    ctx = RunContext(
+    ctx = RunContext.over(
         engine_for=lambda _id: engine,
         default_model="scripted",
         ledger=ledger,
@@ -106,7 +106,7 @@ def test_a_cut_call_is_charged_and_reported() -> None:
 
 def _timed_ctx(engine: ScriptedEngine, budget: Budget, speeds: SpeedBook) -> RunContext:
     assert engine.clock is not None
-    return RunContext(
+    return RunContext.over(
         engine_for=lambda _id: engine, default_model=engine.model_id,
         ledger=Ledger(budget=budget), max_tokens=64, clock=engine.clock, speeds=speeds,
     )  # fmt: skip
@@ -202,7 +202,7 @@ def test_an_unmeasured_model_is_probed_before_a_tight_budget_decides() -> None:
     assert answer.answer == "72" and not answer.stopped_for_budget
     probe, call = ctx.ledger.totals().calls
     assert probe.detail == "speed probe" and probe.completion_tokens == 1
-    assert call.detail == "cot" and speeds.get(ctx._speed_key(engine)) is not None
+    assert call.detail == "cot" and speeds.get(ctx.calls.speed_key(engine)) is not None
     # measured, a budget below the prompt's reading time is refused without a call
     refused = _timed_ctx(engine, Budget(max_seconds=0.2), speeds)
     engine.replies.append(REPLY)

@@ -6,11 +6,11 @@ from dataclasses import dataclass
 
 import pytest
 
-from apportion.engine import Engine, execute
 from apportion.errors import EngineError, UnknownNameError, UsageError
 from apportion.ledger import Ledger
 from apportion.router.features import Features
 from apportion.router.policy import Plan, Step
+from apportion.runtime import Engine, Request, execute
 from apportion.strategies.base import RunContext
 from apportion.strategies.registry import default_registry
 from apportion.types import Budget, Query
@@ -18,7 +18,7 @@ from fakes import ScriptedEngine
 
 
 def _ctx(engine: ScriptedEngine, budget: Budget | None = None) -> RunContext:
-    return RunContext(
+    return RunContext.over(
         engine_for=lambda _id: engine,
         default_model="scripted",
         ledger=Ledger(budget=budget or Budget()),
@@ -99,7 +99,7 @@ class _RaisingEngine(ScriptedEngine):
 def test_a_step_that_raises_is_a_failed_attempt_and_the_next_step_runs() -> None:
     broken = _RaisingEngine([], model_id="broken")
     working = ScriptedEngine(["48 + 24 = 72. The answer is 72."])
-    ctx = RunContext(
+    ctx = RunContext.over(
         engine_for=lambda model_id: broken if model_id == "broken" else working,
         default_model="scripted",
         ledger=Ledger(),
@@ -118,7 +118,7 @@ def test_a_step_that_raises_is_a_failed_attempt_and_the_next_step_runs() -> None
 
 def test_a_plan_whose_every_step_raises_raises_the_last_typed_error() -> None:
     broken = _RaisingEngine([], model_id="broken")
-    ctx = RunContext(
+    ctx = RunContext.over(
         engine_for=lambda _id: broken, default_model="broken", ledger=Ledger(), max_tokens=64
     )
     plan = Plan((Step("direct", 0.9), Step("cot", 0.0)), "test")
@@ -131,7 +131,8 @@ def test_an_auto_plan_that_can_decline_is_closed_by_a_step_that_answers() -> Non
     engine = Engine(policy=_FixedPolicy((Step("symbolic", 0.0),)))
     engine.register(ScriptedEngine(["Step by step. The answer is 17."], model_id="scripted"))
     # the policy's plan alone would decline this (no math the solver reads)
-    prepared = engine.prepare("Who wrote the number seventeen on the wall?", model="scripted")
+    question = "Who wrote the number seventeen on the wall?"
+    prepared = engine.prepare(Request(question, model="scripted"))
     assert [s.strategy for s in prepared.plan.steps] == ["symbolic", "direct"]
     assert "can end without an answer" in prepared.plan.reason
     answer = engine.run(prepared)
@@ -139,7 +140,7 @@ def test_an_auto_plan_that_can_decline_is_closed_by_a_step_that_answers() -> Non
     # a plan ending in a step that always answers is left as it is
     engine = Engine(policy=_FixedPolicy((Step("symbolic", 0.9), Step("cot", 0.0))))
     engine.register(ScriptedEngine([], model_id="scripted"))
-    prepared = engine.prepare("What is 2+2?", model="scripted")
+    prepared = engine.prepare(Request("What is 2+2?", model="scripted"))
     assert [s.strategy for s in prepared.plan.steps] == ["symbolic", "cot"]
 
 
@@ -147,7 +148,7 @@ def test_the_shipped_policy_answers_an_equation_it_was_not_calibrated_on() -> No
     """Held out: the arithmetic cell's plan once was `symbolic` alone, which declined
     `6x + 72 = 174` and left the question unanswered."""
     engine = Engine()
-    plan = engine.prepare("If 6x + 72 = 174, what is x?").plan
+    plan = engine.prepare(Request("If 6x + 72 = 174, what is x?")).plan
     assert engine.registry.always_answers(plan.steps[-1].strategy)
 
 

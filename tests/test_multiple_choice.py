@@ -3,7 +3,7 @@ letter, and the model is asked for the letter."""
 
 from __future__ import annotations
 
-from apportion.engine import Engine
+from apportion.runtime import Engine
 from fakes import ScriptedEngine
 
 

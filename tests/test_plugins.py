@@ -30,10 +30,10 @@ import httpx
 import pytest
 
 from apportion.config import LlamaCppEngineConfig, RemoteEngineConfig, Settings
-from apportion.engine import Engine
 from apportion.engines.registry import EngineRegistry, EngineServices
 from apportion.errors import UnknownNameError, UsageError
 from apportion.plugins import ENGINES, SOLVERS, STORES, STRATEGIES, PluginIndex, PluginLoadError
+from apportion.runtime import Engine
 from apportion.strategies.registry import default_registry
 from apportion.tools.solvers import SolverRegistry
 from apportion.tools.store import SQLITE, StoreRegistry, open_store, store_scheme
@@ -562,7 +562,7 @@ def test_plugin_solvers_run_here_and_built_ins_in_the_workers(example: PluginInd
     from apportion.tools.solver_worker import SolverWorkers
 
     with SolverWorkers(max_workers=1, start_method="forkserver") as workers:
-        ctx = RunContext(
+        ctx = RunContext.over(
             engine_for=lambda model_id: pytest.fail("no model call"),
             default_model="none",
             ledger=Ledger(),

@@ -16,7 +16,7 @@ __version__ = "0.1.0"
 def __getattr__(name: str) -> object:
     # Lazy so that `import apportion` stays cheap (no llama.cpp, no SymPy) for the CLI's --help.
     if name == "Engine":
-        from apportion.engine import Engine
+        from apportion.runtime import Engine
 
         return Engine
     raise AttributeError(name)

@@ -6,13 +6,14 @@ Pydantic lives here, at the edge; the rest of the package passes the resulting
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import os
 import tomllib
 import types
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal, Union, get_args, get_origin
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Protocol, Union, get_args, get_origin
 
 from pydantic import (
     BaseModel,
@@ -26,7 +27,7 @@ from pydantic import (
 from apportion.errors import UsageError
 
 if TYPE_CHECKING:
-    from apportion.engines.registry import EngineRegistry
+    from apportion.plugins import PluginIndex
 
 DEFAULT_MODEL = "qwen2.5-coder-0.5b"
 LARGE_MODEL = "qwen2.5-coder-1.5b"
@@ -68,12 +69,10 @@ class EngineConfig(BaseModel):
 
     @classmethod
     def entry_model(
-        cls, entry: Mapping[str, Any], kinds: EngineRegistry | None = None
+        cls, entry: Mapping[str, Any], kinds: EntryModels | None = None
     ) -> type[EngineConfig]:
         """The model that validates `entry`: its kind's (see `check_keys`)."""
-        from apportion.engines.registry import EngineRegistry
-
-        return (kinds or EngineRegistry()).config_model(str(entry.get("kind", DEFAULT_KIND)))
+        return (kinds or EngineEntryModels()).config_model(str(entry.get("kind", DEFAULT_KIND)))
 
 
 # The kind of an [[engines]] entry that names none: the OpenAI-compatible HTTP engine, which
@@ -129,6 +128,48 @@ class LlamaCppEngineConfig(EngineConfig):
 
     def describe(self) -> str:
         return f"llama.cpp: {self.model}"
+
+
+class EntryModels(Protocol):
+    """Kind → the model an [[engines]] entry of that kind is validated with."""
+
+    def config_model(self, name: str) -> type[EngineConfig]: ...
+
+
+class EngineEntryModels:
+    """The entry models of the built-in engine kinds, and of the plug-in kinds in the
+    ``apportion.engines`` group (each an `EngineKind`, whose `config` is read here without
+    building any engine; `engines/registry.py` builds them)."""
+
+    def __init__(self, plugins: PluginIndex | None = None) -> None:
+        from apportion.plugins import ENGINES, PluginIndex, Registry
+
+        builtins: dict[str, type[EngineConfig]] = {
+            DEFAULT_KIND: RemoteEngineConfig,
+            "llamacpp": LlamaCppEngineConfig,
+        }
+        self._kinds: Registry[Any] = Registry(
+            group=ENGINES,
+            what="engine kind",
+            builtins={name: _Kind(model) for name, model in builtins.items()},
+            plugins=PluginIndex() if plugins is None else plugins,
+            accepts=_declares_entry_model,
+            expected="an apportion.engines.registry.EngineKind",
+        )
+
+    def config_model(self, name: str) -> type[EngineConfig]:
+        model: type[EngineConfig] = self._kinds.get(name).config
+        return model
+
+
+@dataclasses.dataclass(frozen=True)
+class _Kind:
+    config: type[EngineConfig]
+
+
+def _declares_entry_model(found: object) -> bool:
+    model = getattr(found, "config", None)
+    return isinstance(model, type) and issubclass(model, EngineConfig)
 
 
 class Settings(BaseModel):
@@ -204,11 +245,9 @@ class Settings(BaseModel):
     @classmethod
     def load(cls, path: Path | None = None, env: dict[str, str] | None = None) -> Settings:
         """Defaults ← TOML file (explicit path, else $APPORTION_CONFIG if set) ← environment."""
-        from apportion.engines.registry import EngineRegistry
-
         env = dict(os.environ) if env is None else env
         data: dict[str, Any] = {}
-        kinds = EngineRegistry()  # the engine kinds [[engines]] entries may name, read once
+        kinds = EngineEntryModels()  # the engine kinds [[engines]] entries may name, read once
         config_path = path or (
             Path(env["APPORTION_CONFIG"]) if env.get("APPORTION_CONFIG") else None
         )
@@ -247,7 +286,7 @@ def check_keys(
     *,
     where: str,
     at: str = "",
-    engine_kinds: EngineRegistry | None = None,
+    engine_kinds: EntryModels | None = None,
 ) -> None:
     """Refuse a key `model` does not define, at every nesting level, naming the closest valid
     key: a misspelt setting silently left at its default is worse than an error. An

@@ -22,7 +22,7 @@ def test_second_identical_call_replays_and_is_charged_the_same(tmp_path: Path) -
     with SqliteCompletionCache(tmp_path / "c.sqlite") as cache:
         ledgers = []
         for _ in range(2):
-            ctx = RunContext(lambda _id: engine, "scripted", Ledger(), cache=cache)
+            ctx = RunContext.over(lambda _id: engine, "scripted", Ledger(), cache=cache)
             (c,) = ctx.generate([Message("user", "hello")], max_tokens=8)
             assert c.text == "first reply"
             ledgers.append(ctx.ledger.totals())
@@ -30,6 +30,6 @@ def test_second_identical_call_replays_and_is_charged_the_same(tmp_path: Path) -
         assert cache.hits == 1
         assert ledgers[0].flops == ledgers[1].flops and ledgers[0].wall_s == ledgers[1].wall_s
         # a different seed is a different key
-        ctx = RunContext(lambda _id: engine, "scripted", Ledger(), cache=cache, seed=5)
+        ctx = RunContext.over(lambda _id: engine, "scripted", Ledger(), cache=cache, seed=5)
         engine.replies.append("seeded")
         assert ctx.generate([Message("user", "hello")], max_tokens=8)[0].text == "seeded"

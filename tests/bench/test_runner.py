@@ -9,8 +9,8 @@ import pytest
 from apportion.bench.datasets import load_jsonl
 from apportion.bench.report import write_report
 from apportion.bench.runner import RESULTS, read_results, run_bench
-from apportion.engine import Engine
 from apportion.errors import UsageError
+from apportion.runtime import Engine
 from apportion.strategies.base import RunContext
 from apportion.strategies.registry import default_registry
 from apportion.types import Attempt, Query

@@ -20,8 +20,8 @@ from apportion.bench.session import (
     plan_bench,
 )
 from apportion.config import Settings
-from apportion.engine import Engine
 from apportion.errors import UnknownNameError, UsageError
+from apportion.runtime import Engine
 
 
 def write_items(path: Path, rows: list[dict[str, object]]) -> Path:

@@ -103,7 +103,7 @@ import llama_cpp
 loud = llama_cpp.Llama
 llama_cpp.Llama = lambda *args, **kwargs: loud(*args, **{**kwargs, "verbose": True})
 from apportion.config import Settings
-from apportion.engine import Engine
+from apportion.runtime import Engine
 Engine(settings=Settings.load()).engine_for("smollm2-135m")
 """
 

@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 
 from apportion.config import RemoteEngineConfig, Settings
-from apportion.engine import Engine
 from apportion.engines import catalogue
 from apportion.engines.fallback import FallbackEngine
 from apportion.engines.openai_http import OpenAIHttpEngine
 from apportion.errors import EngineError
 from apportion.ledger import Ledger
+from apportion.runtime import Engine
 from apportion.strategies.base import RunContext
 from apportion.strategies.direct import Direct
 from apportion.types import Message, Query
@@ -40,7 +40,7 @@ def _config(base: str, **extra: object) -> RemoteEngineConfig:
 def test_generate_charges_the_servers_usage(server: str) -> None:
     engine = OpenAIHttpEngine(_config(server))
     ledger = Ledger()
-    ctx = RunContext(engine_for=lambda _id: engine, default_model="remote-smol", ledger=ledger)
+    ctx = RunContext.over(engine_for=lambda _id: engine, default_model="remote-smol", ledger=ledger)
     attempt = Direct(max_tokens=16).run(Query("Say hello."), ctx)
     assert attempt.ok
     (call,) = ledger.totals().calls

@@ -19,11 +19,11 @@ import httpx
 import pytest
 
 from apportion.config import RemoteEngineConfig, Settings
-from apportion.engine import Engine
 from apportion.engines.fallback import FallbackEngine, fallback_chain
 from apportion.engines.openai_http import OpenAIHttpEngine, RetryPolicy, retry_after_s
 from apportion.errors import EngineError, EngineUnavailableError, UsageError
 from apportion.ledger import Ledger
+from apportion.runtime import Engine
 from apportion.strategies.base import RunContext
 from apportion.types import Message
 from servers import free_port
@@ -251,7 +251,7 @@ def charged(eng: Any, ledger: Ledger, *, stream: bool = False) -> str:
     """Run one call through a RunContext (streamed when asked) and return the engine the ledger
     named for it."""
     tokens: list[str] = []
-    ctx = RunContext(
+    ctx = RunContext.over(
         engine_for=lambda _id: eng, default_model="remote", ledger=ledger,
         on_token=tokens.append if stream else None,
     )  # fmt: skip

@@ -3,17 +3,16 @@ path, which must charge the ledger exactly what the plain path charges."""
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Generator, Iterator
 from typing import Any
 
 import pytest
 
 from apportion.config import RemoteEngineConfig, Settings
-from apportion.engine import Engine, execute
 from apportion.engines import catalogue
 from apportion.engines.base import GenerationCancelled
 from apportion.engines.openai_http import OpenAIHttpEngine
+from apportion.runtime import Engine, Hooks, Request, execute
 from apportion.types import Completion, Message
 from servers import llama_cpp_server
 
@@ -83,11 +82,12 @@ def test_on_token_path_charges_what_the_plain_path_charges(smol: Engine) -> None
     plain = smol.ask(
         "Say hello.", strategy="direct", model="smollm2-135m", max_tokens=16, deterministic=True
     )
-    prepared = smol.prepare(
+    request = Request(
         "Say hello.", strategy="direct", model="smollm2-135m", max_tokens=16, deterministic=True
     )
     seen: list[str] = []
-    ctx = dataclasses.replace(prepared.ctx, on_token=seen.append)
+    prepared = smol.prepare(request, Hooks(on_token=seen.append))
+    ctx = prepared.ctx
     streamed = execute(prepared.plan, prepared.query, ctx, smol.registry, intent=None)
     assert streamed.answer == plain.answer
     assert "".join(seen).strip() == plain.answer
@@ -97,7 +97,6 @@ def test_on_token_path_charges_what_the_plain_path_charges(smol: Engine) -> None
 
 
 def test_cancelling_from_on_token_charges_the_partial_call(smol: Engine) -> None:
-    prepared = smol.prepare("Write a long poem.", strategy="cot", model="smollm2-135m")
     seen: list[str] = []
 
     def on_token(piece: str) -> None:
@@ -105,7 +104,9 @@ def test_cancelling_from_on_token_charges_the_partial_call(smol: Engine) -> None
         if len(seen) == 4:
             raise GenerationCancelled()
 
-    ctx = dataclasses.replace(prepared.ctx, on_token=on_token, max_tokens=200)
+    request = Request("Write a long poem.", strategy="cot", model="smollm2-135m", max_tokens=200)
+    prepared = smol.prepare(request, Hooks(on_token=on_token))
+    ctx = prepared.ctx
     with pytest.raises(GenerationCancelled):
         execute(prepared.plan, prepared.query, ctx, smol.registry, intent=None)
     (call,) = ctx.ledger.totals().calls

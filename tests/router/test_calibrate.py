@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from apportion.engine import execute
 from apportion.errors import UsageError
 from apportion.ledger import Ledger
 from apportion.router.calibrate import calibrate, evaluate, replay
@@ -23,6 +22,7 @@ from apportion.router.policy import (
     parse_plan_spec,
     plan_spec,
 )
+from apportion.runtime import execute
 from apportion.strategies.base import RunContext
 from apportion.strategies.registry import default_registry
 from apportion.traces import ItemResult
@@ -83,7 +83,7 @@ def test_replay_matches_the_executor() -> None:
     for program_reply, program_ok in [("no code", False), (
         "```python\ndef solve():\n    return 72\n```", True)]:  # fmt: skip
         engine = ScriptedEngine([program_reply, "The answer is 70."])
-        ctx = RunContext(engine_for=lambda _id, e=engine: e, default_model="scripted",
+        ctx = RunContext.over(engine_for=lambda _id, e=engine: e, default_model="scripted",
                          ledger=Ledger(budget=Budget()), max_tokens=32)  # fmt: skip
         plan = (Step("program", 0.5), Step("cot", 0.0))
         answer = execute(Plan(plan, "t"), Query("q?", kind="number"), ctx, default_registry(),

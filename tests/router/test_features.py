@@ -22,7 +22,7 @@ def test_rule_policy_puts_solver_first_for_arithmetic() -> None:
 
 
 def test_an_equation_behind_a_condition_is_math_and_the_solver_answers_it() -> None:
-    from apportion.engine import Engine
+    from apportion.runtime import Engine
 
     question = "If 6x + 72 = 174, what is x?"  # held out in issue 12: the solver declined it
     features = extract_features(question)

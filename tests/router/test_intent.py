@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 
 from apportion.bench.datasets import DATA_DIR_ENV, default_data_dir
-from apportion.engine import conversation_features
 from apportion.errors import UsageError
 from apportion.router.intent import (
     DIM,
@@ -21,6 +20,7 @@ from apportion.router.intent import (
     default_classifier,
     hashed_features,
 )
+from apportion.runtime import conversation_features
 from apportion.tools.solver import extract_math
 from apportion.types import INTENTS, Message, Query
 

@@ -17,10 +17,10 @@ import httpx
 import uvicorn
 
 from apportion.config import Settings
-from apportion.engine import Engine
 from apportion.engines.base import GenerationCancelled
 from apportion.ledger import ModelCost
 from apportion.router.policy import RulePolicy
+from apportion.runtime import Engine
 from apportion.types import Completion, Message
 from servers import free_port
 

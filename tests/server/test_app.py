@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from apportion.config import Settings
-from apportion.engine import conversation_features
+from apportion.runtime import conversation_features
 from apportion.server.app import create_app
 from apportion.types import Message, Query
 from server.support import FakeEngine, fake_core, live_server, serve_process

@@ -10,8 +10,8 @@ from typing import Any, ClassVar
 
 import httpx
 
-from apportion.engine import Engine
 from apportion.router.policy import RulePolicy
+from apportion.runtime import Engine
 from apportion.server.app import create_app
 from apportion.strategies.base import RunContext
 from apportion.strategies.registry import TokenStream, default_registry

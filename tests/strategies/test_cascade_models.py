@@ -2,7 +2,7 @@
 
 import pytest
 
-from apportion.engine import Engine
+from apportion.runtime import Engine
 
 pytestmark = pytest.mark.model
 

@@ -45,7 +45,7 @@ def _run(reply: str):  # type: ignore[no-untyped-def]
     from fakes import ScriptedEngine
 
     engine = ScriptedEngine([reply])
-    ctx = RunContext(
+    ctx = RunContext.over(
         lambda _id: engine, "scripted", Ledger(), sandbox_limits=SandboxLimits(cpu_s=2, wall_s=5)
     )
     return Program().run(Query("q", kind="number"), ctx), ctx.ledger.totals()

@@ -77,7 +77,7 @@ def dense_store(tmp_path: Path, minilm: Embedder) -> Iterator[EmbeddedStore]:
 
 
 def ctx_for(engine: ScriptedEngine, store: EmbeddedStore | None) -> RunContext:
-    return RunContext(
+    return RunContext.over(
         engine_for=lambda _: cast("TextEngine", engine),  # ScriptedEngine has no stream()
         default_model=engine.model_id,
         ledger=Ledger(budget=Budget()),

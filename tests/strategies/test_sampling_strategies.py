@@ -27,7 +27,7 @@ def ans(x: object) -> str:
 
 def ctx_for(*engines: ScriptedEngine, budget: Budget | None = None) -> RunContext:
     by_id = {e.model_id: e for e in engines}
-    return RunContext(
+    return RunContext.over(
         engine_for=lambda model_id: by_id[model_id],
         default_model=engines[0].model_id,
         ledger=Ledger(budget=budget or Budget()),

@@ -586,14 +586,14 @@ def test_engine_hides_the_configured_data_paths(unusual_place: Path) -> None:
     if sandbox_backend() == "unavailable":
         pytest.skip(f"no sandbox backend here: {sandbox._select_backend()[1]}")
     from apportion.config import Settings
-    from apportion.engine import Engine
+    from apportion.runtime import Engine, Request
 
     home = unusual_place / "home"
     store = _secret_file(home / "store.sqlite", "chunk: secret")
     models = _secret_file(home / "models" / "m.gguf", "weights")
     settings = Settings(home=home)
     assert {home, settings.models_dir, settings.store_path} <= set(settings.data_paths())
-    ctx = Engine(settings=settings).prepare("What is 2+2?", strategy="direct").ctx
+    ctx = Engine(settings=settings).prepare(Request("What is 2+2?", strategy="direct")).ctx
     result = ctx.run_program(
         f"import os\nfor p in [{str(store)!r}, {str(models)!r}]:\n    print(p, os.path.exists(p))\n"
     )

@@ -33,7 +33,7 @@ def _no_engine(model_id: str) -> object:
 
 
 def _context(workers: SolverWorkers | None, *, timeout_s: float = 5.0) -> RunContext:
-    return RunContext(
+    return RunContext.over(
         engine_for=_no_engine,  # type: ignore[arg-type]
         default_model="none",
         ledger=Ledger(),

@@ -1,7 +1,7 @@
 """A persistent completion cache: re-runs and new policies replay instead of regenerating.
 
 Keyed by (model fingerprint, prompt, sampling parameters, seed) — see
-`strategies.base._cache_key`. The model fingerprint is its weights' sha256, so a different
+`engines.layers.cache_key`. The model fingerprint is its weights' sha256, so a different
 quantisation never replays another's text. Each entry is committed as soon as it is written
 (SQLite WAL), so a kill -9 loses at most the call in flight.
 """
@@ -26,7 +26,7 @@ CREATE TABLE IF NOT EXISTS completions (
 
 
 class SqliteCompletionCache:
-    """Implements `strategies.base.CompletionCache` over one SQLite file."""
+    """Implements `engines.layers.CompletionCache` over one SQLite file."""
 
     def __init__(self, path: Path) -> None:
         # 0600 in 0700 folders (SQLite gives its -wal and -shm files the database's mode)

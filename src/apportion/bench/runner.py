@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from apportion.bench.datasets import BenchItem
 from apportion.bench.scoring import score
 from apportion.errors import UsageError
+from apportion.runtime import Hooks, Request
 
 # The trace record and its file are apportion.traces' (calibrate reads them too); bench code
 # imports them from here as well.
@@ -27,8 +28,8 @@ from apportion.traces import ResultWriter as ResultWriter
 from apportion.traces import read_results as read_results
 
 if TYPE_CHECKING:
-    from apportion.engine import Engine
-    from apportion.strategies.base import CompletionCache
+    from apportion.engines.layers import CompletionCache
+    from apportion.runtime import Engine
 
 RUN_META = "run.json"
 # Everything a run writes into its folder: what --overwrite removes.
@@ -255,16 +256,11 @@ def _run_one(
     max_tokens: int | None,
     cache: CompletionCache | None,
 ) -> ItemResult:
-    answer = engine.ask(
-        item.question,
-        strategy=strategy,
-        model=model,
-        max_tokens=max_tokens,
-        kind=item.kind,
-        choices=item.choices,
-        seed=seed,
-        cache=cache,
-    )
+    request = Request(
+        item.question, strategy=strategy, model=model, max_tokens=max_tokens, kind=item.kind,
+        choices=tuple(item.choices), seed=seed,
+    )  # fmt: skip
+    answer = engine.answer(request, Hooks(cache=cache))
     predicted = answer.answer if not answer.error else None
     s = score(predicted, item.answer, kind=item.kind, aliases=item.aliases, choices=item.choices)
     t = answer.ledger

@@ -33,8 +33,8 @@ from apportion.errors import UsageError
 if TYPE_CHECKING:
     from apportion.bench.cache import SqliteCompletionCache
     from apportion.bench.corpus import BenchCorpus
-    from apportion.engine import Engine
-    from apportion.strategies.base import CompletionCache
+    from apportion.engines.layers import CompletionCache
+    from apportion.runtime import Engine
     from apportion.tools.store.base import DocumentStore
     from apportion.tools.store.ingest import IngestReport
 

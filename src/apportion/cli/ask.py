@@ -94,10 +94,7 @@ def ask(
 
     Example: apportion ask "What is 17*23+5?" --json
     """
-    from apportion.engine import Engine
-    from apportion.router.policy import load_policy
-    from apportion.strategies.registry import parse_spec
-    from apportion.tools.store import open_store
+    from apportion.runtime import Request, Runtime
 
     try:
         if question == "-":
@@ -107,22 +104,17 @@ def ask(
         )
         if store is not None:
             settings.store = store  # a setting, so sandboxed programs cannot read it
-        engine = Engine(
-            settings=settings, pull_progress=RichPullProgress(err), policy=load_policy(policy)
+        runtime = Runtime.from_settings(
+            settings, policy=policy, pull_progress=RichPullProgress(err)
         )
-        documents = settings.store or settings.store_path
-        if store is not None or parse_spec(strategy).name in engine.registry.store_readers():
-            engine.store = open_store(documents)
-        elif settings.store is not None or settings.store_path.exists():
-            # auto may route a factual question to rag: open the index only if it does.
-            engine.store_opener = lambda: open_store(documents)
         budget = Budget(max_flops=budget_flops, max_usd=budget_usd, max_seconds=budget_seconds)
-        prepared = engine.prepare(
+        request = Request(
             question, strategy=strategy, model=model, max_tokens=max_tokens, budget=budget
         )
+        prepared = runtime.prepare(request)
         with warnings_as_lines():
-            answer = engine.run(prepared)
-        engine.close()  # keeps the speeds it measured (engines/speed.py)
+            answer = runtime.run(prepared)
+        runtime.close()  # keeps the speeds it measured (engines/speed.py)
     except ApportionError as e:
         fail(e)
     explanation = explain_plan(prepared.features, prepared.plan) if explain else None

@@ -133,9 +133,8 @@ def bench(
     if ctx.invoked_subcommand is not None:
         return
     from apportion.bench.session import Tally, plan_bench
-    from apportion.engine import Engine
     from apportion.errors import UsageError
-    from apportion.router.policy import load_policy
+    from apportion.runtime import Runtime
 
     try:
         if out is None:
@@ -147,8 +146,9 @@ def bench(
         )
         if store_uri is not None:
             settings.store = store_uri  # a setting, so sandboxed programs cannot read it
-        engine = Engine(
-            settings=settings, pull_progress=RichPullProgress(err), policy=load_policy(policy)
+        # the store a run searches is its corpus's, indexed below; never the configured one
+        engine = Runtime.from_settings(
+            settings, policy=policy, pull_progress=RichPullProgress(err), documents="given"
         )
         run = plan_bench(
             engine, data=data or [], datasets=dataset or [], strategies=strategies, out=out,

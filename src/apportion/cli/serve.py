@@ -118,8 +118,7 @@ def serve(
         raise typer.Exit(1)
     import uvicorn
 
-    from apportion.engine import Engine
-    from apportion.router.policy import load_policy
+    from apportion.runtime import Runtime
     from apportion.server.app import ServerOptions, create_app
     from apportion.server.auth import KeyStore
     from apportion.server.documents import open_configured_store, store_uri
@@ -134,10 +133,12 @@ def serve(
         settings.keys_db = keys_path(settings, keys_db)
         if store is not None:
             settings.store = store
-        engine = Engine(settings=settings, policy=load_policy(policy))
+        engine = Runtime.from_settings(
+            settings, policy=policy, documents="given",
+            store=open_configured_store(settings, None),
+        )  # fmt: skip
         engine.check_model(settings.default_model)
         keys = KeyStore(settings.keys_db)
-        engine.store = open_configured_store(settings, None)
         if engine.store is not None:
             where = store_uri(settings, None)
             err.print(f"documents: {where} ({engine.store.count()} chunks)", highlight=False)

@@ -16,6 +16,10 @@ class GenerationCancelled(Exception):
     an ApportionError: strategies and the executor must not swallow it on its way up.
     """
 
+    # What the engine had generated when it stopped, once it has (engines/layers.py sets it
+    # on the way up, so the layer that charges can charge it).
+    partial: Completion | None = None
+
 
 @runtime_checkable
 class TextEngine(Protocol):

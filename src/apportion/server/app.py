@@ -4,7 +4,7 @@
 This module is the routes and the wiring. A chat completion goes: Bearer key (when the key
 store has keys) → request validation (schemas.py) → model and strategy resolution
 (translate.py, against the models in models.py) → the key's hold is opened (quota.py) → a Job
-(jobs.py) is started (runner.py), which runs `Engine.prepare` + `execute` in a worker thread
+(jobs.py) is started (runner.py), which runs `Runtime.prepare` + `execute` in a worker thread
 with the server's hooks in (hooks.py) → one JSON body (responses.py), or server-sent events
 as the work happens (stream.py). Errors: errors.py; the body limit: body_limit.py; the local
 engine queue: queue.py; the document store: documents.py.
@@ -55,9 +55,9 @@ from sse_starlette import EventSourceResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from apportion.config import Settings
-from apportion.engine import Engine
 from apportion.engines.base import GenerationCancelled
 from apportion.errors import ApportionError
+from apportion.runtime import Runtime
 from apportion.server import metrics as m
 from apportion.server.auth import ApiKey, KeyStore
 from apportion.server.body_limit import BodyLimit
@@ -108,13 +108,13 @@ class ServerOptions:
 
 
 class ServerState:
-    """What one app holds, wired together: the Engine, the models it serves, the key store
+    """What one app holds, wired together: the Runtime, the models it serves, the key store
     (through its quotas), metrics, the local queue, the solver workers and the jobs."""
 
     def __init__(
         self,
         settings: Settings,
-        engine: Engine,
+        engine: Runtime,
         options: ServerOptions,
         keys: KeyStore | None,
         *,
@@ -168,7 +168,7 @@ async def _authenticate(
 def create_app(
     settings: Settings,
     *,
-    engine: Engine | None = None,
+    engine: Runtime | None = None,
     options: ServerOptions | None = None,
     keys: KeyStore | None = None,
 ) -> FastAPI:
@@ -180,8 +180,9 @@ def create_app(
     if engine is None:
         from apportion.server.documents import open_configured_store
 
-        engine = Engine(settings=settings)
-        engine.store = open_configured_store(settings, None)
+        engine = Runtime.from_settings(
+            settings, documents="given", store=open_configured_store(settings, None)
+        )
     state = ServerState(settings, engine, options, keys, owns_engine=owns_engine)
 
     @asynccontextmanager

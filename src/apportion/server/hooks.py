@@ -1,32 +1,30 @@
-"""Where the server reaches into a run, all in one place. A job's RunContext is the prepared
-one with:
+"""The server's hooks into a job's run, all in one place: `RunHooks.for_job` gives the
+runtime a job's `Hooks` (engines/layers.py wraps each engine call in them):
 
-- `engine_for` giving each engine wrapped in an `ObservedEngine`: the job's cancel flag, the
-  local queue's slot at the first local call, the key's hold before each call, the request's
-  stop sequences where they apply, and how the last call finished;
-- `on_token` streaming to the job, and the server's solver worker processes;
-- the ledger's `on_charge` reporting each charge to the job.
-
-They are the per-request hooks (cancel, on_token, on_charge, the budget) that a Runtime will
-take as engine wrappers; this module is what it replaces.
+- `cancel`: the job's cancel flag (the client went away, or the request timed out);
+- `on_token` and `on_charge`: what the job streams to its client (tokens, progress);
+- `engine_for`: each engine the job calls, checked against the models this server serves and
+  wrapped in an `ObservedEngine` (the local queue's slot at the first local call, the key's
+  hold before each call, the request's stop sequences where they apply, and how the last
+  call finished);
+- `solvers`: the server's solver worker processes.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Generator, Sequence
-from dataclasses import replace
+from collections.abc import Callable, Sequence
 from functools import partial
 
-from apportion.engine import Engine, Prepared
 from apportion.engines.base import GenerationCancelled, TextEngine
+from apportion.engines.layers import Layer, Pieces
 from apportion.errors import UnknownNameError
 from apportion.ledger import ModelCost
+from apportion.runtime import Hooks, Runtime
 from apportion.server.jobs import Job
 from apportion.server.models import ServedModels
 from apportion.server.queue import LocalQueue
 from apportion.server.quota import KeyQuota
-from apportion.strategies.base import RunContext
 from apportion.tools.solver_worker import SolverWorkers
 from apportion.types import Completion, Message
 
@@ -41,7 +39,7 @@ class RunHooks:
 
     def __init__(
         self,
-        engine: Engine,
+        engine: Runtime,
         models: ServedModels,
         local: LocalQueue,
         quota: KeyQuota,
@@ -52,17 +50,14 @@ class RunHooks:
         self.local = local
         self.quota = quota
         self.solvers = solvers
-        # Engine.engine_for loads a model on first use; two threads must not load it twice.
+        # Runtime.engine_for loads a model on first use; two threads must not load it twice.
         self._load_lock = threading.Lock()
 
-    def context(self, job: Job, prepared: Prepared) -> RunContext:
-        """The prepared run's context with the job's hooks in (in the worker thread)."""
-        ledger = prepared.ctx.ledger
-        ledger.on_charge = job.on_charge
-        job.ledger = ledger
-        return replace(
-            prepared.ctx, engine_for=partial(self._engine_for, job), on_token=job.on_token,
-            solvers=self.solvers,
+    def for_job(self, job: Job) -> Hooks:
+        """The job's hooks into its run."""
+        return Hooks(
+            cancel=job.cancel, on_token=job.on_token, on_charge=job.on_charge,
+            engine_for=partial(self._engine_for, job), solvers=self.solvers,
         )  # fmt: skip
 
     def _engine_for(self, job: Job, model_id: str) -> TextEngine:
@@ -92,10 +87,10 @@ class RunHooks:
                 self.local.leave()
 
 
-class ObservedEngine:
-    """What a job's strategies call: the real engine, plus a cancel check and the key's hold
-    before each call, the request's stop sequences where they apply, and a note of how the
-    last call finished (for the response's finish_reason)."""
+class ObservedEngine(Layer):
+    """What a job's strategies reach, below the runtime's layers: the engine, with the key's
+    hold before each call, the request's stop sequences where they apply, and a note of how
+    the last call finished (for the response's finish_reason)."""
 
     def __init__(
         self,
@@ -104,30 +99,13 @@ class ObservedEngine:
         before_call: BeforeCall,
         stop: Sequence[str] = (),
     ) -> None:
-        self._inner = inner
+        super().__init__(inner)
         self._job = job
         self._before_call = before_call
         self._stop = tuple(stop)
 
-    @property
-    def model_id(self) -> str:
-        return self._inner.model_id
-
-    @property
-    def cost(self) -> ModelCost:
-        return self._inner.cost
-
-    @property
-    def context_size(self) -> int:
-        return self._inner.context_size
-
-    def count_tokens(self, messages: Sequence[Message]) -> int:
-        return self._inner.count_tokens(messages)
-
     def _start(self, messages: Sequence[Message], max_tokens: int, n: int) -> None:
-        if self._job.cancel.is_set():
-            raise GenerationCancelled()
-        self._before_call(self.cost, self._inner.count_tokens(messages), max_tokens, n)
+        self._before_call(self.cost, self.inner.count_tokens(messages), max_tokens, n)
         self._job.on_call(self.model_id)
 
     def _stops(self, stop: Sequence[str] | None) -> list[str] | None:
@@ -147,9 +125,9 @@ class ObservedEngine:
         reuse_prefix: bool = True,
     ) -> list[Completion]:
         self._start(messages, max_tokens, n)
-        out = self._inner.generate(
+        out = super().generate(
             messages, max_tokens=max_tokens, temperature=temperature, n=n,
-            stop=self._stops(stop), seed=seed, logprobs=logprobs, **_prefix(reuse_prefix),
+            stop=self._stops(stop), seed=seed, logprobs=logprobs, reuse_prefix=reuse_prefix,
         )  # fmt: skip
         if out:
             self._job.last_finish = out[-1].finish_reason
@@ -164,19 +142,11 @@ class ObservedEngine:
         stop: Sequence[str] | None = None,
         seed: int | None = None,
         reuse_prefix: bool = True,
-    ) -> Generator[str, None, Completion]:
+    ) -> Pieces:
         self._start(messages, max_tokens, 1)
-        completion = yield from self._inner.stream(
+        completion = yield from super().stream(
             messages, max_tokens=max_tokens, temperature=temperature, stop=self._stops(stop),
-            seed=seed, **_prefix(reuse_prefix),
+            seed=seed, reuse_prefix=reuse_prefix,
         )  # fmt: skip
         self._job.last_finish = completion.finish_reason
         return completion
-
-    def close(self) -> None:
-        """The Engine owns the real engine and closes it; a job never does."""
-
-
-def _prefix(reuse_prefix: bool) -> dict[str, bool]:
-    """Pass `reuse_prefix` on only when it is not the default, as RunContext does."""
-    return {} if reuse_prefix else {"reuse_prefix": False}

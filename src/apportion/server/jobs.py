@@ -10,12 +10,12 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Literal
 
-from apportion.engines.base import GenerationCancelled
 from apportion.ledger import Ledger
+from apportion.runtime import Request
 from apportion.server.auth import ApiKey
 from apportion.server.stops import StopFilter
 from apportion.strategies.registry import TokenStream
-from apportion.types import Answer, Budget, Charge, Message
+from apportion.types import Answer, Charge
 
 # The delta field a streamed token goes in.
 TokenChannel = Literal["content", "reasoning_content"]
@@ -100,15 +100,9 @@ JobEvent = TokenEvent | CallEvent | QueueEvent | ProgressEvent | Finished
 
 @dataclass(frozen=True)
 class RunSpec:
-    """A resolved request, in the package's own terms."""
+    """A resolved request: the runtime's `Request`, and what only the server does with it."""
 
-    question: str
-    history: tuple[Message, ...]
-    strategy: str
-    model: str | None
-    max_tokens: int | None
-    budget: Budget
-    seed: int
+    request: Request
     return_ledger: bool
     stop: tuple[str, ...] = ()
     # Request parameters this route does not use, and why (shown in `apportion.notes`).
@@ -116,8 +110,6 @@ class RunSpec:
     # The budget was lowered to what the caller's key may still spend today.
     key_capped: bool = False
     user: str | None = None
-    # None: the server's `deterministic` setting.
-    deterministic: bool | None = None
 
 
 @dataclass(eq=False)
@@ -160,8 +152,7 @@ class Job:
             self.cancel.set()
 
     def on_token(self, piece: str) -> None:
-        if self.cancel.is_set():
-            raise GenerationCancelled()
+        # (a set cancel flag stops the stream before its next piece gets here: engines/layers)
         if self.token_channel == "content" and self.content_filter is not None:
             piece = self.content_filter.feed(piece)
             if piece:

@@ -3,23 +3,23 @@
 from __future__ import annotations
 
 from apportion.config import Settings
-from apportion.engine import Engine
 from apportion.engines import catalogue
+from apportion.runtime import Runtime
 from apportion.server.schemas import AUTO_MODEL, ModelCard, ModelList
 
 
 class ServedModels:
-    """The models one Engine serves. Fixed when the server starts, plus any engine registered
-    on the Engine since."""
+    """The models one Runtime serves. Fixed when the server starts, plus any engine registered
+    on the Runtime since."""
 
-    def __init__(self, settings: Settings, engine: Engine) -> None:
+    def __init__(self, settings: Settings, engine: Runtime) -> None:
         self.engine = engine
         self._at_start = self._servable(settings)
 
     def _servable(self, s: Settings) -> list[str]:
         """Configured remote engines, catalogue models already pulled (a request never starts a
         download), the configured default and large models, and engines registered on the
-        Engine. Arbitrary .gguf paths are not servable: a request must not make the server
+        Runtime. Arbitrary .gguf paths are not servable: a request must not make the server
         open files of its choosing."""
         pulled = [
             mid

@@ -80,14 +80,15 @@ class KeyQuota:
         )
         if not result.granted:
             raise self.quota_error(key, result.others)
-        b = spec.budget
+        b = spec.request.budget
         flops, usd, capped = b.max_flops, b.max_usd, False
         allowance = result.available
         if allowance.flops is not None and (flops is None or allowance.flops < flops):
             flops, capped = allowance.flops, True
         if allowance.usd is not None and (usd is None or allowance.usd < usd):
             usd, capped = allowance.usd, True
-        return replace(spec, budget=Budget(flops, usd, b.max_seconds), key_capped=capped)
+        request = replace(spec.request, budget=Budget(flops, usd, b.max_seconds))
+        return replace(spec, request=request, key_capped=capped)
 
     @staticmethod
     def quota_error(key: ApiKey, others: int, why: str = "") -> ApiError:
@@ -116,7 +117,7 @@ class KeyQuota:
         if job.key is None or self.keys is None or job.ledger is None:
             return
         available = self.keys.available(job.key, job.id)
-        b = job.spec.budget
+        b = job.spec.request.budget
         flops, usd = b.max_flops, b.max_usd
         if available.flops is not None:
             flops = available.flops if flops is None else min(flops, available.flops)

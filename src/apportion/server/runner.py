@@ -1,4 +1,4 @@
-"""Jobs from start to end: a job is started on the event loop, its work (`Engine.prepare`, the
+"""Jobs from start to end: a job is started on the event loop, its work (`Runtime.prepare`, the
 server's hooks, `execute`) runs in a worker thread, and whoever answers the request waits for
 its events or its answer. Every job is counted in the metrics however it ends, and stopped
 when the server shuts down."""
@@ -13,9 +13,9 @@ from collections.abc import Awaitable, Callable
 import anyio
 import anyio.to_thread
 
-from apportion.engine import Engine, execute
 from apportion.engines.base import GenerationCancelled
 from apportion.errors import ApportionError
+from apportion.runtime import Runtime
 from apportion.server import metrics as m
 from apportion.server.auth import ApiKey
 from apportion.server.errors import ApiError, error_payload, outcome_for
@@ -33,7 +33,7 @@ class JobRunner:
 
     def __init__(
         self,
-        engine: Engine,
+        engine: Runtime,
         hooks: RunHooks,
         quota: KeyQuota,
         metrics: m.ServerMetrics,
@@ -69,22 +69,15 @@ class JobRunner:
         """The worker thread: route, plan and execute; then give back what the hooks took."""
         spec = job.spec
         try:
-            prepared = self.engine.prepare(
-                spec.question, history=spec.history, strategy=spec.strategy, model=spec.model,
-                max_tokens=spec.max_tokens, budget=spec.budget, seed=spec.seed,
-                deterministic=spec.deterministic,
-            )  # fmt: skip
+            prepared = self.engine.prepare(spec.request, self.hooks.for_job(job))
+            job.ledger = prepared.ctx.ledger
             steps = prepared.plan.steps
             if len(steps) == 1:
                 stream = self.engine.registry.token_stream(steps[0].strategy)
                 job.token_channel = CHANNEL_FOR[stream] if stream is not None else None
             if job.token_channel == "content" and spec.stop:
                 job.content_filter = StopFilter(spec.stop)
-            ctx = self.hooks.context(job, prepared)
-            return execute(
-                prepared.plan, prepared.query, ctx, self.engine.registry,
-                intent=prepared.features.intent,
-            )  # fmt: skip
+            return self.engine.run(prepared)
         finally:
             self.hooks.release(job)
 
@@ -117,7 +110,7 @@ class JobRunner:
             self._account(job, answer, outcome)
             log.info(
                 "request %s: %s, %s%s", job.id, outcome,
-                answer.strategy if answer is not None else job.spec.strategy,
+                answer.strategy if answer is not None else job.spec.request.strategy,
                 f", user {job.spec.user!r}" if job.spec.user else "",
             )  # fmt: skip
 
@@ -127,7 +120,7 @@ class JobRunner:
         totals = (answer.ledger if answer is not None else None) or (
             job.ledger.totals() if job.ledger is not None else None
         )
-        strategy = answer.strategy if answer is not None else job.spec.strategy
+        strategy = answer.strategy if answer is not None else job.spec.request.strategy
         self.metrics.finished(
             strategy,
             outcome,

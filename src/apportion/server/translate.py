@@ -4,8 +4,8 @@ to apply, and the limits the schema cannot state enforced (400s naming the param
 
 from __future__ import annotations
 
-from apportion.engine import AUTO
 from apportion.errors import UsageError
+from apportion.runtime import AUTO, Request
 from apportion.server.errors import ApiError
 from apportion.server.jobs import RunSpec
 from apportion.server.models import ServedModels
@@ -47,7 +47,7 @@ class RequestTranslator:
             )
         b = ext.budget
         budget = Budget() if b is None else Budget(b.flops, b.usd, b.seconds)
-        return RunSpec(
+        request = Request(
             question=messages[-1].content,
             history=tuple(messages[:-1]),
             strategy=strategy,
@@ -55,11 +55,14 @@ class RequestTranslator:
             max_tokens=max_tokens,
             budget=budget,
             seed=body.seed or 0,
+            deterministic=ext.deterministic,
+        )
+        return RunSpec(
+            request,
             return_ledger=ext.return_ledger,
             stop=body.stop_sequences(),
             notes=tuple(notes),
             user=body.user,
-            deterministic=ext.deterministic,
         )
 
     def _route(self, name: str, ext_strategy: str | None) -> tuple[str | None, str]:

@@ -5,9 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated, ClassVar
 
-from apportion.strategies.base import RunContext
+from apportion.strategies.base import MAX_TOKENS_BOUND, Bounds, RunContext
 from apportion.strategies.cot import ChainOfThought
-from apportion.strategies.registry import MAX_TOKENS_BOUND, Bounds
 from apportion.strategies.verifiers import VERIFIERS, Candidate, make_verifier
 from apportion.types import Attempt, Query
 

@@ -17,12 +17,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated, Literal
 
-from apportion.config import DEFAULT_MODEL, LARGE_MODEL
-from apportion.strategies.base import RunContext, Strategy
+from apportion.strategies.base import Bounds, RunContext, Strategy
 from apportion.strategies.consistency import SelfConsistency
 from apportion.strategies.cot import ChainOfThought
 from apportion.strategies.program import Program
-from apportion.strategies.registry import Bounds
 from apportion.types import Attempt, Query
 
 Method = Literal["cot", "program"]
@@ -30,8 +28,10 @@ Method = Literal["cot", "program"]
 
 @dataclass(frozen=True)
 class Cascade:
-    small: str = DEFAULT_MODEL
-    large: str = LARGE_MODEL
+    # None: the default_model and large_model settings (the run context's small_model and
+    # large_model), not the request's model: `--model` sets every strategy's model but these.
+    small: str | None = None
+    large: str | None = None
     # Chosen by benchmarks/cascade_threshold.py on 100 gsm8k questions disjoint from the 100
     # the README reports: the most accurate threshold whose cascade stayed within a budget of
     # 5.65e11 FLOPs per question there (60% of the 1.5B chain of thought's cost measured in
@@ -54,24 +54,26 @@ class Cascade:
     def name(self) -> str:
         return "cascade"
 
-    def probe_strategy(self) -> Strategy:
+    def probe_strategy(self, small: str) -> Strategy:
         if self.probe_n == 1:
             if self.probe == "program":
-                return Program(model=self.small, logprobs=True)
-            return ChainOfThought(self.small, logprobs=True)
+                return Program(model=small, logprobs=True)
+            return ChainOfThought(small, logprobs=True)
         return SelfConsistency(
             n=self.probe_n, rule="beta", confidence=self.probe_confidence, base=self.probe,
-            model=self.small,
+            model=small,
         )  # fmt: skip
 
     def run(self, query: Query, ctx: RunContext) -> Attempt:
-        first = self.probe_strategy().run(query, ctx)
+        small = self.small or ctx.small_model
+        large = self.large or ctx.large_model
+        first = self.probe_strategy(small).run(query, ctx)
         if first.ok and first.confidence >= self.threshold:
             return Attempt(
                 self.name, first.answer, first.confidence, first.candidates,
-                f"[{self.small}, confidence {first.confidence:.2f}] {first.rationale}",
+                f"[{small}, confidence {first.confidence:.2f}] {first.rationale}",
             )  # fmt: skip
-        final = Program(model=self.large) if self.final == "program" else ChainOfThought(self.large)
+        final = Program(model=large) if self.final == "program" else ChainOfThought(large)
         second = final.run(query, ctx)
         if not second.ok:
             # the large model failed outright: the small model's answer beats none
@@ -79,6 +81,6 @@ class Cascade:
         return Attempt(
             self.name, second.answer, max(second.confidence, first.confidence),
             (*first.candidates, *second.candidates),
-            f"[escalated to {self.large}: small confidence {first.confidence:.2f}] "
+            f"[escalated to {large}: small confidence {first.confidence:.2f}] "
             + second.rationale,
         )  # fmt: skip

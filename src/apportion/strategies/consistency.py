@@ -20,10 +20,9 @@ from typing import Annotated, Literal
 
 from apportion.answers import vote_key
 from apportion.errors import BudgetExceededError
-from apportion.strategies.base import RunContext
+from apportion.strategies.base import MAX_TOKENS_BOUND, Bounds, RunContext
 from apportion.strategies.cot import ChainOfThought
 from apportion.strategies.program import Program
-from apportion.strategies.registry import MAX_TOKENS_BOUND, Bounds
 from apportion.strategies.stopping import STOP_RULES, StopRule, leader, should_stop
 from apportion.types import Attempt, Query
 

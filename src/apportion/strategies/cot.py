@@ -7,9 +7,8 @@ from dataclasses import dataclass
 from typing import Annotated, ClassVar
 
 from apportion.answers import extract_answer
-from apportion.strategies.base import RunContext
+from apportion.strategies.base import MAX_TOKENS_BOUND, Bounds, RunContext, TokenStream
 from apportion.strategies.prompts import FINAL_LINE, answer_format
-from apportion.strategies.registry import MAX_TOKENS_BOUND, Bounds, TokenStream
 from apportion.types import Attempt, Message, Query
 
 

@@ -12,8 +12,7 @@ from dataclasses import dataclass
 from typing import Annotated
 
 from apportion.answers import canonical_number
-from apportion.strategies.base import RunContext
-from apportion.strategies.registry import MAX_TOKENS_BOUND, Bounds
+from apportion.strategies.base import MAX_TOKENS_BOUND, Bounds, RunContext
 from apportion.types import Attempt, Message, Query
 
 RESULT_MARKER = "__APPORTION_RESULT__="

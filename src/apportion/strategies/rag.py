@@ -38,9 +38,8 @@ from typing import Annotated, ClassVar
 
 from apportion.answers import extract_answer, normalize_text
 from apportion.errors import ToolError
-from apportion.strategies.base import RunContext
+from apportion.strategies.base import MAX_TOKENS_BOUND, Bounds, RunContext
 from apportion.strategies.prompts import answer_format
-from apportion.strategies.registry import MAX_TOKENS_BOUND, Bounds
 from apportion.tools.store.base import Hit, keywords
 from apportion.types import Attempt, Message, Query
 

@@ -14,42 +14,16 @@ import math
 import typing
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 from apportion.errors import UnknownNameError, UsageError
 from apportion.plugins import STRATEGIES, PluginIndex, PluginLoadError, Registry
+from apportion.strategies.base import MAX_TOKENS_BOUND as MAX_TOKENS_BOUND
+from apportion.strategies.base import Bounds as Bounds
 from apportion.strategies.base import Strategy
+from apportion.strategies.base import TokenStream as TokenStream
 
 StrategyFactory = Callable[..., Strategy]
-
-# The most tokens any one call of a strategy may ask for: beyond every context window served.
-MAX_TOKENS_BOUND = 32_768
-
-# What the tokens of a strategy's one model call are, to a client watching them arrive: the
-# answer itself, or reasoning that ends in the answer. A strategy that makes that one call
-# declares it in a `token_stream` class attribute; one that makes several calls, or none,
-# leaves it out (its tokens are then work in progress, not the answer).
-TokenStream = Literal["answer", "reasoning"]
-
-
-@dataclass(frozen=True)
-class Bounds:
-    """The range a numeric strategy parameter may take, declared in its field's annotation:
-    `n: Annotated[int, Bounds(1, 64)] = 8`. `StrategyRegistry.build` refuses a value outside it
-    with a UsageError (the CLI exits 2, the server answers 400) before any work: an unbounded
-    `consistency:n=100000` would hold the model until the request timed out."""
-
-    low: float
-    high: float
-
-    def check(self, value: object, where: str) -> None:
-        if value is None or isinstance(value, bool) or not isinstance(value, int | float):
-            return
-        if not self.low <= value <= self.high:
-            raise UsageError(
-                f"{where} must be between {self.low:g} and {self.high:g}, got {value:g}"
-            )
-
 
 @dataclass(frozen=True)
 class StrategySpec:

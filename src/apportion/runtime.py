@@ -1,0 +1,488 @@
+"""The runtime: the one place engines, the store, the policy, the cache and the meter are
+wired, and the one way a question is answered (route → plan → execute → Answer).
+
+Every adapter (the CLI, bench, calibrate, the server) builds a `Runtime` from `Settings`,
+states each question as a `Request`, and hands in its per-request `Hooks`:
+
+>>> from apportion.runtime import Request, Runtime
+>>> runtime = Runtime.from_config()
+>>> answer = runtime.answer(Request("What is 17*23+5?"))
+>>> answer.answer, answer.strategy
+('396', 'symbolic')
+
+`Engine` is the same class under its first name (`Engine.from_config().ask(...)`).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from apportion.config import Settings
+from apportion.engines import catalogue
+from apportion.engines.base import GenerationCancelled
+from apportion.engines.layers import CompletionCache, ModelCalls
+from apportion.engines.registry import EngineRegistry, EngineServices
+from apportion.engines.speed import SpeedBook
+from apportion.errors import ApportionError, BudgetExceededError, UnknownNameError, UsageError
+from apportion.ledger import Ledger, RaplMeter
+from apportion.plugins import PluginIndex
+from apportion.router.features import Features, extract_features, top_intent, with_earlier_turns
+from apportion.router.policy import (
+    Plan,
+    Policy,
+    Step,
+    fallback_choice,
+    load_policy,
+    stops_here,
+)
+from apportion.strategies.base import RunContext
+from apportion.strategies.prompts import with_options
+from apportion.strategies.registry import StrategyRegistry, default_registry
+from apportion.tools.sandbox import SandboxLimits
+from apportion.tools.solvers import SolverRegistry
+from apportion.types import Answer, AnswerKind, Attempt, Budget, Charge, Message, Query
+
+if TYPE_CHECKING:
+    from apportion.engines.base import TextEngine
+    from apportion.tools.solver_worker import SolverWorkers
+    from apportion.tools.store import StoreRegistry
+    from apportion.tools.store.base import DocumentStore
+
+log = logging.getLogger(__name__)
+
+# Far beyond any context window we serve; rejects pathological input before tokenizing it.
+MAX_QUESTION_CHARS = 200_000
+AUTO = "auto"
+# What closes an `auto` plan whose last step can decline: reasoning in text for the intents
+# whose answers are computed (as the rule ladders end), a direct answer for the rest.
+CLOSING_STEPS = {"arithmetic": "cot", "math_word": "cot", "logic": "cot"}
+
+
+@dataclass(frozen=True)
+class Request:
+    """One question to answer, as every adapter states it: the CLI from its options, bench
+    from a dataset item, the server from a chat completion request.
+
+    `question` is the final user message and `history` the conversation before it (oldest
+    first). `strategy` is a spec (`auto`, `cot`, `consistency:n=4`); `model` an engine id (None:
+    the default model). `kind` and `choices` are hints a bench item carries (a choice among
+    options is shown to the model by letter). `deterministic` (None: the setting) gives the
+    same tokens for the same request whatever ran before."""
+
+    question: str
+    history: tuple[Message, ...] = ()
+    strategy: str = AUTO
+    model: str | None = None
+    max_tokens: int | None = None
+    budget: Budget = field(default_factory=Budget)
+    kind: AnswerKind | None = None
+    choices: tuple[str, ...] = ()
+    seed: int = 0
+    deterministic: bool | None = None
+
+
+@dataclass(frozen=True)
+class Hooks:
+    """What a caller adds to one request's run. Each becomes a layer around the engines the
+    request calls (engines/layers.py), so strategies never see them.
+
+    `cancel`: once set, no call starts and a streaming one stops at its next token.
+    `on_token`: sees each generated piece of single-sample calls (raise GenerationCancelled to
+    stop). `on_charge`: sees each charge as the ledger records it. `cache`: replays and keeps
+    completions (bench). `engine_for`: the engines the request may call, by id, if not the
+    runtime's own (the server's wrap the runtime's with key holds and its local queue).
+    `solvers`: persistent solver processes to solve in (the server's)."""
+
+    cancel: threading.Event | None = None
+    on_token: Callable[[str], None] | None = None
+    on_charge: Callable[[Ledger, Charge], None] | None = None
+    cache: CompletionCache | None = None
+    engine_for: Callable[[str], TextEngine] | None = None
+    solvers: SolverWorkers | None = None
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A validated, routed request with its run context, ready for `Runtime.run`."""
+
+    query: Query
+    features: Features
+    plan: Plan
+    ctx: RunContext
+
+
+def conversation_features(query: Query) -> Features:
+    """Routing features for a query and the conversation before it.
+
+    The intent blends the final message with the user turns before it (see
+    `with_earlier_turns`), so a follow-up ("How many altogether?") routes as the problem it
+    follows up on. Whether there is a math expression is judged on the final message alone:
+    only that message ever reaches the solver, and an expression in an earlier turn would
+    otherwise send every later question down the arithmetic ladder.
+    """
+    last = extract_features(query.text)
+    turns = [m.content for m in query.history if m.role == "user"]
+    if not turns:
+        return last
+    text = "\n".join([*turns, query.text])
+    # the last message was classified above; only the earlier turns are new
+    shares = with_earlier_turns(dict(last.intent_probabilities), turns)
+    return Features(
+        intent=top_intent(shares),
+        intent_probabilities=tuple(shares.items()),
+        has_math_expression=last.has_math_expression,
+        n_numbers=sum(ch.isdigit() for ch in text),
+        n_words=len(text.split()),
+    )
+
+
+@dataclass
+class Runtime:
+    """Engines by id (each built by its kind on first use and kept), the strategy registry, the
+    policy, the document store, the energy meter and the speed book: one per process or run.
+
+    `documents`: whether the configured document store (the `store` setting, else
+    `$APPORTION_HOME/store.sqlite` when it exists) is opened when a plan first retrieves
+    ("configured"), or only a store given to the runtime is searched ("given")."""
+
+    settings: Settings = field(default_factory=Settings)
+    registry: StrategyRegistry = field(default_factory=default_registry)
+    policy: Policy = field(default_factory=load_policy)
+    pull_progress: catalogue.PullProgress | None = None
+    documents: str = "configured"
+    _engines: dict[str, TextEngine] = field(default_factory=dict, repr=False)
+    _fingerprints: dict[str, str] = field(default_factory=dict, repr=False)
+    # The document store retrieval strategies (rag) search; None until one is opened. Opening
+    # one loads the embedding model, which a question that never retrieves should not wait for.
+    store: DocumentStore | None = None
+    # Probed once: looking for RAPL counters lists /sys, which no request should repeat.
+    meter: RaplMeter = field(default_factory=RaplMeter, repr=False)
+    # Model speeds measured here, for time budgets; kept in APPORTION_HOME across runs.
+    speeds: SpeedBook | None = field(default=None, repr=False)
+
+    # The installed plug-ins (read once, with the strategy registry's) and the registries of
+    # engine kinds, store schemes and exact solvers filled from them: built once per Runtime.
+    plugins: PluginIndex = field(init=False, repr=False)
+    engine_kinds: EngineRegistry = field(init=False, repr=False)
+    exact_solvers: SolverRegistry = field(init=False, repr=False)
+    _store_schemes: StoreRegistry | None = field(default=None, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.documents not in ("configured", "given"):
+            raise ValueError(f"documents must be 'configured' or 'given', not {self.documents!r}")
+        if self.speeds is None:
+            self.speeds = SpeedBook(self.settings.home / "speeds.json")
+        self.plugins = self.registry.plugins or PluginIndex()
+        self.engine_kinds = EngineRegistry(self.plugins)
+        self.exact_solvers = SolverRegistry(self.plugins, order=self.settings.solvers)
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: Settings,
+        *,
+        policy: Path | str | None = None,
+        pull_progress: catalogue.PullProgress | None = None,
+        documents: str = "configured",
+        store: DocumentStore | None = None,
+    ) -> Runtime:
+        """The runtime `settings` describe, with the policy file `policy` (None: the shipped
+        one) and, if given, an open document `store`."""
+        return cls(
+            settings=settings, policy=load_policy(Path(policy) if policy else None),
+            pull_progress=pull_progress, documents=documents, store=store,
+        )  # fmt: skip
+
+    @classmethod
+    def from_config(cls, path: Path | str | None = None, **overrides: object) -> Runtime:
+        """Settings from a TOML file and APPORTION_* variables, then keyword overrides."""
+        settings = Settings.load(Path(path) if path else None)
+        if overrides:
+            settings = settings.model_copy(update=overrides)
+        return cls(settings=settings)
+
+    # -- documents --------------------------------------------------------------------------
+
+    def store_uri(self) -> str | None:
+        """Where the configured document store is: the `store` setting, else the default store
+        when it exists; None when there is none (or the runtime searches only a given one)."""
+        if self.documents != "configured":
+            return None
+        if self.settings.store is not None and self.settings.store.strip():
+            return self.settings.store.strip()
+        path = self.settings.store_path
+        return str(path) if path.exists() else None
+
+    def store_schemes(self) -> StoreRegistry:
+        """Store URI schemes: the built-ins and this runtime's plug-ins."""
+        if self._store_schemes is None:
+            from apportion.tools.store import StoreRegistry
+
+            self._store_schemes = StoreRegistry(self.plugins)
+        return self._store_schemes
+
+    def open_store(self, *, create: bool = False) -> DocumentStore | None:
+        """The document store, opened on first need and kept. With `create`, a default store
+        that does not exist yet is created (a strategy that searches was asked for by name)."""
+        if self.store is None:
+            uri = self.store_uri()
+            if uri is None and create and self.documents == "configured":
+                uri = str(self.settings.store_path)
+            if uri is not None:
+                from apportion.tools.store import open_store
+
+                self.store = open_store(uri, registry=self.store_schemes())
+        return self.store
+
+    def can_retrieve(self) -> bool:
+        return self.store is not None or self.store_uri() is not None
+
+    # -- models -----------------------------------------------------------------------------
+
+    def model_ids(self) -> list[str]:
+        return [*catalogue.CATALOGUE, *(e.id for e in self.settings.engines)]
+
+    def check_model(self, model_id: str) -> None:
+        if model_id in self._engines or model_id in self.model_ids():
+            return
+        if catalogue.is_local_file(model_id) and Path(model_id).expanduser().is_file():
+            return
+        raise UnknownNameError("model", model_id, [*self.model_ids(), "<path/to/file.gguf>"])
+
+    def engine_for(self, model_id: str) -> TextEngine:
+        """The engine serving `model_id`, built by its kind (engines/registry.py) on first use
+        and kept for this Engine's life."""
+        if model_id not in self._engines:
+            services = EngineServices(
+                self.settings, self.engine_for, self.check_model, self.pull_progress
+            )
+            entry = self.engine_kinds.entry_for(self.settings, model_id)
+            self._engines[model_id] = self.engine_kinds.build(entry, services)
+        return self._engines[model_id]
+
+    def model_fingerprint(self, model_id: str) -> str:
+        """What identifies a model's outputs for caching: its weights' sha256, a remote
+        endpoint and model name, or what its kind says."""
+        if model_id not in self._fingerprints:
+            entry = self.engine_kinds.entry_for(self.settings, model_id)
+            self._fingerprints[model_id] = self.engine_kinds.fingerprint(entry)
+        return self._fingerprints[model_id]
+
+    def is_remote(self, model_id: str) -> bool:
+        """Whether a model is served over the network (an OpenAI-compatible endpoint)."""
+        return self.engine_kinds.is_remote(self.engine_kinds.entry_for(self.settings, model_id))
+
+    def register(self, engine: TextEngine) -> None:
+        """Serve `engine` under its own model id (an engine built elsewhere, or a test double)."""
+        self._engines[engine.model_id] = engine
+        # no weights file or endpoint to fingerprint it by: its id is what identifies it
+        self._fingerprints.setdefault(engine.model_id, f"registered:{engine.model_id}")
+
+    def loaded_models(self) -> list[str]:
+        return list(self._engines)
+
+    def close(self) -> None:
+        for engine in self._engines.values():
+            engine.close()
+        self._engines.clear()
+        if self.speeds is not None:
+            self.speeds.save()
+
+    # -- answering --------------------------------------------------------------------------
+
+    def plan(self, features: Features, strategy: str, budget: Budget) -> Plan:
+        if strategy == AUTO:
+            unavailable = frozenset() if self.can_retrieve() else self.registry.store_readers()
+            planned = self.policy.plan(features, budget, unavailable=unavailable)
+            return self.ends_in_answer(planned, features.intent)
+        self.registry.build(strategy)  # validate the name and parameters before any work
+        return Plan((Step(strategy, 0.0),), f"strategy {strategy!r} requested")
+
+    def ends_in_answer(self, plan: Plan, intent: str) -> Plan:
+        """The plan, closed by a step that always answers if its last one can decline (a
+        solver on a question it cannot parse, rag with nothing relevant): the declining step
+        stops the ladder whenever it does answer, and the closer answers otherwise.
+        Calibration builds no such plans; an older or hand-written policy may hold them."""
+        if plan.steps and self.registry.always_answers(plan.steps[-1].strategy):
+            return plan
+        closer = CLOSING_STEPS.get(intent, "direct")
+        last = plan.steps[-1].strategy if plan.steps else "the plan"
+        return replace(
+            plan,
+            steps=(*plan.steps, Step(closer, 0.0)),
+            reason=f"{plan.reason}; then {closer}, since {last} can end without an answer",
+        )
+
+    def prepare(self, request: Request, hooks: Hooks | None = None) -> Prepared:
+        """Validate, route and plan a request, and build its run context with the caller's
+        hooks in, without running anything."""
+        hooks = hooks or Hooks()
+        question = request.question
+        if not question or not question.strip():
+            raise UsageError("the question is empty", "pass the question as non-blank text")
+        length = len(question) + sum(len(m.content) for m in request.history)
+        if length > MAX_QUESTION_CHARS:
+            raise UsageError(
+                f"the question has {length:,} characters; the limit is {MAX_QUESTION_CHARS:,}"
+            )
+        if request.max_tokens is not None and request.max_tokens < 1:
+            raise UsageError(f"max_tokens must be at least 1, got {request.max_tokens}")
+        model = request.model or self.settings.default_model
+        self.check_model(model)
+        kind = request.kind
+        if request.choices:
+            # A choice among options: the model is shown them by letter and asked for one.
+            question, kind = with_options(question, request.choices), kind or "choice"
+        query = Query(question.strip(), kind=kind, choices=request.choices, history=request.history)
+        features = conversation_features(query)
+        plan = self.plan(features, request.strategy, request.budget)
+        readers = self.registry.store_readers()
+        if any(step.name in readers for step in plan.steps):
+            self.open_store(create=request.strategy != AUTO)
+        deterministic = (
+            self.settings.deterministic if request.deterministic is None
+            else request.deterministic
+        )  # fmt: skip
+        ledger = Ledger(
+            hardware=self.settings.hardware, budget=request.budget, on_charge=hooks.on_charge
+        )
+        calls = ModelCalls(
+            hooks.engine_for or self.engine_for, ledger, namespace=self.model_fingerprint,
+            meter=self.meter, speeds=self.speeds, cache=hooks.cache,
+            deterministic=deterministic, on_token=hooks.on_token, cancel=hooks.cancel,
+        )  # fmt: skip
+        ctx = RunContext(
+            calls,
+            default_model=model,
+            max_tokens=request.max_tokens or self.settings.max_tokens,
+            seed=request.seed,
+            small_model=self.settings.default_model,
+            large_model=self.settings.large_model,
+            solvers=hooks.solvers,
+            exact_solvers=self.exact_solvers,
+            store=self.store,
+            # programs never see apportion's data (store, keys, caches), wherever it lives
+            sandbox_limits=SandboxLimits(
+                hidden_paths=tuple(str(p) for p in self.settings.data_paths())
+            ),
+        )
+        return Prepared(query, features, plan, ctx)
+
+    def run(self, prepared: Prepared) -> Answer:
+        """Execute what `prepare` planned."""
+        return execute(
+            prepared.plan,
+            prepared.query,
+            prepared.ctx,
+            self.registry,
+            intent=prepared.features.intent,
+        )
+
+    def answer(self, request: Request, hooks: Hooks | None = None) -> Answer:
+        """Answer a request: `prepare`, then `run`."""
+        return self.run(self.prepare(request, hooks))
+
+    def ask(
+        self,
+        question: str,
+        *,
+        history: Sequence[Message] = (),
+        strategy: str = AUTO,
+        model: str | None = None,
+        max_tokens: int | None = None,
+        budget: Budget | None = None,
+        kind: AnswerKind | None = None,
+        choices: Sequence[str] = (),
+        seed: int = 0,
+        cache: CompletionCache | None = None,
+        deterministic: bool | None = None,
+    ) -> Answer:
+        """Answer `question` (the Python API's short form of `answer`); `history` is the
+        conversation before it, oldest turn first. `deterministic` (default: the setting) gives
+        the same tokens for the same request whatever ran before, at the cost of re-evaluating
+        every prompt in full."""
+        request = Request(
+            question, history=tuple(history), strategy=strategy, model=model,
+            max_tokens=max_tokens, budget=budget or Budget(), kind=kind, choices=tuple(choices),
+            seed=seed, deterministic=deterministic,
+        )  # fmt: skip
+        return self.answer(request, Hooks(cache=cache))
+
+
+# The runtime's first name, kept for the Python API (`from apportion import Engine`).
+Engine = Runtime
+
+
+def _failure(e: Exception) -> str:
+    """A failed step's error, as its attempt records it."""
+    text = str(e) or type(e).__name__
+    return text if isinstance(e, ApportionError) else f"{type(e).__name__}: {text}"
+
+
+def execute(
+    plan: Plan, query: Query, ctx: RunContext, registry: StrategyRegistry, *, intent: str | None
+) -> Answer:
+    """Run the ladder: stop at the first attempt whose confidence clears its step's bar; if none
+    does, answer with the most confident attempt that produced anything."""
+    attempts: list[Attempt] = []
+    stopped_for_budget = False
+    chosen: Attempt | None = None
+    raised: Exception | None = None  # the last step's exception, if every step raised
+    for step in plan.steps:
+        strategy = registry.build(step.strategy)
+        try:
+            attempt = strategy.run(query, ctx)
+        except BudgetExceededError as e:
+            attempts.append(Attempt(step.strategy, None, 0.0, error=f"budget: {e}"))
+            stopped_for_budget = True
+            break
+        except GenerationCancelled:
+            raise  # the caller went away or timed out: nothing further should run
+        except Exception as e:
+            # An engine error, a context overflow, a sandbox or solver failure: this step
+            # failed, which is what the next step is there for. What it spent stays charged.
+            log.info("step %s of the plan failed: %s: %s", step.strategy, type(e).__name__, e)
+            attempts.append(Attempt(step.strategy, None, 0.0, error=_failure(e)))
+            raised = e
+            continue
+        raised = None
+        attempt = replace(attempt, strategy=step.strategy)  # the spec, parameters included
+        attempts.append(attempt)
+        if stops_here(attempt.ok, attempt.confidence, step):
+            chosen = attempt
+            break
+    if chosen is None:
+        best = fallback_choice([(a.ok, a.confidence) for a in attempts])
+        chosen = None if best is None else attempts[best]
+    if chosen is None and raised is not None and all(a.answer is None for a in attempts):
+        # Nothing answered and the last step raised: its typed error (a context overflow,
+        # an unreachable server) says more, and what to do, than an empty answer would.
+        raise raised
+    totals = ctx.ledger.totals()
+    if chosen is None:
+        last_error = attempts[-1].error if attempts else "no strategy ran"
+        return Answer(
+            answer="",
+            strategy=attempts[-1].strategy if attempts else "none",
+            intent=intent,
+            confidence=0.0,
+            ledger=totals,
+            attempts=tuple(attempts),
+            stopped_for_budget=stopped_for_budget,
+            error=last_error,
+        )
+    return Answer(
+        answer=chosen.answer or "",
+        strategy=chosen.strategy,
+        intent=intent,
+        confidence=chosen.confidence,
+        ledger=totals,
+        attempts=tuple(attempts),
+        stopped_for_budget=stopped_for_budget,
+        abstained=chosen.abstained,
+    )
