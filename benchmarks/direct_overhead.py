@@ -13,7 +13,7 @@ import argparse
 import statistics
 import time
 
-from apportion.engine import Engine
+from apportion.runtime import Engine
 from apportion.strategies.direct import Direct
 from apportion.types import Query
 

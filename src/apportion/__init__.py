@@ -1,10 +1,12 @@
 """apportion: answer each query through the cheapest path that gets it right.
 
-The public entry point is :class:`apportion.engine.Engine`::
+The public entry point is :class:`apportion.runtime.Runtime`, also named ``Engine``::
 
     from apportion import Engine
     answer = Engine.from_config().ask("What is 17*23+5?")
     print(answer.answer, answer.ledger.flops)
+
+``Runtime.answer(Request(...), Hooks(...))`` is the long form (see apportion.runtime).
 """
 
 from apportion.errors import ApportionError

@@ -30,7 +30,7 @@ import json
 import threading
 import time
 from collections.abc import Callable, Generator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Protocol
 
 from apportion.engines.base import GenerationCancelled, TextEngine
@@ -178,8 +178,36 @@ def consume(pieces: Pieces) -> Completion:
         return completion
 
 
+@dataclass(frozen=True)
+class Call:
+    """One model call's arguments, as `TextEngine.generate` takes them (a stream is a call of
+    one sample without log-probabilities)."""
+
+    messages: Sequence[Message]
+    max_tokens: int
+    temperature: float = 0.0
+    n: int = 1
+    stop: Sequence[str] | None = None
+    seed: int | None = None
+    logprobs: bool = False
+    reuse_prefix: bool = True
+
+    def generate_on(self, engine: TextEngine) -> list[Completion]:
+        return engine.generate(
+            self.messages, max_tokens=self.max_tokens, temperature=self.temperature, n=self.n,
+            stop=self.stop, seed=self.seed, logprobs=self.logprobs, **_prefix(self.reuse_prefix),
+        )  # fmt: skip
+
+    def stream_on(self, engine: TextEngine) -> Pieces:
+        return engine.stream(
+            self.messages, max_tokens=self.max_tokens, temperature=self.temperature,
+            stop=self.stop, seed=self.seed, **_prefix(self.reuse_prefix),
+        )  # fmt: skip
+
+
 class Layer:
-    """A TextEngine around another, passing through what it does not change."""
+    """A TextEngine around another: `generate` and `stream` become a `Call`, which a layer
+    handles in `call` (batch) and `open` (stream); by default both pass it through."""
 
     def __init__(self, inner: TextEngine) -> None:
         self.inner = inner
@@ -211,10 +239,9 @@ class Layer:
         logprobs: bool = False,
         reuse_prefix: bool = True,
     ) -> list[Completion]:
-        return self.inner.generate(
-            messages, max_tokens=max_tokens, temperature=temperature, n=n, stop=stop,
-            seed=seed, logprobs=logprobs, **_prefix(reuse_prefix),
-        )  # fmt: skip
+        return self.call(
+            Call(messages, max_tokens, temperature, n, stop, seed, logprobs, reuse_prefix)
+        )
 
     def stream(
         self,
@@ -226,10 +253,15 @@ class Layer:
         seed: int | None = None,
         reuse_prefix: bool = True,
     ) -> Pieces:
-        return self.inner.stream(
-            messages, max_tokens=max_tokens, temperature=temperature, stop=stop, seed=seed,
-            **_prefix(reuse_prefix),
-        )  # fmt: skip
+        return self.open(
+            Call(messages, max_tokens, temperature, 1, stop, seed, False, reuse_prefix)
+        )
+
+    def call(self, c: Call) -> list[Completion]:
+        return c.generate_on(self.inner)
+
+    def open(self, c: Call) -> Pieces:
+        return c.stream_on(self.inner)
 
     def close(self) -> None:
         """The Runtime owns the engine and closes it; a request's layers never do."""
@@ -253,40 +285,13 @@ class Cancellable(Layer):
         if self._cancel.is_set():
             raise GenerationCancelled()
 
-    def generate(
-        self,
-        messages: Sequence[Message],
-        *,
-        max_tokens: int,
-        temperature: float = 0.0,
-        n: int = 1,
-        stop: Sequence[str] | None = None,
-        seed: int | None = None,
-        logprobs: bool = False,
-        reuse_prefix: bool = True,
-    ) -> list[Completion]:
+    def call(self, c: Call) -> list[Completion]:
         self._check()
-        return super().generate(
-            messages, max_tokens=max_tokens, temperature=temperature, n=n, stop=stop,
-            seed=seed, logprobs=logprobs, reuse_prefix=reuse_prefix,
-        )  # fmt: skip
+        return c.generate_on(self.inner)
 
-    def stream(
-        self,
-        messages: Sequence[Message],
-        *,
-        max_tokens: int,
-        temperature: float = 0.0,
-        stop: Sequence[str] | None = None,
-        seed: int | None = None,
-        reuse_prefix: bool = True,
-    ) -> Pieces:
+    def open(self, c: Call) -> Pieces:
         self._check()
-        pieces = super().stream(
-            messages, max_tokens=max_tokens, temperature=temperature, stop=stop, seed=seed,
-            reuse_prefix=reuse_prefix,
-        )  # fmt: skip
-        return relay(pieces, self._check)
+        return relay(c.stream_on(self.inner), self._check)
 
 
 class Listened(Layer):
@@ -297,21 +302,8 @@ class Listened(Layer):
         super().__init__(inner)
         self.on_token = on_token
 
-    def stream(
-        self,
-        messages: Sequence[Message],
-        *,
-        max_tokens: int,
-        temperature: float = 0.0,
-        stop: Sequence[str] | None = None,
-        seed: int | None = None,
-        reuse_prefix: bool = True,
-    ) -> Pieces:
-        pieces = super().stream(
-            messages, max_tokens=max_tokens, temperature=temperature, stop=stop, seed=seed,
-            reuse_prefix=reuse_prefix,
-        )  # fmt: skip
-        return relay(pieces, self.on_token)
+    def open(self, c: Call) -> Pieces:
+        return relay(c.stream_on(self.inner), self.on_token)
 
 
 class Metered(Layer):
@@ -334,30 +326,13 @@ class Metered(Layer):
         self._speed_key = speed_key
         self._listen = listen and calls.on_token is not None
 
-    def generate(
-        self,
-        messages: Sequence[Message],
-        *,
-        max_tokens: int,
-        temperature: float = 0.0,
-        n: int = 1,
-        stop: Sequence[str] | None = None,
-        seed: int | None = None,
-        logprobs: bool = False,
-        reuse_prefix: bool = True,
-    ) -> list[Completion]:
-        if self._listen and n == 1 and not logprobs:
-            return [consume(self.stream(
-                messages, max_tokens=max_tokens, temperature=temperature, stop=stop, seed=seed,
-                reuse_prefix=reuse_prefix,
-            ))]  # fmt: skip
+    def call(self, c: Call) -> list[Completion]:
+        if self._listen and c.n == 1 and not c.logprobs:
+            return [consume(self.open(c))]
         calls = self._calls
         energy_before = calls.meter.read_j()
         started = calls.clock()
-        completions = super().generate(
-            messages, max_tokens=max_tokens, temperature=temperature, n=n, stop=stop,
-            seed=seed, logprobs=logprobs, reuse_prefix=reuse_prefix,
-        )  # fmt: skip
+        completions = c.generate_on(self.inner)
         wall_s = calls.clock() - started
         measured = _per_sample(energy_before, calls.meter.read_j(), len(completions))
         share = wall_s / max(len(completions), 1)
@@ -365,24 +340,12 @@ class Metered(Layer):
             calls.charge(self.inner, completion, share, measured, self._detail)
         return completions
 
-    def stream(
-        self,
-        messages: Sequence[Message],
-        *,
-        max_tokens: int,
-        temperature: float = 0.0,
-        stop: Sequence[str] | None = None,
-        seed: int | None = None,
-        reuse_prefix: bool = True,
-    ) -> Pieces:
+    def open(self, c: Call) -> Pieces:
         calls = self._calls
         energy_before = calls.meter.read_j()
         started = calls.clock()
         times = _PieceTimes(calls.clock)
-        pieces = super().stream(
-            messages, max_tokens=max_tokens, temperature=temperature, stop=stop, seed=seed,
-            reuse_prefix=reuse_prefix,
-        )  # fmt: skip
+        pieces = c.stream_on(self.inner)
         partial: Completion | None = None
         try:
             completion = yield from relay(pieces, times.mark)
@@ -397,7 +360,7 @@ class Metered(Layer):
                 measured = _per_sample(energy_before, calls.meter.read_j(), 1)
                 calls.charge(self.inner, partial, calls.clock() - started, measured, self._detail)
             if calls.speeds is not None:
-                times.record(calls.speeds, self._speed_key, started, messages, self.inner)
+                times.record(calls.speeds, self._speed_key, started, c.messages, self.inner)
 
 
 class Deadline(Layer):
@@ -410,31 +373,14 @@ class Deadline(Layer):
         self._calls = calls
         self._speed_key = speed_key
 
-    def generate(
-        self,
-        messages: Sequence[Message],
-        *,
-        max_tokens: int,
-        temperature: float = 0.0,
-        n: int = 1,
-        stop: Sequence[str] | None = None,
-        seed: int | None = None,
-        logprobs: bool = False,
-        reuse_prefix: bool = True,
-    ) -> list[Completion]:
+    def call(self, c: Call) -> list[Completion]:
         calls = self._calls
         seconds_left = calls.ledger.seconds_left(self.cost)
-        if seconds_left is None or n != 1 or logprobs:
-            return super().generate(
-                messages, max_tokens=max_tokens, temperature=temperature, n=n, stop=stop,
-                seed=seed, logprobs=logprobs, reuse_prefix=reuse_prefix,
-            )  # fmt: skip
+        if seconds_left is None or c.n != 1 or c.logprobs:
+            return c.generate_on(self.inner)
         started = calls.clock()
         deadline = started + seconds_left
-        pieces = super().stream(
-            messages, max_tokens=max_tokens, temperature=temperature, stop=stop, seed=seed,
-            reuse_prefix=reuse_prefix,
-        )  # fmt: skip
+        pieces = c.stream_on(self.inner)
         # The slowest token so far; before the second piece, the speed measured on earlier
         # calls, so the first piece already knows whether another fits before the deadline.
         step = (calls.speeds.step_s(self._speed_key) if calls.speeds is not None else None) or 0.0
@@ -471,40 +417,26 @@ class Cached(Layer):
         self._calls = calls
         self._detail = detail
 
-    def generate(
-        self,
-        messages: Sequence[Message],
-        *,
-        max_tokens: int,
-        temperature: float = 0.0,
-        n: int = 1,
-        stop: Sequence[str] | None = None,
-        seed: int | None = None,
-        logprobs: bool = False,
-        reuse_prefix: bool = True,
-    ) -> list[Completion]:
+    def call(self, c: Call) -> list[Completion]:
         calls = self._calls
         assert calls.cache is not None
         key = cache_key(
-            calls.namespace(self.model_id), messages, max_tokens, temperature, n, stop,
-            seed or 0, logprobs, deterministic=calls.deterministic,
+            calls.namespace(self.model_id), c.messages, c.max_tokens, c.temperature, c.n, c.stop,
+            c.seed or 0, c.logprobs, deterministic=calls.deterministic,
         )  # fmt: skip
         seconds_left = calls.ledger.seconds_left(self.cost)
         hit = calls.cache.get(key)
         if hit is not None and (seconds_left is None or sum(w for _, w in hit) <= seconds_left):
             for completion, wall_s in hit:
                 calls.charge(self.inner, completion, wall_s, None, self._detail)
-            if calls.on_token is not None and n == 1 and not logprobs:
+            if calls.on_token is not None and c.n == 1 and not c.logprobs:
                 calls.on_token(hit[0][0].text)  # a replay arrives in one piece
-            return [c for c, _ in hit]
+            return [completion for completion, _ in hit]
         charged = len(calls.ledger.charges)
-        completions = super().generate(
-            messages, max_tokens=max_tokens, temperature=temperature, n=n, stop=stop,
-            seed=seed, logprobs=logprobs, reuse_prefix=reuse_prefix,
-        )  # fmt: skip
+        completions = c.generate_on(self.inner)
         # kept with the time each was charged (by Metered, below), so a replay costs the same
-        walls = [c.wall_s for c in calls.ledger.charges[charged:]]
-        if len(walls) == len(completions) and not any(c.served_by for c in completions):
+        walls = [charge.wall_s for charge in calls.ledger.charges[charged:]]
+        if len(walls) == len(completions) and not any(x.served_by for x in completions):
             calls.cache.put(key, list(zip(completions, walls, strict=True)))
         return completions
 
@@ -523,58 +455,29 @@ class Budgeted(Layer):
         self._speed_key = speed_key
         self._probe = probe
 
-    def generate(
-        self,
-        messages: Sequence[Message],
-        *,
-        max_tokens: int,
-        temperature: float = 0.0,
-        n: int = 1,
-        stop: Sequence[str] | None = None,
-        seed: int | None = None,
-        logprobs: bool = False,
-        reuse_prefix: bool = True,
-    ) -> list[Completion]:
+    def call(self, c: Call) -> list[Completion]:
         ledger = self._calls.ledger
-        seed = seed or 0
-        prompt_tokens = self.count_tokens(messages)
-        ledger.check_model_call(self.cost, prompt_tokens, max_tokens * n)
+        seed = c.seed or 0
+        prompt_tokens = self.count_tokens(c.messages)
+        ledger.check_model_call(self.cost, prompt_tokens, c.max_tokens * c.n)
         seconds_left = ledger.seconds_left(self.cost)
-        if seconds_left is not None and n > 1:
+        if seconds_left is not None and c.n > 1:
             # The streamed path keeps the cap, one sample at a time (seed + i, as engines
             # number the samples of one call).
             samples: list[Completion] = []
-            for i in range(n):
-                samples += self.generate(
-                    messages, max_tokens=max_tokens, temperature=temperature, stop=stop,
-                    seed=seed + i, reuse_prefix=reuse_prefix,
-                )  # fmt: skip
+            for i in range(c.n):
+                samples += self.call(replace(c, n=1, seed=seed + i, logprobs=False))
             return samples
         if seconds_left is not None:
             # A time cap is kept by the streamed path, which carries no log-probabilities;
             # the cap wins, and callers fall back to their confidence without them.
-            logprobs = False
+            c = replace(c, logprobs=False)
             self._refuse_unreadable_prompt(prompt_tokens, seconds_left)
-        return super().generate(
-            messages, max_tokens=max_tokens, temperature=temperature, n=n, stop=stop,
-            seed=seed, logprobs=logprobs, reuse_prefix=reuse_prefix,
-        )  # fmt: skip
+        return replace(c, seed=seed).generate_on(self.inner)
 
-    def stream(
-        self,
-        messages: Sequence[Message],
-        *,
-        max_tokens: int,
-        temperature: float = 0.0,
-        stop: Sequence[str] | None = None,
-        seed: int | None = None,
-        reuse_prefix: bool = True,
-    ) -> Pieces:
-        self._calls.ledger.check_model_call(self.cost, self.count_tokens(messages), max_tokens)
-        return super().stream(
-            messages, max_tokens=max_tokens, temperature=temperature, stop=stop, seed=seed,
-            reuse_prefix=reuse_prefix,
-        )  # fmt: skip
+    def open(self, c: Call) -> Pieces:
+        self._calls.ledger.check_model_call(self.cost, self.count_tokens(c.messages), c.max_tokens)
+        return c.stream_on(self.inner)
 
     def _refuse_unreadable_prompt(self, prompt_tokens: int, seconds_left: float) -> None:
         """A model cannot stop while it reads the prompt: refuse a call whose prompt alone

@@ -4,8 +4,8 @@
 This module is the routes and the wiring. A chat completion goes: Bearer key (when the key
 store has keys) → request validation (schemas.py) → model and strategy resolution
 (translate.py, against the models in models.py) → the key's hold is opened (quota.py) → a Job
-(jobs.py) is started (runner.py), which runs `Runtime.prepare` + `execute` in a worker thread
-with the server's hooks in (hooks.py) → one JSON body (responses.py), or server-sent events
+(jobs.py) is started (runner.py), which runs `Runtime.prepare` + `Runtime.run` in a worker
+thread with the server's hooks in (hooks.py) → one JSON body (responses.py), or server-sent events
 as the work happens (stream.py). Errors: errors.py; the body limit: body_limit.py; the local
 engine queue: queue.py; the document store: documents.py.
 

@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from functools import partial
 
 from apportion.engines.base import GenerationCancelled, TextEngine
-from apportion.engines.layers import Layer, Pieces
+from apportion.engines.layers import Call, Layer, Pieces
 from apportion.errors import UnknownNameError
 from apportion.ledger import ModelCost
 from apportion.runtime import Hooks, Runtime
@@ -26,7 +27,7 @@ from apportion.server.models import ServedModels
 from apportion.server.queue import LocalQueue
 from apportion.server.quota import KeyQuota
 from apportion.tools.solver_worker import SolverWorkers
-from apportion.types import Completion, Message
+from apportion.types import Completion
 
 # Called before each model call with (engine cost, prompt tokens, max tokens, n): reserves the
 # call's worst case against the caller's key, or raises BudgetExceededError.
@@ -104,49 +105,23 @@ class ObservedEngine(Layer):
         self._before_call = before_call
         self._stop = tuple(stop)
 
-    def _start(self, messages: Sequence[Message], max_tokens: int, n: int) -> None:
-        self._before_call(self.cost, self.inner.count_tokens(messages), max_tokens, n)
+    def _start(self, c: Call) -> None:
+        self._before_call(self.cost, self.inner.count_tokens(c.messages), c.max_tokens, c.n)
         self._job.on_call(self.model_id)
 
-    def _stops(self, stop: Sequence[str] | None) -> list[str] | None:
-        merged = [*(stop or ()), *self._stop]
-        return merged or None
+    def _with_stops(self, c: Call) -> Call:
+        merged = [*(c.stop or ()), *self._stop]
+        return replace(c, stop=merged or None)
 
-    def generate(
-        self,
-        messages: Sequence[Message],
-        *,
-        max_tokens: int,
-        temperature: float = 0.0,
-        n: int = 1,
-        stop: Sequence[str] | None = None,
-        seed: int | None = None,
-        logprobs: bool = False,
-        reuse_prefix: bool = True,
-    ) -> list[Completion]:
-        self._start(messages, max_tokens, n)
-        out = super().generate(
-            messages, max_tokens=max_tokens, temperature=temperature, n=n,
-            stop=self._stops(stop), seed=seed, logprobs=logprobs, reuse_prefix=reuse_prefix,
-        )  # fmt: skip
+    def call(self, c: Call) -> list[Completion]:
+        self._start(c)
+        out = self._with_stops(c).generate_on(self.inner)
         if out:
             self._job.last_finish = out[-1].finish_reason
         return out
 
-    def stream(
-        self,
-        messages: Sequence[Message],
-        *,
-        max_tokens: int,
-        temperature: float = 0.0,
-        stop: Sequence[str] | None = None,
-        seed: int | None = None,
-        reuse_prefix: bool = True,
-    ) -> Pieces:
-        self._start(messages, max_tokens, 1)
-        completion = yield from super().stream(
-            messages, max_tokens=max_tokens, temperature=temperature, stop=self._stops(stop),
-            seed=seed, reuse_prefix=reuse_prefix,
-        )  # fmt: skip
+    def open(self, c: Call) -> Pieces:
+        self._start(c)
+        completion = yield from self._with_stops(c).stream_on(self.inner)
         self._job.last_finish = completion.finish_reason
         return completion
