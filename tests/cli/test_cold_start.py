@@ -32,6 +32,6 @@ def test_ask_on_the_solver_route_imports_no_bench_server_or_plotting(tmp_path: P
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["answer"] == "396"
     loaded = json.loads(listing.read_text())
-    assert "apportion.cli.ask" in loaded and "apportion.engine" in loaded  # it did run ask
+    assert "apportion.cli.ask" in loaded and "apportion.runtime" in loaded  # it did run ask
     heavy = [m for m in loaded if any(m == p or m.startswith(p + ".") for p in NOT_ON_THE_ASK_PATH)]
     assert heavy == []

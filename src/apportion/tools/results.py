@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -24,3 +27,16 @@ class SolverResult:
     error: str | None
     wall_s: float
     cpu_s: float
+
+    @classmethod
+    def from_child(cls, out: Mapping[str, Any], *, wall0: float, cpu0: float) -> SolverResult:
+        """A result a child process reported (`out`), timed from `wall0` (perf_counter) and
+        `cpu0` (this thread's CPU time) to now, the child's CPU seconds added."""
+        return cls(
+            ok=bool(out.get("ok")),
+            answer=out.get("answer"),
+            expression=out.get("expression"),
+            error=out.get("error"),
+            wall_s=time.perf_counter() - wall0,
+            cpu_s=time.thread_time() - cpu0 + float(out.get("cpu_s", 0.0)),
+        )

@@ -370,11 +370,4 @@ def solve(
         out: dict[str, Any] = {"ok": False, "error": "no_math", "cpu_s": 0.0}
     else:
         out = _run_child(found, max(timeout_s, 0.0), start_method)
-    return SolverResult(
-        ok=bool(out.get("ok")),
-        answer=out.get("answer"),
-        expression=out.get("expression"),
-        error=out.get("error"),
-        wall_s=time.perf_counter() - wall0,
-        cpu_s=time.thread_time() - cpu0 + float(out.get("cpu_s", 0.0)),
-    )
+    return SolverResult.from_child(out, wall0=wall0, cpu0=cpu0)

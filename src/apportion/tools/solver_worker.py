@@ -165,14 +165,7 @@ class SolverWorkers:
             raise ValueError(f"workers run the built-in solvers {list(_IN_WORKER)}, not {names}")
         wall0, cpu0 = time.perf_counter(), time.thread_time()
         out = self._call(question, names, max(timeout_s, 0.0))
-        result = SolverResult(
-            ok=bool(out.get("ok")),
-            answer=out.get("answer"),
-            expression=out.get("expression"),
-            error=out.get("error"),
-            wall_s=time.perf_counter() - wall0,
-            cpu_s=time.thread_time() - cpu0 + float(out.get("cpu_s", 0.0)),
-        )
+        result = SolverResult.from_child(out, wall0=wall0, cpu0=cpu0)
         return ExactAnswer(str(out.get("tool", names[-1])), result)
 
     def close(self) -> None:
