@@ -13,18 +13,18 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from apportion.config import DEFAULT_MODEL, LARGE_MODEL
-from apportion.engines.layers import CompletionCache, ModelCalls
 from apportion.errors import BudgetExceededError, UsageError
 from apportion.ledger import Ledger, RaplMeter
-from apportion.tools.solvers import SolverRegistry
 from apportion.types import Attempt, Completion, Message, Query
 
 if TYPE_CHECKING:
     from apportion.engines.base import TextEngine
+    from apportion.engines.layers import CompletionCache, ModelCalls
     from apportion.engines.speed import SpeedBook
     from apportion.tools.results import SolverResult
     from apportion.tools.sandbox import SandboxLimits, SandboxResult
     from apportion.tools.solver_worker import SolverWorkers
+    from apportion.tools.solvers import SolverRegistry
     from apportion.tools.store.base import DocumentStore, Hit
 
 
@@ -76,7 +76,7 @@ class RunContext:
     solvers: SolverWorkers | None = None
     # The exact solvers `solve` asks, in order (tools/solvers.py); a Runtime passes its own,
     # plug-ins included. The default holds the built-ins only.
-    exact_solvers: SolverRegistry = field(default_factory=SolverRegistry)
+    exact_solvers: SolverRegistry = field(default_factory=lambda: _builtin_solvers())
     sandbox_limits: SandboxLimits | None = None
     store: DocumentStore | None = None
 
@@ -103,6 +103,8 @@ class RunContext:
     ) -> RunContext:
         """A context over `engine_for`'s engines, with the given hooks (a Runtime builds its
         own; this is for callers and tests that hold engines themselves)."""
+        from apportion.engines.layers import ModelCalls
+
         calls = ModelCalls(
             engine_for, ledger if ledger is not None else Ledger(),
             cache=cache, speeds=speeds, deterministic=deterministic, on_token=on_token,
@@ -200,3 +202,11 @@ class Strategy(Protocol):
     def name(self) -> str: ...
 
     def run(self, query: Query, ctx: RunContext) -> Attempt: ...
+
+
+def _builtin_solvers() -> SolverRegistry:
+    # imported on first need: routing a question (which imports this module for the strategy
+    # protocol) should not load the solvers
+    from apportion.tools.solvers import SolverRegistry
+
+    return SolverRegistry()
