@@ -3,7 +3,11 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -24,3 +28,20 @@ def small_engine(settings: Settings) -> Iterator[object]:
     engine.engine_for(settings.default_model)
     yield engine
     engine.close()
+
+
+@pytest.fixture(scope="session")
+def plugin_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The example plug-in, installed by pip into a folder of its own (tests/test_plugins.py
+    says why that way)."""
+    work = tmp_path_factory.mktemp("plugin")
+    source = work / "source"
+    shutil.copytree(Path(__file__).resolve().parents[1] / "examples" / "plugin", source)
+    site = work / "site"
+    proc = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
+         "--no-index", "--target", str(site), str(source)],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    return site

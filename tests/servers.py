@@ -3,6 +3,8 @@ server (the reference peer for the HTTP engine and the remote-engine route)."""
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -81,3 +83,54 @@ def llama_cpp_server(model_path: Path) -> Iterator[str]:
         yield server.base
     finally:
         server.stop()
+
+
+def env_with(*sites: Path, home: Path) -> dict[str, str]:
+    """This environment, with `sites` on PYTHONPATH and `home` as APPORTION_HOME."""
+    paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    return {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([*paths, *map(str, sites)]),
+        "APPORTION_HOME": str(home),
+        "APPORTION_THREADS": os.environ.get("APPORTION_THREADS", "1"),
+    }
+
+
+class ApportionServer:
+    """`apportion serve` in a child process on a free port (stopped with SIGTERM, or killed)."""
+
+    def __init__(self, *args: str, env: dict[str, str], log: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = log
+        with log.open("wb") as sink:  # a file, not a pipe nobody reads until the end
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "apportion.cli", "serve", "--port", str(self.port), *args],
+                stdout=subprocess.DEVNULL, stderr=sink, env=env,
+            )  # fmt: skip
+        deadline = time.monotonic() + 120
+        while True:
+            assert self.proc.poll() is None, log.read_text()
+            try:
+                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                self.stop()
+                pytest.fail(f"serve did not start: {log.read_text()}")
+            time.sleep(0.2)
+
+    def kill(self) -> None:
+        """Gone at once, as a crashed replica is."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=30)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.kill()

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -37,7 +35,7 @@ from apportion.runtime import Engine
 from apportion.strategies.registry import default_registry
 from apportion.tools.solvers import SolverRegistry
 from apportion.tools.store import SQLITE, StoreRegistry, open_store, store_scheme
-from servers import free_port
+from servers import env_with, free_port
 
 REPO = Path(__file__).resolve().parents[1]
 ECHO_CONFIG = '[[engines]]\nid = "e"\nkind = "echo"\n'
@@ -49,22 +47,6 @@ EIFFEL = "The Eiffel Tower stands on the Champ de Mars in Paris."
 
 
 # --------------------------------------------------------------------------- installing it
-
-
-@pytest.fixture(scope="session")
-def plugin_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The example plug-in, installed by pip into a folder of its own (see the docstring)."""
-    work = tmp_path_factory.mktemp("plugin")
-    source = work / "source"
-    shutil.copytree(REPO / "examples" / "plugin", source)
-    site = work / "site"
-    proc = subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-         "--no-index", "--target", str(site), str(source)],
-        capture_output=True, text=True, timeout=300, check=False,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr
-    return site
 
 
 @pytest.fixture(scope="session")
@@ -80,16 +62,6 @@ def broken_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "[apportion.engines]\nbrokenkind = no_such_module_13:KIND\n"
     )
     return site
-
-
-def env_with(*sites: Path, home: Path) -> dict[str, str]:
-    paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
-    return {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([*paths, *map(str, sites)]),
-        "APPORTION_HOME": str(home),
-        "APPORTION_THREADS": os.environ.get("APPORTION_THREADS", "1"),
-    }
 
 
 def run_cli(

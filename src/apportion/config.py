@@ -22,6 +22,7 @@ from pydantic import (
     ValidationError,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
 
 from apportion.errors import UsageError
@@ -85,7 +86,10 @@ class RemoteEngineConfig(EngineConfig):
     the `openai` kind."""
 
     kind: str = DEFAULT_KIND
-    base_url: str
+    # The server's URL (ending in /v1); or `base_urls`, the URLs of several replicas of one
+    # model, over which calls are balanced (engines/pool.py). One of the two is required.
+    base_url: str | None = None
+    base_urls: list[str] = Field(default_factory=list)
     model: str
     api_key_env: str | None = None
     params: float = Field(gt=0, description="parameter count, for FLOPs")
@@ -110,9 +114,24 @@ class RemoteEngineConfig(EngineConfig):
     # After a request that failed over, this engine counts as down for this long: requests
     # go straight to the fallback, without waiting through retries, and then it is tried again.
     fallback_cooldown_s: float = Field(default=30.0, ge=0)
+    # A replica of a pool that fails a call is passed over for this long (while another is
+    # healthy), then tried again.
+    replica_cooldown_s: float = Field(default=30.0, ge=0)
+
+    @model_validator(mode="after")
+    def _one_url_at_least(self) -> RemoteEngineConfig:
+        if not self.urls():
+            raise ValueError("an openai engine needs base_url, or base_urls for replicas")
+        return self
+
+    def urls(self) -> list[str]:
+        """The server's URLs: base_url, then base_urls, each once."""
+        return list(dict.fromkeys(u for u in [self.base_url, *self.base_urls] if u))
 
     def describe(self) -> str:
-        return f"remote: {self.model} at {self.base_url}"
+        urls = self.urls()
+        where = urls[0] if len(urls) == 1 else f"{len(urls)} replicas ({', '.join(urls)})"
+        return f"remote: {self.model} at {where}"
 
 
 class LlamaCppEngineConfig(EngineConfig):

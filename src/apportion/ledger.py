@@ -98,6 +98,7 @@ class Ledger:
         wall_s: float,
         measured_energy_j: float | None = None,
         detail: str = "",
+        replica: str | None = None,
     ) -> Charge:
         flops = model_flops(
             cost.params, prompt_tokens, completion_tokens, cost.n_layers, cost.d_model
@@ -123,6 +124,7 @@ class Ledger:
             energy_source="measured" if measured else "estimated",
             cost_usd=usd,
             detail=detail,
+            replica=replica,
         )
         return self._record(charge)
 

@@ -49,6 +49,7 @@ from apportion.types import Answer, AnswerKind, Attempt, Budget, Charge, Message
 
 if TYPE_CHECKING:
     from apportion.engines.base import TextEngine
+    from apportion.engines.pool import ReplicaState
     from apportion.tools.solver_worker import SolverWorkers
     from apportion.tools.store import StoreRegistry
     from apportion.tools.store.base import DocumentStore
@@ -282,6 +283,16 @@ class Runtime:
         self._engines[engine.model_id] = engine
         # no weights file or endpoint to fingerprint it by: its id is what identifies it
         self._fingerprints.setdefault(engine.model_id, f"registered:{engine.model_id}")
+
+    def replica_states(self) -> dict[str, list[ReplicaState]]:
+        """The replicas of each loaded engine that is a pool (engines/pool.py), by engine id."""
+        out: dict[str, list[ReplicaState]] = {}
+        for model_id, engine in list(self._engines.items()):
+            states = getattr(engine, "replica_states", None)
+            found = states() if callable(states) else []
+            if found:
+                out[model_id] = list(found)
+        return out
 
     def loaded_models(self) -> list[str]:
         return list(self._engines)

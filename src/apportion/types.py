@@ -48,6 +48,8 @@ class Completion:
     # The engine that generated it, when not the one asked: a fallback that took the request
     # while that one was down. The ledger charges (and names) this one.
     served_by: ModelCost | None = None
+    # The replica of a pool that served it (its URL), when a pool did (engines/pool.py).
+    replica: str | None = None
 
     @property
     def mean_logprob(self) -> float | None:
@@ -128,11 +130,13 @@ class Charge(Cost):
     name: str  # model id or tool name
     energy_source: EnergySource = "estimated"
     detail: str = ""  # e.g. which strategy step made the call
+    # The replica of a pool that served the call (its URL); None for any other engine.
+    replica: str | None = None
 
     def to_dict(self) -> dict[str, object]:
         cost = self.cost_json()
         usd = cost.pop("cost_usd")  # energy_source goes before it, as it always has
-        return {
+        out: dict[str, object] = {
             "kind": self.kind,
             "name": self.name,
             **cost,
@@ -140,6 +144,9 @@ class Charge(Cost):
             "cost_usd": usd,
             "detail": self.detail,
         }
+        if self.replica is not None:
+            out["replica"] = self.replica  # only where a pool served: other records unchanged
+        return out
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -51,6 +51,11 @@ class FallbackEngine:
         self._lock = threading.Lock()
         self._down_until: float | None = None
 
+    def replica_states(self) -> list[Any]:
+        """The primary's replicas, when it is a pool (engines/pool.py); else none."""
+        states = getattr(self.primary, "replica_states", None)
+        return list(states()) if callable(states) else []
+
     # -- what the primary is -------------------------------------------------------------------
 
     @property

@@ -124,6 +124,7 @@ class ModelCalls:
             wall_s=wall_s,
             measured_energy_j=measured_j,
             detail=detail,
+            replica=completion.replica,
         )
 
 

@@ -136,6 +136,8 @@ class OpenAIHttpEngine:
         rng: random.Random | None = None,
     ) -> None:
         self.config = config
+        # a pool gives each replica its own engine; this one serves the first URL
+        self.base_url = config.urls()[0]
         self.retry = RetryPolicy.from_config(config)
         self._sleep = sleep
         self._clock = clock
@@ -150,7 +152,7 @@ class OpenAIHttpEngine:
                 )
             headers["Authorization"] = f"Bearer {key}"
         self._client = client or httpx.Client(
-            base_url=config.base_url.rstrip("/"), headers=headers, timeout=config.timeout_s
+            base_url=self.base_url.rstrip("/"), headers=headers, timeout=config.timeout_s
         )
         self._cost = ModelCost(
             model_id=config.id,
@@ -239,7 +241,7 @@ class OpenAIHttpEngine:
     def _unavailable(self, message: str, attempts: int) -> EngineUnavailableError:
         tries = "1 attempt" if attempts == 1 else f"{attempts} attempts"
         return EngineUnavailableError(
-            f"engine {self.model_id!r} at {self.config.base_url} {message} ({tries})",
+            f"engine {self.model_id!r} at {self.base_url} {message} ({tries})",
             "check that the server is running and base_url ends in /v1, or name a `fallback` "
             "engine for it in the config",
         )

@@ -74,7 +74,14 @@ def _build_openai(config: RemoteEngineConfig, services: EngineServices) -> TextE
     from apportion.engines.fallback import FallbackEngine, fallback_chain
     from apportion.engines.openai_http import OpenAIHttpEngine
 
-    engine: TextEngine = OpenAIHttpEngine(config)
+    urls = config.urls()
+    engine: TextEngine
+    if len(urls) > 1:
+        from apportion.engines.pool import ReplicaPool
+
+        engine = ReplicaPool(config)
+    else:
+        engine = OpenAIHttpEngine(config.model_copy(update={"base_url": urls[0]}))
     if (fallback := config.fallback) is not None:
         entries = services.settings.engines
         fallback_chain({e.id: getattr(e, "fallback", None) for e in entries}, config.id)
@@ -87,7 +94,10 @@ def _build_openai(config: RemoteEngineConfig, services: EngineServices) -> TextE
 
 
 def _openai_fingerprint(config: RemoteEngineConfig) -> str:
-    return f"remote:{config.base_url}|{config.model}"
+    urls = config.urls()
+    # one server keeps the key it always had; replicas of one model are one model
+    where = urls[0] if len(urls) == 1 else "pool(" + ",".join(sorted(urls)) + ")"
+    return f"remote:{where}|{config.model}"
 
 
 def _build_llamacpp(config: LlamaCppEngineConfig, services: EngineServices) -> TextEngine:

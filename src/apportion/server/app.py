@@ -127,6 +127,7 @@ class ServerState:
         self.metrics = m.ServerMetrics()
         self.local = LocalQueue(options.queue_depth)
         self.metrics.watch_queue(lambda: self.local.waiting)
+        self.metrics.watch_replicas(engine.replica_states)
         limiter = anyio.CapacityLimiter(options.worker_threads)
         self.solvers = SolverWorkers()  # solver work in worker processes, never on these threads
         self.models = ServedModels(settings, engine)

@@ -7,7 +7,9 @@ label set stays as small as the registry) and, for requests, the outcome.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -17,8 +19,13 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from apportion.strategies.registry import spec_name
+
+if TYPE_CHECKING:
+    from apportion.engines.pool import ReplicaState
 
 # Outcomes a request can end in.
 OK = "ok"  # an answer
@@ -76,6 +83,11 @@ class ServerMetrics:
             registry=r,
         )
 
+    def watch_replicas(self, replicas: Callable[[], dict[str, list[ReplicaState]]]) -> None:
+        """Report each engine pool's replicas at every scrape: health, calls outstanding, and
+        calls served and failed."""
+        self.registry.register(_ReplicaCollector(replicas))
+
     def watch_queue(self, waiting: Callable[[], int]) -> None:
         self.local_waiting.set_function(lambda: float(waiting()))
 
@@ -105,3 +117,39 @@ class ServerMetrics:
 
     def render(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+class _ReplicaCollector(Collector):
+    """The replicas of engine pools, read when /metrics is scraped (they change per call)."""
+
+    def __init__(self, replicas: Callable[[], dict[str, list[ReplicaState]]]) -> None:
+        self._replicas = replicas
+
+    def collect(self) -> Iterator[Metric]:
+        labels = ["engine", "replica"]
+        healthy = GaugeMetricFamily(
+            "apportion_replica_healthy", "1 if the replica takes calls, 0 while ejected.",
+            labels=labels,
+        )  # fmt: skip
+        outstanding = GaugeMetricFamily(
+            "apportion_replica_outstanding", "Calls in flight on the replica.", labels=labels
+        )
+        served = CounterMetricFamily(
+            "apportion_replica_calls", "Calls the replica answered.", labels=labels
+        )
+        failed = CounterMetricFamily(
+            "apportion_replica_failures", "Calls the replica failed (then tried elsewhere).",
+            labels=labels,
+        )  # fmt: skip
+        now = time.monotonic()
+        for engine, states in self._replicas().items():
+            for state in states:
+                key = [engine, state.url]
+                healthy.add_metric(key, 1.0 if state.healthy(now) else 0.0)
+                outstanding.add_metric(key, float(state.outstanding))
+                served.add_metric(key, float(state.served))
+                failed.add_metric(key, float(state.failed))
+        yield from (healthy, outstanding, served, failed)
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())
