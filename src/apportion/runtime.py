@@ -172,6 +172,8 @@ class Runtime:
     engine_kinds: EngineRegistry = field(init=False, repr=False)
     exact_solvers: SolverRegistry = field(init=False, repr=False)
     _store_schemes: StoreRegistry | None = field(default=None, init=False, repr=False)
+    # Re-entrant: building a fallback engine builds the engine it falls back to.
+    _building: threading.RLock = field(default_factory=threading.RLock, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.documents not in ("configured", "given"):
@@ -258,13 +260,17 @@ class Runtime:
     def engine_for(self, model_id: str) -> TextEngine:
         """The engine serving `model_id`, built by its kind (engines/registry.py) on first use
         and kept for this Engine's life."""
-        if model_id not in self._engines:
-            services = EngineServices(
-                self.settings, self.engine_for, self.check_model, self.pull_progress
-            )
-            entry = self.engine_kinds.entry_for(self.settings, model_id)
-            self._engines[model_id] = self.engine_kinds.build(entry, services)
-        return self._engines[model_id]
+        engine = self._engines.get(model_id)
+        if engine is not None:
+            return engine
+        with self._building:  # one build per model, however many threads ask at once
+            if model_id not in self._engines:
+                services = EngineServices(
+                    self.settings, self.engine_for, self.check_model, self.pull_progress
+                )
+                entry = self.engine_kinds.entry_for(self.settings, model_id)
+                self._engines[model_id] = self.engine_kinds.build(entry, services)
+            return self._engines[model_id]
 
     def model_fingerprint(self, model_id: str) -> str:
         """What identifies a model's outputs for caching: its weights' sha256, a remote

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import threading
 from pathlib import Path
 from types import TracebackType
 
@@ -38,13 +39,18 @@ class SqliteCompletionCache:
         self._db.execute(_SCHEMA)
         self.hits = 0
         self.misses = 0
+        # bench --concurrency calls from several threads; one connection, one at a time
+        self._lock = threading.Lock()
 
     def get(self, key: str) -> list[tuple[Completion, float]] | None:
-        row = self._db.execute("SELECT value FROM completions WHERE key = ?", (key,)).fetchone()
-        if row is None:
-            self.misses += 1
-            return None
-        self.hits += 1
+        with self._lock:
+            row = self._db.execute(
+                "SELECT value FROM completions WHERE key = ?", (key,)
+            ).fetchone()
+            if row is None:
+                self.misses += 1
+                return None
+            self.hits += 1
         return [
             (
                 Completion(
@@ -75,9 +81,10 @@ class SqliteCompletionCache:
                 for c, wall_s in value
             ]
         )
-        self._db.execute(
-            "INSERT OR REPLACE INTO completions (key, value) VALUES (?, ?)", (key, payload)
-        )
+        with self._lock:
+            self._db.execute(
+                "INSERT OR REPLACE INTO completions (key, value) VALUES (?, ?)", (key, payload)
+            )
 
     def __len__(self) -> int:
         return int(self._db.execute("SELECT COUNT(*) FROM completions").fetchone()[0])

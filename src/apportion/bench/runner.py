@@ -304,11 +304,15 @@ def run_bench(
     policy: str | None = None,
     on_result: Callable[[ItemResult], None] | None = None,
     on_start: Callable[[int, int], None] | None = None,
+    concurrency: int = 1,
 ) -> list[ItemResult]:
     """Run every pending item × strategy; return all results (earlier ones included).
 
     `data`, `limit`, `corpus` and `policy` describe the command (with the rest, what --resume
-    must match); `sources` is how the report names the data."""
+    must match); `sources` is how the report names the data. With `concurrency` > 1, that many
+    items run at once (for engines that serve calls in parallel); rows are still written in the
+    order a sequential run writes them, each as soon as all before it are done, so the results
+    file, the cache keys and --resume are those of a sequential run."""
     meta = run_meta(
         items, strategies, model=model, seed=seed, max_tokens=max_tokens, sources=sources,
         data=data, limit=limit, corpus=corpus, policy=policy,
@@ -320,11 +324,14 @@ def run_bench(
         on_start(len(done), len(todo))
     results = list(done)
     writer = ResultWriter(out / RESULTS, append=bool(done))
+
+    def one(item: BenchItem, strategy: str) -> ItemResult:
+        return run_one(
+            engine, item, strategy, model=model, seed=seed, max_tokens=max_tokens, cache=cache
+        )
+
     try:
-        for item, strategy in todo:
-            result = run_one(
-                engine, item, strategy, model=model, seed=seed, max_tokens=max_tokens, cache=cache
-            )
+        for result in _in_order(one, todo, concurrency):
             writer.write(result)
             results.append(result)
             if on_result:
@@ -332,3 +339,26 @@ def run_bench(
     finally:
         writer.close()
     return results
+
+
+def _in_order(
+    one: Callable[[BenchItem, str], ItemResult],
+    todo: Sequence[tuple[BenchItem, str]],
+    concurrency: int,
+) -> Iterator[ItemResult]:
+    """The results of `todo`, in order: one at a time, or `concurrency` at once. When the
+    caller stops (Ctrl-C), items not started are dropped and the running ones are left to
+    finish: they are not written, and --resume runs them again."""
+    if concurrency <= 1:
+        for item, strategy in todo:
+            yield one(item, strategy)
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="bench")
+    try:
+        futures = [pool.submit(one, item, strategy) for item, strategy in todo]
+        for future in futures:
+            yield future.result()
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)

@@ -177,16 +177,52 @@ class BenchRun:
         *,
         on_start: Callable[[int, int], None] | None = None,
         on_result: Callable[[ItemResult], None] | None = None,
+        concurrency: int = 1,
     ) -> list[ItemResult]:
         """Run every pending item × strategy; all results, earlier ones (--resume) included.
-        `on_start(done, todo)` comes once before the first item, `on_result` after each."""
+        `on_start(done, todo)` comes once before the first item, `on_result` after each;
+        `concurrency` items run at once (see `check_concurrency`)."""
         return run_bench(
             self.engine, self.items, self.strategies, out=self.out, model=self.model,
             seed=self.seed, max_tokens=self.max_tokens, resume=self.resume,
             overwrite=self.overwrite, cache=cache, sources=self.sources, data=self.data,
             limit=self.limit, corpus=self.corpus_spec, policy=self.policy,
-            on_result=on_result, on_start=on_start,
+            on_result=on_result, on_start=on_start, concurrency=concurrency,
         )  # fmt: skip
+
+    def check_concurrency(self, concurrency: int) -> None:
+        """Running items at once pays only against engines that serve calls in parallel, and
+        a model in this process would be charged the time its calls wait for each other:
+        refuse `concurrency` > 1 unless every model the run may call is remote."""
+        if concurrency < 1:
+            raise UsageError(f"--concurrency must be at least 1, got {concurrency}")
+        if concurrency == 1:
+            return
+        local = [m for m in self.models_called() if not self.engine.is_remote(m)]
+        if local:
+            raise UsageError(
+                f"--concurrency runs items at once against remote engines; {local[0]} runs in "
+                "this process, where calls wait for each other (and would be charged for it)",
+                "bench that model with --concurrency 1, or serve it behind an OpenAI-compatible "
+                "server ([[engines]] in the config)",
+            )
+
+    def models_called(self) -> list[str]:
+        """Every model the run's strategies may call: the run's model, models their specs
+        name, and cascade's default models. (`auto` calls the run's model: neither the shipped
+        policy nor the rule ladders route to a cascade.)"""
+        from apportion.strategies.registry import parse_spec
+
+        settings = self.engine.settings
+        models = [self.model]
+        for spec in self.strategies:
+            parsed = parse_spec(spec)
+            named = dict(parsed.params)
+            models += [named[k] for k in ("model", "small", "large") if k in named]
+            if parsed.name == "cascade":
+                models += [named.get("small", settings.default_model),
+                           named.get("large", settings.large_model)]  # fmt: skip
+        return list(dict.fromkeys(models))
 
     def saved_results(self) -> list[ItemResult]:
         """The results on disk: what an interrupted run keeps."""

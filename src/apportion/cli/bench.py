@@ -119,6 +119,15 @@ def bench(
         Path | None,
         typer.Option("--data-dir", help="Where named datasets live (also $APPORTION_DATA_DIR)."),
     ] = None,
+    concurrency: Annotated[
+        int,
+        typer.Option(
+            "--concurrency",
+            help="Items run at once, for remote engines that serve calls in parallel (vLLM, "
+            "SGLang, a pool of servers). Results, cache keys and --resume are those of a "
+            "sequential run.",
+        ),
+    ] = 1,
     n_ctx: NCtxOption = None,
     deterministic: DeterministicOption = False,
     policy: PolicyOption = None,
@@ -156,6 +165,7 @@ def bench(
             overwrite=overwrite, max_tokens=max_tokens,
             policy=None if policy is None else str(policy),
         )  # fmt: skip
+        run.check_concurrency(concurrency)
         if run.corpus is not None:
             with Progress(
                 TextColumn(f"indexing {run.corpus.label}"),
@@ -204,7 +214,9 @@ def bench(
     interrupted = False
     try:
         with progress, warnings_as_lines():
-            results = run.execute(cache, on_start=on_start, on_result=on_result)
+            results = run.execute(
+                cache, on_start=on_start, on_result=on_result, concurrency=concurrency
+            )
     except KeyboardInterrupt:
         interrupted = True
     except ApportionError as e:
