@@ -81,3 +81,38 @@ def test_concurrency_is_refused_for_a_model_in_this_process(tmp_path: Path) -> N
     assert "--concurrency runs items at once" in said
     assert "smollm2-135m runs in this process" in said
     assert not (tmp_path / "local" / "results.jsonl").exists()
+
+
+@pytest.mark.model
+def test_worker_processes_write_what_one_process_writes(tmp_path: Path) -> None:
+    """--workers 2 on two threads (one each) against one process on one thread, both
+    deterministic (so no answer depends on which items a process saw before)."""
+    config = tmp_path / "config.toml"
+    config.write_text("")
+    common = ("--model", "smollm2-135m", "--strategies", "direct,cot", "--max-tokens", "12",
+              "--limit", "6", "--deterministic")  # fmt: skip
+    env = env_with(home=tmp_path / "home")
+
+    def run(name: str, *args: str, threads: str) -> list[dict[str, Any]]:
+        proc = subprocess.run(
+            [sys.executable, "-m", "apportion.cli", "bench", "--dataset", "gsm8k", "--out",
+             str(tmp_path / name), "--cache", str(tmp_path / f"{name}.sqlite"), "--config",
+             str(config), *common, *args],
+            capture_output=True, text=True, timeout=900, check=False,
+            env={**env, "APPORTION_THREADS": threads},
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+        return rows(tmp_path / name)
+
+    one = run("one", threads="1")
+    two = run("two", "--workers", "2", threads="2")
+    assert len(one) == len(two) == 12
+    assert [{k: r[k] for k in SAME} for r in one] == [{k: r[k] for k in SAME} for r in two]
+
+
+def test_workers_and_concurrency_do_not_combine(tmp_path: Path) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text("")
+    proc = bench(tmp_path, "both", "--strategies", "symbolic", "--workers", "2",
+                 "--concurrency", "2", config=config)  # fmt: skip
+    assert proc.returncode == 2 and "do not combine" in proc.stderr

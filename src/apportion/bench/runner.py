@@ -28,6 +28,7 @@ from apportion.traces import ResultWriter as ResultWriter
 from apportion.traces import read_results as read_results
 
 if TYPE_CHECKING:
+    from apportion.bench.workers import WorkerPool
     from apportion.engines.layers import CompletionCache
     from apportion.runtime import Engine
 
@@ -305,14 +306,16 @@ def run_bench(
     on_result: Callable[[ItemResult], None] | None = None,
     on_start: Callable[[int, int], None] | None = None,
     concurrency: int = 1,
+    workers: WorkerPool | None = None,
 ) -> list[ItemResult]:
     """Run every pending item × strategy; return all results (earlier ones included).
 
     `data`, `limit`, `corpus` and `policy` describe the command (with the rest, what --resume
     must match); `sources` is how the report names the data. With `concurrency` > 1, that many
-    items run at once (for engines that serve calls in parallel); rows are still written in the
-    order a sequential run writes them, each as soon as all before it are done, so the results
-    file, the cache keys and --resume are those of a sequential run."""
+    items run at once (for engines that serve calls in parallel); with `workers`, the items run
+    in those worker processes (bench/workers.py) instead of this one. Either way, rows are
+    written in the order a sequential run writes them, each as soon as all before it are done,
+    so the results file, the cache keys and --resume are those of a sequential run."""
     meta = run_meta(
         items, strategies, model=model, seed=seed, max_tokens=max_tokens, sources=sources,
         data=data, limit=limit, corpus=corpus, policy=policy,
@@ -331,7 +334,7 @@ def run_bench(
         )
 
     try:
-        for result in _in_order(one, todo, concurrency):
+        for result in _in_order(one, todo, concurrency, workers):
             writer.write(result)
             results.append(result)
             if on_result:
@@ -345,10 +348,19 @@ def _in_order(
     one: Callable[[BenchItem, str], ItemResult],
     todo: Sequence[tuple[BenchItem, str]],
     concurrency: int,
+    workers: WorkerPool | None = None,
 ) -> Iterator[ItemResult]:
-    """The results of `todo`, in order: one at a time, or `concurrency` at once. When the
-    caller stops (Ctrl-C), items not started are dropped and the running ones are left to
-    finish: they are not written, and --resume runs them again."""
+    """The results of `todo`, in order: one at a time, `concurrency` at once, or in `workers`.
+    When the caller stops (Ctrl-C), items not started are dropped and the running ones are left
+    to finish (or end with their worker): they are not written, and --resume runs them again."""
+    if workers is not None:
+        try:
+            futures = [workers.submit(item, strategy) for item, strategy in todo]
+            for future in futures:
+                yield future.result()
+        finally:
+            workers.close()
+        return
     if concurrency <= 1:
         for item, strategy in todo:
             yield one(item, strategy)

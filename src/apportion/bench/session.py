@@ -33,6 +33,7 @@ from apportion.errors import UsageError
 if TYPE_CHECKING:
     from apportion.bench.cache import SqliteCompletionCache
     from apportion.bench.corpus import BenchCorpus
+    from apportion.bench.workers import WorkerPool
     from apportion.engines.layers import CompletionCache
     from apportion.runtime import Engine
     from apportion.tools.store.base import DocumentStore
@@ -147,6 +148,8 @@ class BenchRun:
     corpus_spec: str | None
     corpus: BenchCorpus | None
     policy: str | None
+    # Where the corpus was indexed, once it is (workers open the same store).
+    store_uri: str | None = None
 
     @property
     def title(self) -> str:
@@ -162,6 +165,7 @@ class BenchRun:
         uri = store_uri or str(self.corpus.default_store(self.engine.settings.home))
         store, report = index_bench_corpus(self.corpus, uri, progress=progress)
         self.engine.store = store
+        self.store_uri = uri
         self.sources.append(f"corpus {self.corpus.label}")
         return IndexedCorpus(self.corpus.label, uri, report, store.count())
 
@@ -178,17 +182,53 @@ class BenchRun:
         on_start: Callable[[int, int], None] | None = None,
         on_result: Callable[[ItemResult], None] | None = None,
         concurrency: int = 1,
+        workers: int = 1,
     ) -> list[ItemResult]:
         """Run every pending item × strategy; all results, earlier ones (--resume) included.
         `on_start(done, todo)` comes once before the first item, `on_result` after each;
-        `concurrency` items run at once (see `check_concurrency`)."""
+        `concurrency` items run at once (see `check_concurrency`), or `workers` processes
+        run them (see `check_workers`)."""
+        pool = self._worker_pool(cache, workers) if workers > 1 else None
         return run_bench(
             self.engine, self.items, self.strategies, out=self.out, model=self.model,
             seed=self.seed, max_tokens=self.max_tokens, resume=self.resume,
             overwrite=self.overwrite, cache=cache, sources=self.sources, data=self.data,
             limit=self.limit, corpus=self.corpus_spec, policy=self.policy,
-            on_result=on_result, on_start=on_start, concurrency=concurrency,
+            on_result=on_result, on_start=on_start, concurrency=concurrency, workers=pool,
         )  # fmt: skip
+
+    def check_workers(self, workers: int, concurrency: int) -> None:
+        """`workers` processes, each with its own copy of the model: not with --concurrency,
+        and not with a store only one process may open (milvus-lite)."""
+        if workers < 1:
+            raise UsageError(f"--workers must be at least 1, got {workers}")
+        if workers > 1 and concurrency > 1:
+            raise UsageError(
+                "--workers and --concurrency do not combine",
+                "--workers for models in this process, --concurrency for remote engines",
+            )
+        if workers > 1 and self.store_uri is not None and self.store_uri.startswith("milvus-lite:"):
+            raise UsageError(
+                "--workers needs a store several processes can open; milvus-lite allows one",
+                "index the corpus into the embedded store (the default) or a Milvus server",
+            )
+
+    def _worker_pool(self, cache: CompletionCache | None, workers: int) -> WorkerPool:
+        from apportion.bench.cache import SqliteCompletionCache
+        from apportion.bench.workers import WorkerPool, WorkerSetup, threads_each
+        from apportion.engines import catalogue
+
+        settings = self.engine.settings
+        for model in self.models_called():  # pulled here once, not by every worker at once
+            if not self.engine.is_remote(model) and model in catalogue.CATALOGUE:
+                catalogue.resolve(model, settings.models_dir, progress=self.engine.pull_progress)
+        shared = settings.model_copy(update={"threads": threads_each(settings.threads, workers)})
+        setup = WorkerSetup(
+            settings=shared.model_dump(mode="json"), policy=self.policy, store=self.store_uri,
+            cache=str(cache.path) if isinstance(cache, SqliteCompletionCache) else None,
+            model=self.model, seed=self.seed, max_tokens=self.max_tokens,
+        )  # fmt: skip
+        return WorkerPool(setup, workers)
 
     def check_concurrency(self, concurrency: int) -> None:
         """Running items at once pays only against engines that serve calls in parallel, and

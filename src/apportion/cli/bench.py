@@ -128,6 +128,14 @@ def bench(
             "sequential run.",
         ),
     ] = 1,
+    workers: Annotated[
+        int,
+        typer.Option(
+            "--workers",
+            help="Processes for a model in this process, each with its own copy of it and "
+            "threads/N threads (more memory; see the README for what it gains here).",
+        ),
+    ] = 1,
     n_ctx: NCtxOption = None,
     deterministic: DeterministicOption = False,
     policy: PolicyOption = None,
@@ -165,6 +173,7 @@ def bench(
             overwrite=overwrite, max_tokens=max_tokens,
             policy=None if policy is None else str(policy),
         )  # fmt: skip
+        run.check_workers(workers, concurrency)
         run.check_concurrency(concurrency)
         if run.corpus is not None:
             with Progress(
@@ -215,8 +224,9 @@ def bench(
     try:
         with progress, warnings_as_lines():
             results = run.execute(
-                cache, on_start=on_start, on_result=on_result, concurrency=concurrency
-            )
+                cache, on_start=on_start, on_result=on_result, concurrency=concurrency,
+                workers=workers,
+            )  # fmt: skip
     except KeyboardInterrupt:
         interrupted = True
     except ApportionError as e:
