@@ -197,6 +197,13 @@ class Settings(BaseModel):
     large_model: str = LARGE_MODEL
     threads: int | None = Field(default=None, ge=1, description="None: pick from free cores")
     n_ctx: int = Field(default=4096, ge=256)
+    # The most memory the local models of one process keep resident together ("1.5GB",
+    # "800MiB"); None: no limit. Models are evicted least recently used first to load another
+    # (engines/memory.py), and every load is then charged to the request that caused it.
+    memory_limit: str | None = None
+    # A plan whose models cannot be resident together within memory_limit (a cascade, say):
+    # "swap" runs it, loading them in turn; "skip" leaves it out (--explain says why).
+    memory_policy: Literal["swap", "skip"] = "swap"
     max_tokens: int = Field(default=512, ge=1)
     hardware: HardwareProfile = Field(default_factory=HardwareProfile)
     llamacpp: LlamaCppSettings = Field(default_factory=LlamaCppSettings)
@@ -238,6 +245,24 @@ class Settings(BaseModel):
                 )
                 raise ValueError(f"engines[{i}] (kind {data['kind']!r}): {problems}") from None
         return out
+
+    @field_validator("memory_limit")
+    @classmethod
+    def _a_memory_size(cls, value: str | None) -> str | None:
+        if value is not None:
+            from apportion.engines.memory import parse_bytes
+
+            try:
+                parse_bytes(value)
+            except UsageError as e:
+                raise ValueError(e.message) from None
+        return value
+
+    @property
+    def memory_limit_bytes(self) -> int | None:
+        from apportion.engines.memory import parse_bytes
+
+        return None if self.memory_limit is None else parse_bytes(self.memory_limit)
 
     @property
     def models_dir(self) -> Path:

@@ -82,6 +82,8 @@ class Ledger:
     charges: list[Charge] = field(default_factory=list)
     # Told of each charge as it is made (the server turns these into progress events).
     on_charge: Callable[[Ledger, Charge], None] | None = field(default=None, repr=False)
+    # The most memory local models kept resident during the request (with a memory limit).
+    peak_resident_bytes: int = 0
 
     def _record(self, charge: Charge) -> Charge:
         self.charges.append(charge)
@@ -142,8 +144,15 @@ class Ledger:
         )
         return self._record(charge)
 
+    def note_resident(self, resident_bytes: int) -> None:
+        """The local models now resident: kept if it is the request's peak."""
+        self.peak_resident_bytes = max(self.peak_resident_bytes, resident_bytes)
+
     def totals(self) -> LedgerTotals:
-        return LedgerTotals(**Cost.total(self.charges).cost_fields(), calls=tuple(self.charges))
+        return LedgerTotals(
+            **Cost.total(self.charges).cost_fields(), calls=tuple(self.charges),
+            peak_resident_bytes=self.peak_resident_bytes,
+        )  # fmt: skip
 
     def check_model_call(self, cost: ModelCost, prompt_tokens: int, max_tokens: int) -> None:
         """Refuse a model call whose worst case (all max_tokens generated) would break a cap."""

@@ -17,15 +17,18 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from apportion.config import Settings
+from apportion.config import EngineConfig, LlamaCppEngineConfig, Settings
 from apportion.engines import catalogue
 from apportion.engines.base import GenerationCancelled
 from apportion.engines.layers import CompletionCache, ModelCalls
+from apportion.engines.memory import ResidentSet, format_bytes, resident_bytes
 from apportion.engines.registry import EngineRegistry, EngineServices
 from apportion.engines.speed import SpeedBook
 from apportion.errors import ApportionError, BudgetExceededError, UnknownNameError, UsageError
@@ -42,7 +45,7 @@ from apportion.router.policy import (
 )
 from apportion.strategies.base import RunContext
 from apportion.strategies.prompts import with_options
-from apportion.strategies.registry import StrategyRegistry, default_registry
+from apportion.strategies.registry import StrategyRegistry, default_registry, models_of
 from apportion.tools.sandbox import SandboxLimits
 from apportion.tools.solvers import SolverRegistry
 from apportion.types import Answer, AnswerKind, Attempt, Budget, Charge, Message, Query
@@ -174,6 +177,8 @@ class Runtime:
     _store_schemes: StoreRegistry | None = field(default=None, init=False, repr=False)
     # Re-entrant: building a fallback engine builds the engine it falls back to.
     _building: threading.RLock = field(default_factory=threading.RLock, init=False, repr=False)
+    # The local models loaded, and what they keep resident (engines/memory.py).
+    _resident: ResidentSet = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.documents not in ("configured", "given"):
@@ -183,6 +188,7 @@ class Runtime:
         self.plugins = self.registry.plugins or PluginIndex()
         self.engine_kinds = EngineRegistry(self.plugins)
         self.exact_solvers = SolverRegistry(self.plugins, order=self.settings.solvers)
+        self._resident = ResidentSet(self.settings.memory_limit_bytes)
 
     @classmethod
     def from_settings(
@@ -257,20 +263,83 @@ class Runtime:
             return
         raise UnknownNameError("model", model_id, [*self.model_ids(), "<path/to/file.gguf>"])
 
-    def engine_for(self, model_id: str) -> TextEngine:
+    def engine_for(self, model_id: str, *, ledger: Ledger | None = None) -> TextEngine:
         """The engine serving `model_id`, built by its kind (engines/registry.py) on first use
-        and kept for this Engine's life."""
+        and kept, within the memory limit: loading a local model evicts the least recently
+        used ones it would not fit beside, and the load is charged to `ledger` (the request
+        that caused it), which also notes the memory then resident."""
         engine = self._engines.get(model_id)
-        if engine is not None:
-            return engine
-        with self._building:  # one build per model, however many threads ask at once
-            if model_id not in self._engines:
-                services = EngineServices(
-                    self.settings, self.engine_for, self.check_model, self.pull_progress
-                )
-                entry = self.engine_kinds.entry_for(self.settings, model_id)
-                self._engines[model_id] = self.engine_kinds.build(entry, services)
-            return self._engines[model_id]
+        if engine is None:
+            with self._building:  # one build per model, however many threads ask at once
+                engine = self._engines.get(model_id) or self._load(model_id, ledger)
+        self._resident.used(model_id)
+        if ledger is not None and self._resident.limit is not None:
+            ledger.note_resident(self._resident.total)
+        return engine
+
+    def _load(self, model_id: str, ledger: Ledger | None) -> TextEngine:
+        entry = self.engine_kinds.entry_for(self.settings, model_id)
+        size = self._resident_size(entry)
+        for loaded in self._resident.to_evict(model_id, size):
+            log.info("unloading %s to load %s within the memory limit", loaded, model_id)
+            self._engines.pop(loaded).close()
+            self._resident.remove(loaded)
+        services = EngineServices(self.settings, self.engine_for, self.check_model,
+                                  self.pull_progress)  # fmt: skip
+        wall0, cpu0 = time.perf_counter(), time.process_time()
+        engine = self.engine_kinds.build(entry, services)
+        if size:
+            self._resident.add(model_id, size)
+            if ledger is not None:
+                ledger.charge_tool(
+                    "model load", wall_s=time.perf_counter() - wall0,
+                    cpu_s=time.process_time() - cpu0, detail=f"load {model_id}",
+                )  # fmt: skip
+        self._engines[model_id] = engine
+        return engine
+
+    def _resident_size(self, entry: EngineConfig) -> int:
+        """What a model keeps resident, counted only under a memory limit (and only for a
+        llama.cpp model in this process)."""
+        if self._resident.limit is None or not isinstance(entry, LlamaCppEngineConfig):
+            return 0
+        return resident_bytes(entry.model, entry.n_ctx or self.settings.n_ctx)
+
+    def fit_memory(self, plan: Plan, model: str) -> Plan:
+        """The plan as the memory limit allows: a step whose models cannot be resident
+        together (a cascade's two, say) runs with the models loaded in turn (memory_policy
+        "swap"), or is left out ("skip"); the plan's reason says which."""
+        limit = self._resident.limit
+        if limit is None:
+            return plan
+        settings = self.settings
+        kept: list[Step] = []
+        notes: list[str] = []
+        for step in plan.steps:
+            names = models_of(step.strategy, model=model, small=settings.default_model,
+                              large=settings.large_model)  # fmt: skip
+            sizes = {m: self._resident_size(self.engine_kinds.entry_for(settings, m))
+                     for m in names}  # fmt: skip
+            need = sum(sizes.values())
+            if len([m for m in sizes if sizes[m]]) < 2 or need <= limit:
+                kept.append(step)
+                continue
+            over = (f"{step.strategy} needs {' + '.join(m for m in sizes if sizes[m])} resident "
+                    f"together ({format_bytes(need)}), over the memory limit "
+                    f"({format_bytes(limit)})")  # fmt: skip
+            if settings.memory_policy == "swap":
+                kept.append(step)
+                notes.append(f"{over}: they are loaded in turn")
+            else:
+                notes.append(f"{over}: skipped (memory_policy = skip)")
+        if not kept:
+            raise UsageError(
+                f"no step of the plan fits the memory limit: {'; '.join(notes)}",
+                'raise --memory-limit, or set memory_policy = "swap" to load models in turn',
+            )
+        if not notes:
+            return plan
+        return replace(plan, steps=tuple(kept), reason=f"{plan.reason}; {'; '.join(notes)}")
 
     def model_fingerprint(self, model_id: str) -> str:
         """What identifies a model's outputs for caching: its weights' sha256, a remote
@@ -307,6 +376,7 @@ class Runtime:
         for engine in self._engines.values():
             engine.close()
         self._engines.clear()
+        self._resident = ResidentSet(self.settings.memory_limit_bytes)
         if self.speeds is not None:
             self.speeds.save()
 
@@ -357,7 +427,7 @@ class Runtime:
             question, kind = with_options(question, request.choices), kind or "choice"
         query = Query(question.strip(), kind=kind, choices=request.choices, history=request.history)
         features = conversation_features(query)
-        plan = self.plan(features, request.strategy, request.budget)
+        plan = self.fit_memory(self.plan(features, request.strategy, request.budget), model)
         readers = self.registry.store_readers()
         if any(step.name in readers for step in plan.steps):
             self.open_store(create=request.strategy != AUTO)
@@ -369,7 +439,8 @@ class Runtime:
             hardware=self.settings.hardware, budget=request.budget, on_charge=hooks.on_charge
         )
         calls = ModelCalls(
-            hooks.engine_for or self.engine_for, ledger, namespace=self.model_fingerprint,
+            hooks.engine_for or partial(self.engine_for, ledger=ledger), ledger,
+            namespace=self.model_fingerprint,
             meter=self.meter, speeds=self.speeds, cache=hooks.cache,
             deterministic=deterministic, on_token=hooks.on_token, cancel=hooks.cancel,
         )  # fmt: skip

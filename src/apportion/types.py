@@ -154,9 +154,15 @@ class LedgerTotals(Cost):
     """What a request spent in all, and the calls that spent it."""
 
     calls: tuple[Charge, ...]
+    # The most memory the process's local models kept resident during the request, when a
+    # memory limit is set (engines/memory.py); 0 otherwise.
+    peak_resident_bytes: int = 0
 
     def to_dict(self) -> dict[str, object]:
-        return {**self.cost_json(), "calls": [c.to_dict() for c in self.calls]}
+        out: dict[str, object] = {**self.cost_json(), "calls": [c.to_dict() for c in self.calls]}
+        if self.peak_resident_bytes:
+            out["peak_resident_bytes"] = self.peak_resident_bytes
+        return out
 
 
 @dataclass(frozen=True)

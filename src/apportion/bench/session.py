@@ -248,20 +248,16 @@ class BenchRun:
             )
 
     def models_called(self) -> list[str]:
-        """Every model the run's strategies may call: the run's model, models their specs
-        name, and cascade's default models. (`auto` calls the run's model: neither the shipped
-        policy nor the rule ladders route to a cascade.)"""
-        from apportion.strategies.registry import parse_spec
+        """Every model the run's strategies may call. (`auto` calls the run's model: neither
+        the shipped policy nor the rule ladders route to a cascade.)"""
+        from apportion.strategies.registry import models_of
 
         settings = self.engine.settings
         models = [self.model]
         for spec in self.strategies:
-            parsed = parse_spec(spec)
-            named = dict(parsed.params)
-            models += [named[k] for k in ("model", "small", "large") if k in named]
-            if parsed.name == "cascade":
-                models += [named.get("small", settings.default_model),
-                           named.get("large", settings.large_model)]  # fmt: skip
+            models += models_of(
+                spec, model=self.model, small=settings.default_model, large=settings.large_model
+            )
         return list(dict.fromkeys(models))
 
     def saved_results(self) -> list[ItemResult]:

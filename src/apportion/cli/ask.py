@@ -12,6 +12,7 @@ from rich.table import Table
 from apportion.cli.common import (
     ConfigOption,
     DeterministicOption,
+    MemoryLimitOption,
     NCtxOption,
     PolicyOption,
     RichPullProgress,
@@ -72,6 +73,7 @@ def ask(
     ] = None,
     n_ctx: NCtxOption = None,
     deterministic: DeterministicOption = False,
+    memory_limit: MemoryLimitOption = None,
     store: Annotated[
         str | None,
         typer.Option(
@@ -100,7 +102,8 @@ def ask(
         if question == "-":
             question = read_stdin()
         settings = with_model_options(
-            Settings.load(config), threads=threads, n_ctx=n_ctx, deterministic=deterministic
+            Settings.load(config), threads=threads, n_ctx=n_ctx, deterministic=deterministic,
+            memory_limit=memory_limit,
         )
         if store is not None:
             settings.store = store  # a setting, so sandboxed programs cannot read it

@@ -13,6 +13,7 @@ from rich.table import Table
 from apportion.cli.common import (
     ConfigOption,
     DeterministicOption,
+    MemoryLimitOption,
     NCtxOption,
     PolicyOption,
     RichPullProgress,
@@ -138,6 +139,7 @@ def bench(
     ] = 1,
     n_ctx: NCtxOption = None,
     deterministic: DeterministicOption = False,
+    memory_limit: MemoryLimitOption = None,
     policy: PolicyOption = None,
     config: ConfigOption = None,
 ) -> None:
@@ -159,7 +161,8 @@ def bench(
         if not data and not dataset:
             raise UsageError("give at least one --data FILE or --dataset NAME")
         settings = with_model_options(
-            Settings.load(config), n_ctx=n_ctx, deterministic=deterministic
+            Settings.load(config), n_ctx=n_ctx, deterministic=deterministic,
+            memory_limit=memory_limit,
         )
         if store_uri is not None:
             settings.store = store_uri  # a setting, so sandboxed programs cannot read it

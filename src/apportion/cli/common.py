@@ -58,6 +58,15 @@ NCtxOption = Annotated[
     ),
 ]
 
+MemoryLimitOption = Annotated[
+    str | None,
+    typer.Option(
+        "--memory-limit",
+        help="Most memory the local models keep resident together, e.g. 1.5GB (config: "
+        "memory_limit). Models are then loaded and evicted in turn, each load charged to the "
+        "request that caused it; memory_policy = \"skip\" leaves out plans that cannot fit.",
+    ),
+]
 DeterministicOption = Annotated[
     bool,
     typer.Option(
@@ -75,9 +84,15 @@ def with_model_options(
     threads: int | None = None,
     n_ctx: int | None = None,
     deterministic: bool = False,
+    memory_limit: str | None = None,
 ) -> Settings:
     """Settings with the command line's model options laid over the file's."""
     update: dict[str, object] = {}
+    if memory_limit is not None:
+        from apportion.engines.memory import parse_bytes
+
+        parse_bytes(memory_limit)  # a UsageError naming the units, before any work
+        update["memory_limit"] = memory_limit
     if threads is not None:
         update["threads"] = threads
     if n_ctx is not None:

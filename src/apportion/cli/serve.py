@@ -20,6 +20,7 @@ from rich.markup import escape
 from apportion.cli.common import (
     ConfigOption,
     DeterministicOption,
+    MemoryLimitOption,
     NCtxOption,
     PolicyOption,
     err,
@@ -66,6 +67,7 @@ def serve(
     ] = None,
     n_ctx: NCtxOption = None,
     deterministic: DeterministicOption = False,
+    memory_limit: MemoryLimitOption = None,
     queue_depth: Annotated[
         int,
         typer.Option(
@@ -125,7 +127,8 @@ def serve(
 
     try:
         settings = with_model_options(
-            Settings.load(config), threads=threads, n_ctx=n_ctx, deterministic=deterministic
+            Settings.load(config), threads=threads, n_ctx=n_ctx, deterministic=deterministic,
+            memory_limit=memory_limit,
         )
         if model is not None:
             settings.default_model = model

@@ -36,6 +36,12 @@ class CatalogueModel:
     sha256: str
     license: str
     params: float  # nominal parameter count (the GGUF's own count is used once loaded)
+    # Resident memory, for planning within a memory limit (engines/memory.py): what loading
+    # the model with a 4096-token context and one short call added to the process's RSS on
+    # the AMD EPYC of the README's Platforms section, and the KV cache's bytes per token of
+    # context (2 x layers x KV heads x head size x 2 bytes, from the GGUF's metadata).
+    resident_bytes_4k: int = 0
+    kv_bytes_per_token: int = 0
 
     @property
     def download_mb(self) -> int:
@@ -58,6 +64,8 @@ CATALOGUE: dict[str, CatalogueModel] = {
             sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
             license="Apache-2.0",
             params=134.5e6,
+            resident_bytes_4k=228_000_000,
+            kv_bytes_per_token=23_040,
         ),
         CatalogueModel(
             id="qwen2.5-coder-0.5b",
@@ -68,6 +76,8 @@ CATALOGUE: dict[str, CatalogueModel] = {
             sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
             license="Apache-2.0 upstream",
             params=494e6,
+            resident_bytes_4k=637_000_000,
+            kv_bytes_per_token=12_288,
         ),
         CatalogueModel(
             id="qwen2.5-coder-1.5b",
@@ -78,6 +88,8 @@ CATALOGUE: dict[str, CatalogueModel] = {
             sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
             license="Apache-2.0 upstream",
             params=1.54e9,
+            resident_bytes_4k=1_929_000_000,
+            kv_bytes_per_token=28_672,
         ),
     )
 }

@@ -68,7 +68,7 @@ class RunHooks:
         if model_id not in served:
             raise UnknownNameError("model", model_id, served)
         with self._load_lock:
-            inner = self.engine.engine_for(model_id)
+            inner = self.engine.engine_for(model_id, ledger=job.ledger)
         if inner.cost.local and not job.holds_local:
             self.local.enter(job.cancel, job.deadline, on_wait=job.on_queue)
             job.holds_local = True

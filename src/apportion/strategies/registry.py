@@ -230,3 +230,14 @@ def default_registry(
     factories = {name: source.get(name) for name in source.names()}
     factories.update(dict(extra))
     return StrategyRegistry(factories, broken=source.failures(), plugins=plugins)
+
+
+def models_of(spec: str, *, model: str, small: str, large: str) -> list[str]:
+    """The models a strategy spec calls: those its parameters name (`model`, `small`,
+    `large`), else `model`, the request's; a cascade's default to `small` and `large` (the
+    default_model and large_model settings)."""
+    parsed = parse_spec(spec)
+    named = dict(parsed.params)
+    if parsed.name == "cascade":
+        return list(dict.fromkeys([named.get("small", small), named.get("large", large)]))
+    return [named.get("model", model)]
