@@ -18,6 +18,11 @@ class ChainOfThought:
     max_tokens: Annotated[int | None, Bounds(1, MAX_TOKENS_BOUND)] = None
     temperature: Annotated[float, Bounds(0, 2)] = 0.0
     logprobs: bool = False
+    # Tokens the reasoning may take (None: up to max_tokens). When they run out before the
+    # final line, the reasoning is stopped and the answer forced with a short second call
+    # (budget forcing, as in s1) instead of a truncated chain the extractor cannot read;
+    # 0 asks for the final line alone.
+    think_budget: Annotated[int | None, Bounds(0, MAX_TOKENS_BOUND)] = None
 
     # It ends in an answer whenever the model says anything: a plan may end with it.
     always_answers: ClassVar[bool] = True
@@ -40,20 +45,59 @@ class ChainOfThought:
         return extract_answer(text, query.kind, query.choices)
 
     def run(self, query: Query, ctx: RunContext, *, seed: int | None = None) -> Attempt:
+        messages = self.messages(query)
+        if self.think_budget == 0:
+            return self._answer_now(query, ctx, messages, "", seed)
+        budget = self.think_budget
         (completion,) = ctx.generate(
-            self.messages(query),
+            messages,
             model=self.model,
-            max_tokens=self.max_tokens,
+            max_tokens=min(budget, self.max_tokens or budget) if budget else self.max_tokens,
             temperature=self.temperature,
             seed=seed,
             logprobs=self.logprobs,
             detail="cot",
         )
+        cut = completion.finish_reason == "length" or (
+            budget is not None and completion.completion_tokens >= budget
+        )
+        if budget is not None and cut and FINAL_LINE.lower() not in completion.text.lower():
+            # the reasoning ran out before its final line: whatever number the extractor
+            # would pick from it is a guess, so the answer is asked for
+            return self._answer_now(query, ctx, messages, completion.text, seed)
         answer = self.parse(completion.text, query)
         if answer is None:
             return Attempt(self.name, None, 0.0, rationale=completion.text, error="no final answer")
-        mean_lp = completion.mean_logprob
-        confidence = math.exp(mean_lp) if mean_lp is not None else 0.6
-        return Attempt(
-            self.name, answer, confidence, candidates=(answer,), rationale=completion.text
-        )
+        return self._attempt(answer, completion.mean_logprob, completion.text)
+
+    def _answer_now(
+        self,
+        query: Query,
+        ctx: RunContext,
+        messages: list[Message],
+        reasoning: str,
+        seed: int | None,
+    ) -> Attempt:
+        """Budget forcing: the reasoning so far, then a request for the final line alone."""
+        forced = [*messages]
+        if reasoning:
+            forced.append(Message("assistant", reasoning))
+        forced.append(Message("user", f"Stop thinking now. Reply with only the final line: "
+                                      f"'{FINAL_LINE} X.'"))  # fmt: skip
+        (completion,) = ctx.generate(
+            forced, model=self.model, max_tokens=FORCED_ANSWER_TOKENS, temperature=0.0,
+            seed=seed, logprobs=self.logprobs, detail="cot: answer",
+        )  # fmt: skip
+        answer = self.parse(completion.text, query)
+        rationale = f"{reasoning}\n[thinking budget reached]\n{completion.text}".strip()
+        if answer is None:
+            return Attempt(self.name, None, 0.0, rationale=rationale, error="no final answer")
+        return self._attempt(answer, completion.mean_logprob, rationale)
+
+    def _attempt(self, answer: str, mean_logprob: float | None, rationale: str) -> Attempt:
+        confidence = math.exp(mean_logprob) if mean_logprob is not None else 0.6
+        return Attempt(self.name, answer, confidence, candidates=(answer,), rationale=rationale)
+
+
+# Enough for a final line ("The answer is 1,234.") and no more.
+FORCED_ANSWER_TOKENS = 24
