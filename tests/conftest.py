@@ -45,3 +45,15 @@ def plugin_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     return site
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[str]:
+    """A real PostgreSQL server for the session; its URL."""
+    from servers import PostgresServer
+
+    server = PostgresServer()
+    try:
+        yield server.url
+    finally:
+        server.stop()

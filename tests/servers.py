@@ -4,10 +4,13 @@ server (the reference peer for the HTTP engine and the remote-engine route)."""
 from __future__ import annotations
 
 import os
+import pwd
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -134,3 +137,46 @@ class ApportionServer:
                 self.proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 self.kill()
+
+
+class PostgresServer:
+    """A throwaway PostgreSQL server: `initdb` into a temporary folder and `pg_ctl start` on a
+    free loopback port, as an unprivileged user when this runs as root (initdb refuses root);
+    stopped and its folder removed at the end."""
+
+    def __init__(self) -> None:
+        initdb, pg_ctl = shutil.which("initdb"), shutil.which("pg_ctl")
+        if initdb is None or pg_ctl is None:
+            for bin_dir in sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True):
+                initdb, pg_ctl = str(bin_dir / "initdb"), str(bin_dir / "pg_ctl")
+                break
+        if initdb is None or pg_ctl is None or not Path(initdb).exists():
+            pytest.skip("PostgreSQL is not installed (Debian: apt-get install postgresql)")
+        self._pg_ctl = pg_ctl
+        # a folder of its own under /tmp (pytest's are private to root, and initdb runs as
+        # someone else when this runs as root)
+        root = Path(tempfile.mkdtemp(prefix="apportion-pg-"))
+        self.root = root
+        self.data = root / "pgdata"
+        self.port = free_port()
+        self._as: list[str] = []
+        if os.geteuid() == 0:
+            nobody = pwd.getpwnam("nobody")
+            os.chown(root, nobody.pw_uid, nobody.pw_gid)
+            self._as = ["runuser", "-u", "nobody", "--"]
+        log = root / "postgres.log"
+        self._run(initdb, "-D", str(self.data), "-A", "trust", "-U", "postgres", "--no-sync")
+        self._run(pg_ctl, "-D", str(self.data), "-l", str(log), "-w", "-t", "60", "-o",
+                  f"-p {self.port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off",
+                  "start")  # fmt: skip
+        self.url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def _run(self, *cmd: str) -> None:
+        proc = subprocess.run([*self._as, *cmd], capture_output=True, text=True, check=False)
+        if proc.returncode != 0:
+            pytest.fail(f"{cmd[0]} failed: {proc.stderr[-2000:]}")
+
+    def stop(self) -> None:
+        subprocess.run([*self._as, self._pg_ctl, "-D", str(self.data), "-m", "immediate",
+                        "stop"], capture_output=True, check=False)  # fmt: skip
+        shutil.rmtree(self.root, ignore_errors=True)

@@ -220,6 +220,9 @@ class Settings(BaseModel):
     store: str | None = None
     # The API keys of `apportion serve`; None: home / "keys.sqlite3".
     keys_db: Path | None = None
+    # Where keys, quotas and the spend log live when not in keys_db: a postgresql:// URL that
+    # several `apportion serve` replicas share (or a SQLite path).
+    state: str | None = None
 
     @field_validator("engines", mode="before")
     @classmethod

@@ -5,13 +5,16 @@
     apportion keys revoke alice
 
 Keys live in SQLite (`--keys-db`, default `$APPORTION_HOME/keys.sqlite3`, created 0600 in a
-0700 folder); once the file holds an active key, every request to the server needs one.
+0700 folder), or in PostgreSQL that several server replicas share (`--state postgresql://...`,
+or the `state` setting); once the store holds an active key, every request needs one.
+
+    apportion keys usage alice --since 2026-12-01       # spend per key, day and route
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
@@ -19,6 +22,9 @@ from rich.table import Table
 from apportion.cli.common import ConfigOption, err, fail, out
 from apportion.config import Settings
 from apportion.errors import ApportionError
+
+if TYPE_CHECKING:
+    from apportion.server.auth import KeyStore
 
 KeysDbOption = Annotated[
     Path | None,
@@ -31,9 +37,31 @@ KeysDbOption = Annotated[
 ]
 
 
+StateOption = Annotated[
+    str | None,
+    typer.Option(
+        "--state",
+        help="Where keys, quotas and the spend log live: a postgresql:// URL that several "
+        "servers share, or a SQLite file (default: the state setting, else --keys-db).",
+        show_default=False,
+    ),
+]
+
+
 def keys_path(settings: Settings, keys_db: Path | None) -> Path:
     """The keys file: --keys-db, else the keys_db setting, else $APPORTION_HOME/keys.sqlite3."""
     return (keys_db or settings.keys_db or settings.home / "keys.sqlite3").expanduser()
+
+
+def state_location(settings: Settings, keys_db: Path | None, state: str | None) -> str | Path:
+    """Where the key store is: --state, else the state setting, else the keys file."""
+    return state or settings.state or keys_path(settings, keys_db)
+
+
+def open_keys(config: Path | None, keys_db: Path | None, state: str | None) -> KeyStore:
+    from apportion.server.auth import KeyStore
+
+    return KeyStore(state_location(Settings.load(config), keys_db, state))
 
 
 keys_app = typer.Typer(
@@ -53,13 +81,12 @@ def keys_add(
         float | None, typer.Option("--budget-usd", help="Dollars the key may spend per UTC day.")
     ] = None,
     keys_db: KeysDbOption = None,
+    state: StateOption = None,
     config: ConfigOption = None,
 ) -> None:
     """Create a key and print it. Only its sha256 is stored: copy it now."""
-    from apportion.server.auth import KeyStore
-
     try:
-        store = KeyStore(keys_path(Settings.load(config), keys_db))
+        store = open_keys(config, keys_db, state)
         try:
             _, secret = store.add(name, daily_flops=budget_flops, daily_usd=budget_usd)
         finally:
@@ -71,12 +98,12 @@ def keys_add(
 
 
 @keys_app.command("list")
-def keys_list(keys_db: KeysDbOption = None, config: ConfigOption = None) -> None:
+def keys_list(
+    keys_db: KeysDbOption = None, state: StateOption = None, config: ConfigOption = None
+) -> None:
     """Keys, their daily budgets and what they spent today."""
-    from apportion.server.auth import KeyStore
-
     try:
-        store = KeyStore(keys_path(Settings.load(config), keys_db))
+        store = open_keys(config, keys_db, state)
     except ApportionError as e:
         fail(e)
     table = Table("name", "daily FLOPs", "daily $", "FLOPs today", "$ today", "requests", "state")
@@ -101,13 +128,13 @@ def keys_list(keys_db: KeysDbOption = None, config: ConfigOption = None) -> None
 def keys_revoke(
     name: Annotated[str, typer.Argument(help="The key's name.")],
     keys_db: KeysDbOption = None,
+    state: StateOption = None,
     config: ConfigOption = None,
 ) -> None:
-    """Revoke a key; requests with it get 401 from then on."""
-    from apportion.server.auth import KeyStore
-
+    """Revoke a key; requests with it get 401 from then on (on every server sharing the
+    store: the next request is checked against it)."""
     try:
-        store = KeyStore(keys_path(Settings.load(config), keys_db))
+        store = open_keys(config, keys_db, state)
         try:
             revoked = store.revoke(name)
         finally:
@@ -118,3 +145,46 @@ def keys_revoke(
         err.print(f"[bold red]error:[/] no active key named {name!r}", highlight=False)
         raise typer.Exit(1)
     err.print(f"key {name!r} revoked", highlight=False)
+
+
+@keys_app.command("usage")
+def keys_usage(
+    name: Annotated[str | None, typer.Argument(help="One key's name (default: every key).")] = None,
+    since: Annotated[
+        str | None, typer.Option("--since", help="From this UTC day on (YYYY-MM-DD).")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+    keys_db: KeysDbOption = None,
+    state: StateOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """What each key spent, per UTC day and route, from the spend log of settled requests."""
+    import json
+    from dataclasses import asdict
+    from datetime import date
+
+    from apportion.errors import UsageError
+
+    try:
+        if since is not None:
+            try:
+                date.fromisoformat(since)
+            except ValueError:
+                raise UsageError(f"--since takes a day as YYYY-MM-DD, got {since!r}") from None
+        store = open_keys(config, keys_db, state)
+        try:
+            rows = store.spend_report(key=name, since=since)
+        finally:
+            store.close()
+    except ApportionError as e:
+        fail(e)
+    if as_json:
+        for row in rows:
+            out.print(json.dumps(asdict(row)), highlight=False, markup=False, soft_wrap=True)
+        return
+    table = Table("key", "day", "route", "requests", "tokens", "FLOPs", "$")
+    for row in rows:
+        table.add_row(row.key, row.day, row.route or "-", str(row.requests),
+                      f"{row.prompt_tokens}+{row.completion_tokens}", f"{row.flops:.3g}",
+                      f"{row.usd:.4g}")  # fmt: skip
+    out.print(table)

@@ -27,7 +27,7 @@ from apportion.cli.common import (
     fail,
     with_model_options,
 )
-from apportion.cli.keys import KeysDbOption, keys_path
+from apportion.cli.keys import KeysDbOption, StateOption, keys_path, state_location
 from apportion.config import Settings
 from apportion.errors import ApportionError
 
@@ -86,6 +86,7 @@ def serve(
         int, typer.Option("--max-tokens-limit", min=1, help="Largest max_tokens a request may ask.")
     ] = 4096,
     keys_db: KeysDbOption = None,
+    state: StateOption = None,
     store: Annotated[
         str | None,
         typer.Option(
@@ -141,7 +142,7 @@ def serve(
             store=open_configured_store(settings, None),
         )  # fmt: skip
         engine.check_model(settings.default_model)
-        keys = KeyStore(settings.keys_db)
+        keys = KeyStore(state_location(settings, keys_db, state))
         if engine.store is not None:
             where = store_uri(settings, None)
             err.print(f"documents: {where} ({engine.store.count()} chunks)", highlight=False)

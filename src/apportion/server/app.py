@@ -42,7 +42,9 @@ import logging
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from datetime import date
+from functools import partial
 from typing import Annotated, Any
 
 import anyio
@@ -286,6 +288,27 @@ def create_app(
     ) -> ModelList:
         """`apportion-auto`, every strategy, and every model a request may name."""
         return state.models.listing()
+
+    @app.get("/v1/usage", responses={401: {"model": ErrorBody}})
+    async def usage(
+        key: Annotated[ApiKey | None, Depends(_authenticate)], since: str | None = None
+    ) -> dict[str, Any]:
+        """What the caller's key spent per UTC day and route (the spend log), from `since`
+        (YYYY-MM-DD) on; with no keys in the store, there is no one to report on."""
+        keys = state.quota.keys
+        if key is None or keys is None:
+            raise ApiError(404, "usage is kept per API key, and this server has none",
+                           code="no_keys")  # fmt: skip
+        if since is not None:
+            try:
+                date.fromisoformat(since)
+            except ValueError:
+                raise ApiError(400, f"since takes a day as YYYY-MM-DD, got {since!r}",
+                               param="since") from None  # fmt: skip
+        rows = await anyio.to_thread.run_sync(
+            partial(keys.spend_report, key=key.name, since=since)
+        )
+        return {"object": "list", "key": key.name, "data": [asdict(r) for r in rows]}
 
     @app.get("/healthz", response_model=Health)
     async def healthz() -> Health:

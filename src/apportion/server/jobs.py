@@ -127,6 +127,8 @@ class Job:
     cancel: threading.Event = field(default_factory=threading.Event)
     events: asyncio.Queue[JobEvent] = field(default_factory=asyncio.Queue)
     ledger: Ledger | None = None
+    # What the run answered, once it has (the spend log records its route and outcome).
+    answer: Answer | None = None
     token_channel: TokenChannel | None = None
     holds_local: bool = False
     # The key's hold is open (see auth.py): settled when the job ends.

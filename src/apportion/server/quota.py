@@ -19,7 +19,13 @@ from fastapi.security import HTTPAuthorizationCredentials
 
 from apportion.errors import BudgetExceededError
 from apportion.ledger import ModelCost, model_flops
-from apportion.server.auth import Allowance, ApiKey, KeyStore, seconds_until_utc_midnight
+from apportion.server.auth import (
+    Allowance,
+    ApiKey,
+    KeyStore,
+    Spend,
+    seconds_until_utc_midnight,
+)
 from apportion.server.errors import ApiError
 from apportion.server.jobs import Job, RunSpec
 from apportion.types import Budget
@@ -175,10 +181,24 @@ class KeyQuota:
             return
         job.holding = False
         totals = job.ledger.totals() if job.ledger is not None else None
+        answer = job.answer
+        if answer is not None:
+            outcome = "ok" if answer.answer else ("budget" if answer.stopped_for_budget
+                                                  else "no_answer")  # fmt: skip
+        else:
+            outcome = "cancelled" if job.cancel.is_set() else "error"
+        models = [c.name for c in totals.calls if c.kind == "model"] if totals else []
+        spend = Spend(
+            route=answer.strategy if answer is not None else job.spec.request.strategy,
+            model=models[-1] if models else job.spec.request.model,
+            prompt_tokens=totals.prompt_tokens if totals else 0,
+            completion_tokens=totals.completion_tokens if totals else 0,
+            outcome=outcome,
+        )
         try:
             self.keys.settle(
                 job.key.id, job.id, flops=totals.flops if totals else 0.0,
-                usd=totals.cost_usd if totals else 0.0,
+                usd=totals.cost_usd if totals else 0.0, spend=spend,
             )  # fmt: skip
         except Exception:  # spending must not turn a served answer into an error
             log.exception("could not record spending for key %s", job.key.name)

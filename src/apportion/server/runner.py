@@ -77,7 +77,8 @@ class JobRunner:
                 job.token_channel = CHANNEL_FOR[stream] if stream is not None else None
             if job.token_channel == "content" and spec.stop:
                 job.content_filter = StopFilter(spec.stop)
-            return self.engine.run(prepared)
+            job.answer = self.engine.run(prepared)
+            return job.answer
         finally:
             self.hooks.release(job)
 
