@@ -31,9 +31,11 @@ URLS = ["http://a:8000/v1", "http://b:8000/v1"]
 
 
 class Replica(ScriptedEngine):
-    """A scripted replica that can be made to fail as an unreachable server does."""
+    """A scripted replica that can be made to fail as an unreachable server does, at once or
+    after `fail_after` pieces of a stream."""
 
     down: bool = False
+    fail_after: int | None = None
 
     def generate(self, messages: Sequence[Message], **kw: Any) -> list[Completion]:
         if self.down:
@@ -43,7 +45,12 @@ class Replica(ScriptedEngine):
     def stream(self, messages: Sequence[Message], **kw: Any) -> Generator[str, None, Completion]:
         if self.down:
             raise EngineUnavailableError(f"{self.model_id} is unreachable")
-        return (yield from super().stream(messages, **kw))
+        pieces = super().stream(messages, **kw)
+        if self.fail_after is None:
+            return (yield from pieces)
+        for _ in range(self.fail_after):
+            yield next(pieces)
+        raise EngineUnavailableError(f"{self.model_id} failed mid-stream")
 
 
 def pool(*replicas: Replica, clock: FakeClock | None = None, **config: Any) -> ReplicaPool:
@@ -131,6 +138,31 @@ def test_a_stream_moves_to_another_replica_before_its_first_token() -> None:
     except StopIteration as done:
         completion: Completion = done.value
     assert "".join(text) == "from b" and completion.replica == URLS[1]
+
+
+def collect(pieces: Generator[str, None, Completion]) -> tuple[str, Completion]:
+    text = []
+    try:
+        while True:
+            text.append(next(pieces))
+    except StopIteration as done:
+        return "".join(text), done.value
+
+
+def test_a_stream_cut_mid_way_continues_on_another_replica_without_repeating() -> None:
+    reply = "one two three four five"
+    a, b = (Replica([reply] * 4, model_id=name) for name in "ab")
+    a.fail_after = 2
+    text, completion = collect(pool(a, b).stream(HI, max_tokens=16))
+    assert text == reply and completion.replica == URLS[1]
+
+
+def test_a_stream_that_another_replica_would_answer_differently_fails() -> None:
+    a = Replica(["one two three"] * 4, model_id="a")
+    b = Replica(["uno dos tres"] * 4, model_id="b")
+    a.fail_after = 2
+    with pytest.raises(EngineUnavailableError, match="did not begin with"):
+        collect(pool(a, b).stream(HI, max_tokens=16))
 
 
 def test_the_ledger_names_the_replica() -> None:

@@ -8,8 +8,10 @@ pool, not the replica, decides where a failed call goes next. What counts as a f
 the replica reports as `EngineUnavailableError` (connection refused, a timeout, HTTP 408, 429
 or 5xx); any other error (a bad request, a context overflow) is the caller's and is raised as
 it is. A call is tried on every replica once (healthy ones first), then again after the
-retry policy's backoff, up to `max_attempts` tries in all. A stream is moved to
-another replica only before its first token; after that, a failure is the caller's to see.
+retry policy's backoff, up to `max_attempts` tries in all. A stream that a replica cuts
+mid-way continues on another, which replays the reply from the start: what the caller already
+has is checked against it and not sent again (greedy or seeded replicas of one model agree; a
+replay that does not is an error).
 
 The ledger names the replica that served each call (`Charge.replica`), and `replica_states`
 feeds the server's `/metrics`.
@@ -17,6 +19,7 @@ feeds the server's `/metrics`.
 
 from __future__ import annotations
 
+import logging
 import random
 import threading
 import time
@@ -26,13 +29,14 @@ from dataclasses import dataclass, replace
 from typing import TypeVar
 
 from apportion.config import RemoteEngineConfig
-from apportion.engines.base import TextEngine
-from apportion.engines.layers import Pieces
+from apportion.engines.base import GenerationCancelled, TextEngine
+from apportion.engines.layers import Pieces, finish
 from apportion.engines.openai_http import OpenAIHttpEngine, RetryPolicy
 from apportion.errors import EngineUnavailableError
 from apportion.types import Completion, Message, ModelCost
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -227,15 +231,60 @@ class ReplicaPool:
             except StopIteration as done:
                 return i, pieces, None, done.value
 
-        i, pieces, first, empty = self._run(opened)
-        if empty is not None:
-            return self._named(i, empty)
-        with self._outstanding(i):
+        sent = ""  # what has gone up to the caller
+        while True:
+            i, pieces, first, empty = self._run(opened)
+            if empty is not None:
+                if sent:
+                    raise self._diverged()
+                return self._named(i, empty)
             assert first is not None
-            yield first
-            completion = yield from pieces
-        return self._named(i, completion)
+            got = ""  # this replica's reply so far
+            piece = first
+            with self._outstanding(i):
+                try:
+                    while True:
+                        got += piece
+                        if len(got) > len(sent):
+                            # after a failover, the new replica's reply must begin with what
+                            # was sent (replicas of one model agree, greedy or seeded)
+                            if not got.startswith(sent):
+                                raise self._diverged()
+                            new, sent = got[len(sent):], got
+                            try:
+                                yield new
+                            except GenerationCancelled as e:
+                                return self._named(i, finish(pieces, e))
+                        elif not sent.startswith(got):
+                            raise self._diverged()
+                        piece = next(pieces)
+                except StopIteration as done:
+                    if len(got) < len(sent):
+                        raise self._diverged() from None
+                    return self._named(i, done.value)
+                except _Diverged:
+                    raise
+                except EngineUnavailableError as e:
+                    if not sent:
+                        raise
+                    # the replica went away mid-stream: the call goes to another, which
+                    # replays the reply, and only what the caller has not had is sent on
+                    self._failed(i)
+                    log.warning("%s; continuing on another replica", e.message)
+                finally:
+                    pieces.close()
+
+    def _diverged(self) -> _Diverged:
+        return _Diverged(
+            f"engine {self.model_id!r}: a replica failed mid-stream, and another replica's "
+            "reply did not begin with what had been sent",
+            "use greedy decoding or a seed, so that replicas of one model agree",
+        )
 
     def close(self) -> None:
         for engine in self._engines:
             engine.close()
+
+
+class _Diverged(EngineUnavailableError):
+    """A stream moved to another replica that did not repeat what had been sent."""
