@@ -268,19 +268,29 @@ class Runtime:
         and kept, within the memory limit: loading a local model evicts the least recently
         used ones it would not fit beside, and the load is charged to `ledger` (the request
         that caused it), which also notes the memory then resident."""
+        cap = ledger.budget.max_memory if ledger is not None else None
+        if cap is not None:
+            size = self._resident_size(self.engine_kinds.entry_for(self.settings, model_id))
+            if size > cap:
+                raise BudgetExceededError(
+                    f"{model_id} keeps about {format_bytes(size)} resident; the request's "
+                    f"memory budget is {format_bytes(cap)}",
+                    "raise the memory budget, or name a smaller model",
+                )
         engine = self._engines.get(model_id)
         if engine is None:
             with self._building:  # one build per model, however many threads ask at once
                 engine = self._engines.get(model_id) or self._load(model_id, ledger)
         self._resident.used(model_id)
-        if ledger is not None and self._resident.limit is not None:
+        if ledger is not None and (self._resident.limit or ledger.budget.max_memory):
             ledger.note_resident(self._resident.total)
         return engine
 
     def _load(self, model_id: str, ledger: Ledger | None) -> TextEngine:
         entry = self.engine_kinds.entry_for(self.settings, model_id)
+        cap = ledger.budget.max_memory if ledger is not None else None
         size = self._resident_size(entry)
-        for loaded in self._resident.to_evict(model_id, size):
+        for loaded in self._resident.to_evict(model_id, size, limit=cap):
             log.info("unloading %s to load %s within the memory limit", loaded, model_id)
             self._engines.pop(loaded).close()
             self._resident.remove(loaded)
@@ -290,7 +300,8 @@ class Runtime:
         engine = self.engine_kinds.build(entry, services)
         if size:
             self._resident.add(model_id, size)
-            if ledger is not None:
+            # under a memory limit or budget, loads are part of what plans cost
+            if ledger is not None and (self._resident.limit is not None or cap is not None):
                 ledger.charge_tool(
                     "model load", wall_s=time.perf_counter() - wall0,
                     cpu_s=time.process_time() - cpu0, detail=f"load {model_id}",
@@ -299,19 +310,19 @@ class Runtime:
         return engine
 
     def _resident_size(self, entry: EngineConfig) -> int:
-        """What a model keeps resident, counted only under a memory limit (and only for a
-        llama.cpp model in this process)."""
-        if self._resident.limit is None or not isinstance(entry, LlamaCppEngineConfig):
+        """What a model keeps resident: a llama.cpp model in this process; 0 for others."""
+        if not isinstance(entry, LlamaCppEngineConfig):
             return 0
         return resident_bytes(entry.model, entry.n_ctx or self.settings.n_ctx)
 
-    def fit_memory(self, plan: Plan, model: str) -> Plan:
+    def fit_memory(self, plan: Plan, model: str, budget: Budget | None = None) -> Plan:
         """The plan as the memory limit allows: a step whose models cannot be resident
         together (a cascade's two, say) runs with the models loaded in turn (memory_policy
         "swap"), or is left out ("skip"); the plan's reason says which."""
-        limit = self._resident.limit
-        if limit is None:
+        limits = [x for x in (self._resident.limit, budget and budget.max_memory) if x]
+        if not limits:
             return plan
+        limit = min(limits)
         settings = self.settings
         kept: list[Step] = []
         notes: list[str] = []
@@ -427,7 +438,8 @@ class Runtime:
             question, kind = with_options(question, request.choices), kind or "choice"
         query = Query(question.strip(), kind=kind, choices=request.choices, history=request.history)
         features = conversation_features(query)
-        plan = self.fit_memory(self.plan(features, request.strategy, request.budget), model)
+        planned = self.plan(features, request.strategy, request.budget)
+        plan = self.fit_memory(planned, model, request.budget)
         readers = self.registry.store_readers()
         if any(step.name in readers for step in plan.steps):
             self.open_store(create=request.strategy != AUTO)

@@ -80,6 +80,9 @@ class Budget:
     max_flops: float | None = None
     max_usd: float | None = None
     max_seconds: float | None = None
+    # The most memory the local models this request uses may keep resident together (bytes;
+    # engines/memory.py): within the process's memory limit, a tighter one for this request.
+    max_memory: int | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

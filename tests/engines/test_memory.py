@@ -11,6 +11,7 @@ from apportion.config import Settings
 from apportion.engines.memory import ResidentSet, parse_bytes, resident_bytes
 from apportion.errors import UsageError
 from apportion.runtime import Request, Runtime
+from apportion.types import Budget
 
 SMALL, LARGE = "smollm2-135m", "qwen2.5-coder-0.5b"
 # holds the 0.5B model (637 MB resident at a 4096-token context) but not both (865 MB)
@@ -90,3 +91,25 @@ def test_without_a_limit_nothing_is_counted_or_charged(tmp_path: Path) -> None:
     rt = Runtime(settings=Settings(home=tmp_path))
     plan = rt.prepare(Request("What is 2+3?", strategy=CASCADE)).plan
     assert "loaded in turn" not in plan.reason
+
+
+@pytest.mark.model
+def test_a_request_may_carry_a_tighter_memory_budget(settings: Settings) -> None:
+    """No process limit, but this request's models may keep at most 700 MB resident: its
+    cascade loads them in turn, and a model larger than the budget is refused."""
+    rt = Runtime(settings=settings)
+    try:
+        budget = Budget(max_memory=parse_bytes(LIMIT))
+        prepared = rt.prepare(Request("What is 2+3?", strategy=CASCADE, max_tokens=16,
+                                      budget=budget))  # fmt: skip
+        assert "loaded in turn" in prepared.plan.reason
+        answer = rt.run(prepared)
+        assert [c.detail for c in answer.ledger.calls if c.name == "model load"] == [
+            f"load {SMALL}", f"load {LARGE}",
+        ]  # fmt: skip
+        assert rt.loaded_models() == [LARGE]
+        tight = rt.answer(Request("What is 2+3?", strategy="cot", model=LARGE,
+                                  budget=Budget(max_memory=parse_bytes("300MB"))))  # fmt: skip
+        assert tight.stopped_for_budget or tight.error
+    finally:
+        rt.close()

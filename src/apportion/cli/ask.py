@@ -67,6 +67,14 @@ def ask(
     budget_seconds: Annotated[
         float | None, typer.Option("--budget-seconds", help="Hard cap on model wall seconds.")
     ] = None,
+    budget_memory: Annotated[
+        str | None,
+        typer.Option(
+            "--budget-memory",
+            help="Most memory this question's local models may keep resident together, "
+            "e.g. 700MB (plans that need more are swapped or skipped, as memory_policy says).",
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     threads: Annotated[
         int | None, typer.Option("--threads", help="llama.cpp threads (default: free cores).")
@@ -110,7 +118,12 @@ def ask(
         runtime = Runtime.from_settings(
             settings, policy=policy, pull_progress=RichPullProgress(err)
         )
-        budget = Budget(max_flops=budget_flops, max_usd=budget_usd, max_seconds=budget_seconds)
+        from apportion.engines.memory import parse_bytes
+
+        budget = Budget(
+            max_flops=budget_flops, max_usd=budget_usd, max_seconds=budget_seconds,
+            max_memory=None if budget_memory is None else parse_bytes(budget_memory),
+        )  # fmt: skip
         request = Request(
             question, strategy=strategy, model=model, max_tokens=max_tokens, budget=budget
         )

@@ -90,21 +90,24 @@ class ResidentSet:
         if model_id in self._loaded:
             self._loaded.move_to_end(model_id)
 
-    def to_evict(self, model_id: str, size: int) -> list[str]:
+    def to_evict(self, model_id: str, size: int, *, limit: int | None = None) -> list[str]:
         """The models to unload, least recently used first, so that `model_id` (`size`
-        bytes) fits; a UsageError when it cannot fit even alone."""
-        if self.limit is None:
-            return []
-        if size > self.limit:
+        bytes) fits within the limit (and within `limit`, a request's, if tighter); a
+        UsageError when it cannot fit even alone."""
+        if self.limit is not None and size > self.limit:
             raise UsageError(
                 f"{model_id} keeps about {format_bytes(size)} resident; the memory limit is "
                 f"{format_bytes(self.limit)}",
                 "raise memory_limit (--memory-limit), or use a smaller model or context",
             )
+        bounds = [x for x in (self.limit, limit) if x is not None]
+        if not bounds:
+            return []
+        bound = min(bounds)
         evict: list[str] = []
         total = self.total
         for loaded, bytes_ in self._loaded.items():
-            if total + size <= self.limit:
+            if total + size <= bound:
                 break
             evict.append(loaded)
             total -= bytes_

@@ -28,7 +28,6 @@ from apportion.server.auth import (
 )
 from apportion.server.errors import ApiError
 from apportion.server.jobs import Job, RunSpec
-from apportion.types import Budget
 
 log = logging.getLogger("apportion.server")
 
@@ -93,7 +92,7 @@ class KeyQuota:
             flops, capped = allowance.flops, True
         if allowance.usd is not None and (usd is None or allowance.usd < usd):
             usd, capped = allowance.usd, True
-        request = replace(spec.request, budget=Budget(flops, usd, b.max_seconds))
+        request = replace(spec.request, budget=replace(b, max_flops=flops, max_usd=usd))
         return replace(spec, request=request, key_capped=capped)
 
     @staticmethod
@@ -129,7 +128,7 @@ class KeyQuota:
             flops = available.flops if flops is None else min(flops, available.flops)
         if available.usd is not None:
             usd = available.usd if usd is None else min(usd, available.usd)
-        job.ledger.budget = Budget(flops, usd, b.max_seconds)
+        job.ledger.budget = replace(b, max_flops=flops, max_usd=usd)
 
     def reserve(
         self, job: Job, cost: ModelCost, prompt_tokens: int, max_tokens: int, n: int

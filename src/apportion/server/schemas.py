@@ -98,6 +98,8 @@ class BudgetIn(BaseModel):
     flops: StrictFloat | None = Field(default=None, ge=0, allow_inf_nan=False)
     usd: StrictFloat | None = Field(default=None, ge=0, allow_inf_nan=False)
     seconds: StrictFloat | None = Field(default=None, ge=0, allow_inf_nan=False)
+    # bytes the request's local models may keep resident together
+    memory: StrictInt | None = Field(default=None, gt=0)
 
 
 class ApportionOptions(BaseModel):

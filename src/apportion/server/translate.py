@@ -46,7 +46,7 @@ class RequestTranslator:
                 param="max_tokens",
             )
         b = ext.budget
-        budget = Budget() if b is None else Budget(b.flops, b.usd, b.seconds)
+        budget = Budget() if b is None else Budget(b.flops, b.usd, b.seconds, b.memory)
         request = Request(
             question=messages[-1].content,
             history=tuple(messages[:-1]),
