@@ -76,6 +76,8 @@ def test_a_training_share_reports_the_held_out_rest(tmp_path: Path) -> None:
     floor_accuracy, floor_flops = held["cheapest_answer"]
     assert 0 < floor_flops < held["fixed"]["program"][1] and floor_accuracy < 1.0
     assert "cheapest answer (hindsight)" in proc.stdout
+    # how far each strategy's confidence can be trusted, on the held-out half
+    assert "AUROC" in proc.stdout and "ECE (isotonic)" in proc.stdout
 
 
 def test_gzipped_traces_calibrate_like_plain_ones(tmp_path: Path) -> None:

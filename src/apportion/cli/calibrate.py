@@ -66,13 +66,15 @@ def calibrate(
     (cheap first, escalating below a confidence bar) by replaying the traces, keeps the
     Pareto-optimal plans among those that answer at least 90% of the cell's questions, and
     marks the one that maximises accuracy − λ·cost. Use the result with `ask --policy FILE`
-    or `bench --policy FILE`.
+    or `bench --policy FILE`. It also prints how far each strategy's confidence can be
+    trusted: AUROC and ECE, raw and after an isotonic map (held out with --train-share).
 
     Example: apportion calibrate --runs runs/mixed -o policy.json
     """
     from apportion.bench.runner import RESULTS, read_results
     from apportion.router.calibrate import calibrate as fit
     from apportion.router.calibrate import evaluate, in_training_share
+    from apportion.router.confidence import confidence_report
     from apportion.router.policy import CalibratedPolicy, RulePolicy
 
     try:
@@ -109,6 +111,10 @@ def calibrate(
                 "oracle": list(held_out.oracle),
                 "cheapest_answer": list(held_out.cheapest_answer),
             }
+        confidences = confidence_report(
+            results,
+            None if train_share >= 1 else (lambda d, i: in_training_share(d, i, train_share)),
+        )
     except ApportionError as e:
         fail(e)
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -136,6 +142,18 @@ def calibrate(
         for name, (accuracy, flops) in rows:
             check.add_row(name, f"{accuracy:.1%}", f"{flops:.3g}")
         out.print(check)
+    trust = Table(
+        "strategy", "answers", "accuracy", "AUROC", "ECE", "ECE (isotonic)",
+        title="confidence: how far each strategy's can be trusted"
+        + (" (held out)" if held_out is not None else " (in sample)"),
+    )  # fmt: skip
+    for row in confidences:
+        trust.add_row(
+            row.strategy, str(row.n), f"{row.accuracy:.1%}",
+            "-" if row.auroc is None else f"{row.auroc:.3f}", f"{row.ece_raw:.3f}",
+            f"{row.ece_calibrated:.3f}",
+        )  # fmt: skip
+    out.print(trust)
     err.print(
         f"wrote {output}: {policy['n_items']} items, strategies "
         f"{', '.join(policy['strategies'])}, λ = {lam:g}",
