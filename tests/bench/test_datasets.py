@@ -265,6 +265,7 @@ NAMED = [
     ("svamp", "svamp", 1000, "number"),
     ("mawps", "mawps", 2065, "number"),
     ("multiarith", "multiarith", 600, "number"),
+    ("aqua", "aqua", 254, "choice"),
     ("squad", "squad_v1.1_dev", 10565, "text"),
     ("mmlu", "mmlu", 14042, "choice"),
     ("commonsenseqa", "commonsenseqa", 1221, "choice"),

@@ -428,6 +428,32 @@ def _commonsenseqa(root: Path) -> list[BenchItem]:
     return items
 
 
+_AQUA_OPTION = re.compile(r"^\s*([A-E])\s*\)\s*(.*)$", re.DOTALL)
+
+
+def _aqua(root: Path) -> list[BenchItem]:
+    """AQuA-RAT's dev split: algebra word problems, five lettered options ("A)32400")."""
+    path = root / "aqua" / "dev.json"
+    items = []
+    for i, rec in _iter_jsonl(path):
+        parsed = [_AQUA_OPTION.match(str(o)) for o in rec["options"]]
+        letters = [m.group(1) if m else None for m in parsed]
+        if letters != list(_LETTERS[: len(letters)]) or rec["correct"] not in letters:
+            raise UsageError(f"{path}: item {i} has options {rec['options']!r}")
+        options = tuple(m.group(2).strip() for m in parsed if m)
+        items.append(
+            BenchItem(
+                id=f"aqua-{i}",
+                question=_with_options(rec["question"].strip(), options),
+                answer=rec["correct"],
+                kind="choice",
+                dataset="aqua",
+                choices=options,
+            )
+        )
+    return items
+
+
 def _strategyqa(root: Path) -> list[BenchItem]:
     path = root / "strategyqa" / "task.json"
     items = []
@@ -501,6 +527,7 @@ _LOADERS: dict[str, Callable[[Path], list[BenchItem]]] = {
     "svamp": _svamp,
     "mawps": _mawps,
     "multiarith": _multiarith,
+    "aqua": _aqua,
     "squad": _squad,
     "mmlu": _mmlu,
     "commonsenseqa": _commonsenseqa,
