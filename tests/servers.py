@@ -99,44 +99,46 @@ def env_with(*sites: Path, home: Path) -> dict[str, str]:
     }
 
 
-class ApportionServer:
-    """`apportion serve` in a child process on a free port (stopped with SIGTERM, or killed)."""
+@contextmanager
+def serve_process(
+    *args: str,
+    start_s: float = 180.0,
+    env: dict[str, str] | None = None,
+    log: Path | None = None,
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """The real `apportion serve` (the console script pip wrote, so through its supervisor) on
+    a free port, with `args` (and `env`); yields its base URL and the process. Its stderr goes
+    to `log`, else to a pipe that stays readable after it is stopped (SIGTERM) at the end.
+    A test may kill the process itself, as a crashed server."""
+    port = free_port()
+    command = [str(Path(sys.executable).with_name("apportion")), "serve", "--port", str(port)]
+    sink = log.open("wb") if log is not None else subprocess.PIPE
+    proc = subprocess.Popen([*command, *args], stdout=subprocess.DEVNULL, stderr=sink, env=env)
+    url = f"http://127.0.0.1:{port}"
 
-    def __init__(self, *args: str, env: dict[str, str], log: Path) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = log
-        with log.open("wb") as sink:  # a file, not a pipe nobody reads until the end
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "apportion.cli", "serve", "--port", str(self.port), *args],
-                stdout=subprocess.DEVNULL, stderr=sink, env=env,
-            )  # fmt: skip
-        deadline = time.monotonic() + 120
+    def said() -> str:
+        if log is not None:
+            return log.read_text(errors="replace")
+        return proc.stderr.read().decode() if proc.stderr else ""
+
+    try:
+        deadline = time.monotonic() + start_s
         while True:
-            assert self.proc.poll() is None, log.read_text()
+            assert proc.poll() is None, said()
             try:
-                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
-                    return
+                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                    break
             except httpx.HTTPError:
                 pass
-            if time.monotonic() > deadline:
-                self.stop()
-                pytest.fail(f"serve did not start: {log.read_text()}")
+            assert time.monotonic() < deadline, f"serve did not start: {said()}"
             time.sleep(0.2)
-
-    def kill(self) -> None:
-        """Gone at once, as a crashed replica is."""
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(timeout=30)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.kill()
+        yield url, proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=30)
+        if log is not None:
+            sink.close()  # type: ignore[union-attr]
 
 
 class PostgresServer:

@@ -15,16 +15,13 @@ from __future__ import annotations
 
 import json
 import math
-import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from importlib.metadata import EntryPoint
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from apportion.config import LlamaCppEngineConfig, RemoteEngineConfig, Settings
@@ -35,7 +32,7 @@ from apportion.runtime import Engine
 from apportion.strategies.registry import default_registry
 from apportion.tools.solvers import SolverRegistry
 from apportion.tools.store import SQLITE, StoreRegistry, open_store, store_scheme
-from servers import env_with, free_port
+from servers import env_with, serve_process
 
 REPO = Path(__file__).resolve().parents[1]
 ECHO_CONFIG = '[[engines]]\nid = "e"\nkind = "echo"\n'
@@ -240,30 +237,11 @@ def served(
     home = tmp_path_factory.mktemp("serve-home")
     served_config = home / "config.toml"
     served_config.write_text(f'default_model = "e"\n{config.read_text()}')
-    port = free_port()
-    log = home / "serve.log"  # a file, not a pipe nobody reads until the end
-    with log.open("wb") as sink:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "apportion.cli", "serve", "--port", str(port), "--config",
-             str(served_config), "--store", f"memory:{docs}"],
-            stdout=subprocess.DEVNULL, stderr=sink, env=env_with(plugin_site, home=home),
-        )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert proc.poll() is None, log.read_text()
-            try:
-                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, "serve did not start"
-            time.sleep(0.2)
+    with serve_process(
+        "--config", str(served_config), "--store", f"memory:{docs}",
+        env=env_with(plugin_site, home=home), log=home / "serve.log",
+    ) as (url, _):  # fmt: skip
         yield url
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=30)
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from servers import ApportionServer, env_with
+from servers import env_with, serve_process
 
 ROWS = [
     {"id": f"q{i}", "question": f"Please repeat item {i} back", "answer": "x"} for i in range(16)
@@ -29,11 +29,8 @@ def remote(plugin_site: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
     config = home / "config.toml"
     config.write_text('default_model = "e"\n[[engines]]\nid = "e"\nkind = "echo"\n')
     env = env_with(plugin_site, home=home)
-    server = ApportionServer("--config", str(config), env=env, log=home / "serve.log")
-    try:
-        yield server.url
-    finally:
-        server.stop()
+    with serve_process("--config", str(config), env=env, log=home / "serve.log") as (url, _):
+        yield url
 
 
 def bench(tmp_path: Path, name: str, *args: str, config: Path) -> subprocess.CompletedProcess[str]:

@@ -8,6 +8,7 @@ import threading
 from collections import Counter
 from collections.abc import Generator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ from apportion.server.metrics import ServerMetrics
 from apportion.strategies.base import RunContext
 from apportion.types import Completion, Message
 from fakes import FakeClock, ScriptedEngine
-from servers import ApportionServer, env_with
+from servers import env_with, serve_process
 
 HI = [Message("user", "hi")]
 URLS = ["http://a:8000/v1", "http://b:8000/v1"]
@@ -221,23 +222,26 @@ def test_two_served_replicas_share_the_load_and_one_killed_loses_no_request(
     plugin_site: Path, tmp_path: Path
 ) -> None:
     openai = pytest.importorskip("openai")
-    started: list[ApportionServer] = []
-    try:
+    with ExitStack() as servers:
+        urls, procs = [], []
         for name in ("r1", "r2"):
             home = tmp_path / name
             home.mkdir()
             (home / "config.toml").write_text(REPLICA_CONFIG)
-            env = env_with(plugin_site, home=home)
-            started.append(ApportionServer("--config", str(home / "config.toml"), env=env,
-                                           log=home / "serve.log"))  # fmt: skip
-        r1, r2 = started
+            url, proc = servers.enter_context(serve_process(
+                "--config", str(home / "config.toml"), env=env_with(plugin_site, home=home),
+                log=home / "serve.log",
+            ))  # fmt: skip
+            urls.append(url)
+            procs.append(proc)
         home = tmp_path / "front"
         home.mkdir()
-        (home / "config.toml").write_text(front_config([r1.url, r2.url]))
-        front = ApportionServer("--config", str(home / "config.toml"),
-                                env=env_with(home=home), log=home / "serve.log")  # fmt: skip
-        started.append(front)
-        client = openai.OpenAI(base_url=f"{front.url}/v1", api_key="unused", max_retries=0)
+        (home / "config.toml").write_text(front_config(urls))
+        front, _ = servers.enter_context(serve_process(
+            "--config", str(home / "config.toml"), env=env_with(home=home),
+            log=home / "serve.log",
+        ))  # fmt: skip
+        client = openai.OpenAI(base_url=f"{front}/v1", api_key="unused", max_retries=0)
         done = threading.Semaphore(0)
 
         def ask(i: int) -> str:
@@ -254,15 +258,12 @@ def test_two_served_replicas_share_the_load_and_one_killed_loses_no_request(
             futures = [workers.submit(ask, i) for i in range(40)]
             for _ in range(15):
                 done.acquire(timeout=120)
-            r1.kill()  # mid-run: calls in flight on it are tried on r2
+            procs[0].kill()  # mid-run: calls in flight on it are tried on r2
             served = [f.result(timeout=300) for f in futures]
         split = Counter(served)
-        print(f"load split over 40 requests, {r1.url} killed after 15: {dict(split)}")
+        print(f"load split over 40 requests, {urls[0]} killed after 15: {dict(split)}")
         assert sum(split.values()) == 40  # none lost
-        assert split[f"{r1.url}/v1"] >= 3 and split[f"{r2.url}/v1"] >= 20
-        metrics = httpx.get(f"{front.url}/metrics", timeout=10).text
-        assert f'apportion_replica_healthy{{engine="pool",replica="{r1.url}/v1"}} 0.0' in metrics
-        assert f'apportion_replica_healthy{{engine="pool",replica="{r2.url}/v1"}} 1.0' in metrics
-    finally:
-        for server in started:
-            server.stop()
+        assert split[f"{urls[0]}/v1"] >= 3 and split[f"{urls[1]}/v1"] >= 20
+        metrics = httpx.get(f"{front}/metrics", timeout=10).text
+        assert f'apportion_replica_healthy{{engine="pool",replica="{urls[0]}/v1"}} 0.0' in metrics
+        assert f'apportion_replica_healthy{{engine="pool",replica="{urls[1]}/v1"}} 1.0' in metrics

@@ -3,14 +3,11 @@ streaming engine with counters, and llama-cpp-python's own server for remote-eng
 
 from __future__ import annotations
 
-import signal
-import sys
 import threading
 import time
 from collections.abc import Callable, Generator, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from subprocess import DEVNULL, PIPE, Popen
 from typing import Any
 
 import httpx
@@ -23,33 +20,7 @@ from apportion.router.policy import RulePolicy
 from apportion.runtime import Engine
 from apportion.types import Completion, Message
 from servers import free_port
-
-
-@contextmanager
-def serve_process(*args: str, start_s: float = 180.0) -> Iterator[tuple[str, Popen[bytes]]]:
-    """The real `apportion serve` (the console script pip wrote, so through its supervisor) on
-    a free port, with `args`; yields its base URL and the process, whose stderr stays readable
-    after it is stopped (SIGTERM) at the end."""
-    port = free_port()
-    command = [str(Path(sys.executable).with_name("apportion")), "serve", "--port", str(port)]
-    proc = Popen([*command, *args], stdout=DEVNULL, stderr=PIPE)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + start_s
-        while True:
-            assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
-            try:
-                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, "serve did not start"
-            time.sleep(0.2)
-        yield url, proc
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(timeout=30)
+from servers import serve_process as serve_process
 
 
 @contextmanager

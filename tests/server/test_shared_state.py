@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ import httpx
 import pytest
 
 from apportion.server.auth import KeyStore, Spend
-from servers import ApportionServer, env_with
+from servers import env_with, serve_process
 
 CAP = 1.5e9  # FLOPs: about ten of the echo requests below
 QUESTION = "question {:02d}"
@@ -74,19 +75,21 @@ def test_two_served_replicas_on_postgresql(
     added = keys_cli("add", name, "--budget-flops", str(CAP), state=postgres, home=home)
     assert added.returncode == 0, added.stderr
     secret = added.stdout.strip()
-    replicas: list[ApportionServer] = []
-    try:
+    with ExitStack() as servers:
+        urls, procs = [], []
         for label in ("r1", "r2"):
             where = tmp_path / label
             where.mkdir()
             config = where / "config.toml"
             config.write_text('default_model = "e"\n[[engines]]\nid = "e"\nkind = "echo"\n')
-            replicas.append(ApportionServer(
+            url, proc = servers.enter_context(serve_process(
                 "--config", str(config), "--state", postgres,
                 env=env_with(plugin_site, home=where), log=where / "serve.log",
             ))  # fmt: skip
-        clients = [openai.OpenAI(base_url=f"{r.url}/v1", api_key=secret, max_retries=0)
-                   for r in replicas]  # fmt: skip
+            urls.append(url)
+            procs.append(proc)
+        clients = [openai.OpenAI(base_url=f"{url}/v1", api_key=secret, max_retries=0)
+                   for url in urls]  # fmt: skip
 
         def ask(i: int) -> str:
             try:
@@ -115,18 +118,18 @@ def test_two_served_replicas_on_postgresql(
         assert sum(r["requests"] for r in rows) >= statuses.count("200")
 
         # the key holder sees the same through the API
-        usage = httpx.get(f"{replicas[1].url}/v1/usage", timeout=10,
+        usage = httpx.get(f"{urls[1]}/v1/usage", timeout=10,
                           headers={"Authorization": f"Bearer {secret}"}).json()  # fmt: skip
         assert usage["key"] == name and sum(r["flops"] for r in usage["data"]) == charged
 
         # revoked through one replica's store: the other refuses the key at once
         fresh = keys_cli("add", f"{name}-b", state=postgres, home=home).stdout.strip()
-        assert replicas[1].url and ask_with(openai, replicas[1].url, fresh) == "200"
+        assert urls[1] and ask_with(openai, urls[1], fresh) == "200"
         revoked = keys_cli("revoke", f"{name}-b", state=postgres, home=home)
         assert revoked.returncode == 0, revoked.stderr
         started = time.monotonic()
-        assert ask_with(openai, replicas[0].url, fresh) == "401"
-        assert ask_with(openai, replicas[1].url, fresh) == "401"
+        assert ask_with(openai, urls[0], fresh) == "401"
+        assert ask_with(openai, urls[1], fresh) == "401"
         assert time.monotonic() - started < 1.0
 
         # a replica killed mid-run: every request it answered is in the spend log
@@ -134,22 +137,20 @@ def test_two_served_replicas_on_postgresql(
         answered: list[int] = []
 
         def ask_first(i: int) -> None:
-            if ask_with(openai, replicas[0].url, third, i) == "200":
+            if ask_with(openai, urls[0], third, i) == "200":
                 answered.append(i)
 
         with ThreadPoolExecutor(4) as pool:
             futures = [pool.submit(ask_first, i) for i in range(12)]
             while len(answered) < 4:
                 time.sleep(0.05)
-            replicas[0].kill()
+            procs[0].kill()  # gone at once, as a crashed replica
+            procs[0].wait(timeout=30)
             for f in futures:
                 f.result()
         logged = keys_cli("usage", f"{name}-c", "--json", state=postgres, home=home)
         requests = sum(json.loads(line)["requests"] for line in logged.stdout.splitlines())
         assert requests >= len(answered) >= 4
-    finally:
-        for replica in replicas:
-            replica.stop()
 
 
 def ask_with(openai: Any, url: str, secret: str, i: int = 0) -> str:
