@@ -360,8 +360,14 @@ class Metered(Layer):
             if partial is not None:
                 measured = _per_sample(energy_before, calls.meter.read_j(), 1)
                 calls.charge(self.inner, partial, calls.clock() - started, measured, self._detail)
-            if calls.speeds is not None:
-                times.record(calls.speeds, self._speed_key, started, c.messages, self.inner)
+            if calls.speeds is not None and times.first is not None:
+                # the engine counted the prompt; only a call that failed outright is counted
+                # here again
+                prompt_tokens = (
+                    partial.prompt_tokens if partial is not None
+                    else self.inner.count_tokens(c.messages)
+                )  # fmt: skip
+                times.record(calls.speeds, self._speed_key, started, prompt_tokens)
 
 
 class Deadline(Layer):
@@ -553,18 +559,11 @@ class _PieceTimes:
             self.later += 1
         self.last = now
 
-    def record(
-        self,
-        speeds: SpeedBook,
-        key: str,
-        started: float,
-        messages: Sequence[Message],
-        engine: TextEngine,
-    ) -> None:
+    def record(self, speeds: SpeedBook, key: str, started: float, prompt_tokens: int) -> None:
         if self.first is None or self.last is None:
             return
         speeds.record(
-            key, prompt_tokens=engine.count_tokens(messages), first_token_s=self.first - started,
+            key, prompt_tokens=prompt_tokens, first_token_s=self.first - started,
             steps=self.later, decode_s=self.last - self.first,
         )  # fmt: skip
 

@@ -119,7 +119,3 @@ class ResidentSet:
 
     def remove(self, model_id: str) -> None:
         self._loaded.pop(model_id, None)
-
-    def fits_together(self, sizes: dict[str, int]) -> bool:
-        """Whether these models can be resident at once."""
-        return self.limit is None or sum(sizes.values()) <= self.limit

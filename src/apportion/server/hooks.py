@@ -12,7 +12,6 @@ runtime a job's `Hooks` (engines/layers.py wraps each engine call in them):
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from functools import partial
@@ -51,8 +50,6 @@ class RunHooks:
         self.local = local
         self.quota = quota
         self.solvers = solvers
-        # Runtime.engine_for loads a model on first use; two threads must not load it twice.
-        self._load_lock = threading.Lock()
 
     def for_job(self, job: Job) -> Hooks:
         """The job's hooks into its run."""
@@ -67,8 +64,8 @@ class RunHooks:
         served = self.models.ids()
         if model_id not in served:
             raise UnknownNameError("model", model_id, served)
-        with self._load_lock:
-            inner = self.engine.engine_for(model_id, ledger=job.ledger)
+        # (the runtime builds each engine once, however many jobs ask at the same moment)
+        inner = self.engine.engine_for(model_id, ledger=job.ledger)
         if inner.cost.local and not job.holds_local:
             self.local.enter(job.cancel, job.deadline, on_wait=job.on_queue)
             job.holds_local = True
