@@ -88,6 +88,14 @@ def llama_cpp_server(model_path: Path) -> Iterator[str]:
         server.stop()
 
 
+def crash(proc: subprocess.Popen[bytes]) -> None:
+    """Kill a `serve_process` server as a crash would: the supervisor and the server in it at
+    once, with no graceful shutdown (killing the supervisor alone lets the server finish its
+    streams cleanly)."""
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+
+
 def env_with(*sites: Path, home: Path) -> dict[str, str]:
     """This environment, with `sites` on PYTHONPATH and `home` as APPORTION_HOME."""
     paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
@@ -113,7 +121,10 @@ def serve_process(
     port = free_port()
     command = [str(Path(sys.executable).with_name("apportion")), "serve", "--port", str(port)]
     sink = log.open("wb") if log is not None else subprocess.PIPE
-    proc = subprocess.Popen([*command, *args], stdout=subprocess.DEVNULL, stderr=sink, env=env)
+    # a session of its own, so that `crash` can take down the supervisor and the server at once
+    proc = subprocess.Popen(
+        [*command, *args], stdout=subprocess.DEVNULL, stderr=sink, env=env, start_new_session=True
+    )
     url = f"http://127.0.0.1:{port}"
 
     def said() -> str:

@@ -25,7 +25,7 @@ from apportion.server.metrics import ServerMetrics
 from apportion.strategies.base import RunContext
 from apportion.types import Completion, Message
 from fakes import FakeClock, ScriptedEngine
-from servers import env_with, serve_process
+from servers import crash, env_with, serve_process
 
 HI = [Message("user", "hi")]
 URLS = ["http://a:8000/v1", "http://b:8000/v1"]
@@ -258,7 +258,7 @@ def test_two_served_replicas_share_the_load_and_one_killed_loses_no_request(
             futures = [workers.submit(ask, i) for i in range(40)]
             for _ in range(15):
                 done.acquire(timeout=120)
-            procs[0].kill()  # mid-run: calls in flight on it are tried on r2
+            crash(procs[0])  # mid-run: calls in flight on it go to the other replica
             served = [f.result(timeout=300) for f in futures]
         split = Counter(served)
         print(f"load split over 40 requests, {urls[0]} killed after 15: {dict(split)}")

@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from apportion.server.auth import KeyStore, Spend
-from servers import env_with, serve_process
+from servers import crash, env_with, serve_process
 
 CAP = 1.5e9  # FLOPs: about ten of the echo requests below
 QUESTION = "question {:02d}"
@@ -144,8 +144,7 @@ def test_two_served_replicas_on_postgresql(
             futures = [pool.submit(ask_first, i) for i in range(12)]
             while len(answered) < 4:
                 time.sleep(0.05)
-            procs[0].kill()  # gone at once, as a crashed replica
-            procs[0].wait(timeout=30)
+            crash(procs[0])  # mid-run: calls in flight on it go to the other replica
             for f in futures:
                 f.result()
         logged = keys_cli("usage", f"{name}-c", "--json", state=postgres, home=home)
