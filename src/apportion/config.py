@@ -117,6 +117,14 @@ class RemoteEngineConfig(EngineConfig):
     # A replica of a pool that fails a call is passed over for this long (while another is
     # healthy), then tried again.
     replica_cooldown_s: float = Field(default=30.0, ge=0)
+    # Experts (LoRA adapters) the server serves under model names of its own (vLLM's
+    # --lora-modules, SGLang's --lora-paths): expert name → the server's model name. A request
+    # for the expert is sent to this server under that name.
+    experts: dict[str, str] = Field(default_factory=dict)
+    # Set on the entry made for one of those experts (engines/registry.py): its name, and its
+    # adapter's parameters when the expert is installed here too (for FLOPs; else 0).
+    expert: str | None = None
+    adapter_params: float = Field(default=0.0, ge=0)
 
     @model_validator(mode="after")
     def _one_url_at_least(self) -> RemoteEngineConfig:

@@ -9,7 +9,9 @@ attention width (n_heads·head_dim, = d_model for these models). The first term 
 matmuls (one multiply-add per parameter per token); the second is attention over the context,
 where token t attends to t positions (QKᵀ and A·V, each L·d·t multiply-adds). Prompt tokens are
 charged in full even when the engine reuses a cached prefix: the figure is the compute the
-request implies, comparable across engines. Unknown L or d drop the attention term.
+request implies, comparable across engines. Unknown L or d drop the attention term. A LoRA
+expert served on the model adds its own parameters to N: 2·r·(d_in + d_out) FLOPs per adapted
+matrix per token (`call_flops`).
 
 Energy: measured from RAPL (`/sys/class/powercap/intel-rapl:*/energy_uj`) when readable,
 otherwise estimated as the hardware profile's active watts × wall time for local models,
@@ -34,6 +36,14 @@ from apportion.types import Budget, Charge, Cost, LedgerTotals
 # ModelCost lives with the other value types (a Completion names the model that served it);
 # it is imported from here as much as from there.
 from apportion.types import ModelCost as ModelCost
+
+
+def call_flops(cost: ModelCost, prompt_tokens: int, completion_tokens: int) -> float:
+    """FLOPs of one call of the model `cost` describes, its expert's adapter included."""
+    return model_flops(
+        cost.params + cost.adapter_params, prompt_tokens, completion_tokens, cost.n_layers,
+        cost.d_model,
+    )  # fmt: skip
 
 
 def model_flops(
@@ -102,9 +112,7 @@ class Ledger:
         detail: str = "",
         replica: str | None = None,
     ) -> Charge:
-        flops = model_flops(
-            cost.params, prompt_tokens, completion_tokens, cost.n_layers, cost.d_model
-        )
+        flops = call_flops(cost, prompt_tokens, completion_tokens)
         if cost.local:
             usd = self.hardware.usd_per_hour * wall_s / 3600.0
             estimated_j = self.hardware.active_watts * wall_s
@@ -127,6 +135,7 @@ class Ledger:
             cost_usd=usd,
             detail=detail,
             replica=replica,
+            expert=cost.expert,
         )
         return self._record(charge)
 
@@ -159,7 +168,7 @@ class Ledger:
         spent = self.totals()
         b = self.budget
         if b.max_flops is not None:
-            worst = model_flops(cost.params, prompt_tokens, max_tokens, cost.n_layers, cost.d_model)
+            worst = call_flops(cost, prompt_tokens, max_tokens)
             if spent.flops + worst > b.max_flops:
                 raise BudgetExceededError(
                     f"a {cost.model_id} call of up to {prompt_tokens}+{max_tokens} tokens needs "

@@ -254,7 +254,16 @@ class Runtime:
     # -- models -----------------------------------------------------------------------------
 
     def model_ids(self) -> list[str]:
-        return [*catalogue.CATALOGUE, *(e.id for e in self.settings.engines)]
+        """The ids a request may name: catalogue models, [[engines]] entries, and experts
+        (installed here, or mapped to a remote server's model name by an entry)."""
+        from apportion.experts.book import ExpertBook
+
+        engines = self.settings.engines
+        mapped = [name for e in engines for name in getattr(e, "experts", {}) or {}]
+        installed = ExpertBook(self.settings.home).names()
+        return list(dict.fromkeys(
+            [*catalogue.CATALOGUE, *(e.id for e in engines), *mapped, *installed]
+        ))  # fmt: skip
 
     def check_model(self, model_id: str) -> None:
         if model_id in self._engines or model_id in self.model_ids():
@@ -292,8 +301,13 @@ class Runtime:
         size = self._resident_size(entry)
         for loaded in self._resident.to_evict(model_id, size, limit=cap):
             log.info("unloading %s to load %s within the memory limit", loaded, model_id)
-            self._engines.pop(loaded).close()
+            unloaded = self._engines.pop(loaded)
+            unloaded.close()
             self._resident.remove(loaded)
+            # experts served on it go with it (engines/llamacpp.py's AdaptedEngine)
+            for other, engine in list(self._engines.items()):
+                if getattr(engine, "base", None) is unloaded:
+                    del self._engines[other]
         services = EngineServices(self.settings, self.engine_for, self.check_model,
                                   self.pull_progress)  # fmt: skip
         wall0, cpu0 = time.perf_counter(), time.process_time()

@@ -27,6 +27,10 @@ class ModelCost:
     usd_per_m_prompt: float = 0.0
     usd_per_m_completion: float = 0.0
     joules_per_flop: float = 2.5e-12
+    # A LoRA expert served on the model (apportion.experts): its name, and its parameters,
+    # r·(d_in + d_out) summed over the adapted matrices, which every token also goes through.
+    expert: str | None = None
+    adapter_params: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -135,6 +139,8 @@ class Charge(Cost):
     detail: str = ""  # e.g. which strategy step made the call
     # The replica of a pool that served the call (its URL); None for any other engine.
     replica: str | None = None
+    # The LoRA expert the model served the call with; None: the base model alone.
+    expert: str | None = None
 
     def to_dict(self) -> dict[str, object]:
         cost = self.cost_json()
@@ -149,6 +155,8 @@ class Charge(Cost):
         }
         if self.replica is not None:
             out["replica"] = self.replica  # only where a pool served: other records unchanged
+        if self.expert is not None:
+            out["expert"] = self.expert  # likewise only where an expert served
         return out
 
 

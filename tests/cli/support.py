@@ -8,7 +8,11 @@ from pathlib import Path
 
 
 def apportion(
-    *args: str, timeout: float = 600, cwd: Path | None = None, stdin: str | None = None
+    *args: str,
+    timeout: float = 600,
+    cwd: Path | None = None,
+    stdin: str | None = None,
+    env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "apportion.cli", *args],
@@ -18,4 +22,5 @@ def apportion(
         check=False,
         cwd=cwd,
         input=stdin,
+        env=env,
     )

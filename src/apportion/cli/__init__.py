@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from apportion.cli import ask, bench, calibrate, index, keys, models, serve
+from apportion.cli import ask, bench, calibrate, experts, index, keys, models, serve
 from apportion.cli.common import out
 
 app = typer.Typer(
@@ -54,5 +54,6 @@ app.add_typer(models.models_app, name="models")
 app.add_typer(bench.bench_app, name="bench")
 app.add_typer(index.index_app, name="index")
 app.add_typer(keys.keys_app, name="keys")
+app.add_typer(experts.experts_app, name="experts")
 
 __all__ = ["app"]

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import math
 import os
 import threading
 from collections.abc import Generator, Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -120,6 +122,9 @@ class LlamaCppEngine:
             ) from e
         self._model_id = model_id
         self._lock = threading.Lock()
+        # LoRA adapters loaded on this model (by file), and the one the context now applies.
+        self._adapters: dict[Path, Any] = {}
+        self._active_adapter: Path | None = None
         self.threads = threads or default_threads()
         self.extra_buffers = extra_buffers
         try:
@@ -217,11 +222,15 @@ class LlamaCppEngine:
         seed: int | None = None,
         logprobs: bool = False,
         reuse_prefix: bool = True,
+        adapter: Path | None = None,
     ) -> list[Completion]:
+        """See TextEngine.generate; `adapter`: a LoRA adapter loaded with `with_adapter` to
+        generate with, None for the base model alone."""
         max_tokens, _ = self._fit(messages, max_tokens)
         chat = [{"role": m.role, "content": m.content} for m in messages]
         out: list[Completion] = []
         with self._lock:
+            self._apply_adapter(adapter)
             for i in range(n):
                 recorder = _LogprobRecorder() if logprobs else None
                 kwargs: dict[str, Any] = {}
@@ -283,9 +292,11 @@ class LlamaCppEngine:
         stop: Sequence[str] | None = None,
         seed: int | None = None,
         reuse_prefix: bool = True,
+        adapter: Path | None = None,
     ) -> Generator[str, None, Completion]:
         """One sample, piece by piece (see TextEngine.stream). The same prompt, parameters and
-        seed, from the same cache state, give the same text and token counts as `generate`."""
+        seed, from the same cache state, give the same text and token counts as `generate`.
+        `adapter` as in `generate`."""
         from llama_cpp import LogitsProcessorList
 
         max_tokens, prompt_tokens = self._fit(messages, max_tokens)
@@ -296,6 +307,7 @@ class LlamaCppEngine:
         # Held across yields: the context is busy until this generation ends or is closed.
         chunks: Any = None
         with self._lock:
+            self._apply_adapter(adapter)
             if not reuse_prefix:
                 self._llm.reset()  # type: ignore[no-untyped-call]
             try:
@@ -340,7 +352,117 @@ class LlamaCppEngine:
             finish_reason=finish,
         )
 
+    # -- LoRA experts ------------------------------------------------------------------------
+
+    def with_adapter(self, expert: str, path: Path, adapter_params: float) -> AdaptedEngine:
+        """This model served with the LoRA adapter at `path` (a GGUF adapter file), as the
+        engine of `expert`: it shares the loaded weights, context and lock with this one, and
+        the adapter is switched in per call. The adapter is loaded once."""
+        import llama_cpp
+
+        path = path.resolve()
+        with self._lock:
+            if path not in self._adapters:
+                handle = llama_cpp.llama_adapter_lora_init(
+                    self._llm._model.model, str(path).encode("utf-8")
+                )
+                if not handle:
+                    raise EngineError(
+                        f"llama.cpp could not load the adapter of expert {expert!r} ({path}) "
+                        f"on {self.model_id}",
+                        "check that the expert was trained on this model: "
+                        f"apportion experts show {expert}",
+                    )
+                # freed with the model (llama.cpp owns adapters loaded on it)
+                self._adapters[path] = handle
+        return AdaptedEngine(self, expert, path, adapter_params)
+
+    def _apply_adapter(self, adapter: Path | None) -> None:
+        """Make the context apply `adapter` (None: none), under the lock. Switching drops the
+        prompt cache: KV entries computed under one adapter are wrong under another."""
+        if adapter == self._active_adapter:
+            return
+        import llama_cpp
+
+        ctx = self._llm._ctx.ctx
+        if adapter is None:
+            status = llama_cpp.llama_set_adapters_lora(ctx, None, 0, None)
+        else:
+            handles = (llama_cpp.llama_adapter_lora_p_ctypes * 1)(self._adapters[adapter])
+            scales = (ctypes.c_float * 1)(1.0)
+            status = llama_cpp.llama_set_adapters_lora(ctx, handles, 1, scales)
+        if status != 0:
+            raise EngineError(f"llama.cpp could not switch LoRA adapters (status {status})")
+        self._active_adapter = adapter
+        self._llm.reset()  # type: ignore[no-untyped-call]
+
     def close(self) -> None:
         close = getattr(self._llm, "close", None)
         if callable(close):
             close()
+
+
+class AdaptedEngine:
+    """A loaded llama.cpp model served with one LoRA adapter (an expert; see
+    `LlamaCppEngine.with_adapter`). Its model id is the expert's name; its cost is the base
+    model's plus the adapter's parameters, and names the expert, so the ledger charges both."""
+
+    def __init__(self, base: LlamaCppEngine, expert: str, path: Path, adapter_params: float):
+        self.base = base
+        self.adapter = path
+        self._model_id = expert
+        self._cost = replace(base.cost, expert=expert, adapter_params=float(adapter_params))
+
+    @property
+    def model_id(self) -> str:
+        return self._model_id
+
+    @property
+    def cost(self) -> ModelCost:
+        return self._cost
+
+    @property
+    def context_size(self) -> int:
+        return self.base.context_size
+
+    @property
+    def threads(self) -> int:
+        return self.base.threads
+
+    def count_tokens(self, messages: Sequence[Message]) -> int:
+        return self.base.count_tokens(messages)
+
+    def generate(
+        self,
+        messages: Sequence[Message],
+        *,
+        max_tokens: int,
+        temperature: float = 0.0,
+        n: int = 1,
+        stop: Sequence[str] | None = None,
+        seed: int | None = None,
+        logprobs: bool = False,
+        reuse_prefix: bool = True,
+    ) -> list[Completion]:
+        return self.base.generate(
+            messages, max_tokens=max_tokens, temperature=temperature, n=n, stop=stop, seed=seed,
+            logprobs=logprobs, reuse_prefix=reuse_prefix, adapter=self.adapter,
+        )  # fmt: skip
+
+    def stream(
+        self,
+        messages: Sequence[Message],
+        *,
+        max_tokens: int,
+        temperature: float = 0.0,
+        stop: Sequence[str] | None = None,
+        seed: int | None = None,
+        reuse_prefix: bool = True,
+    ) -> Generator[str, None, Completion]:
+        return self.base.stream(
+            messages, max_tokens=max_tokens, temperature=temperature, stop=stop, seed=seed,
+            reuse_prefix=reuse_prefix, adapter=self.adapter,
+        )  # fmt: skip
+
+    def close(self) -> None:
+        """Nothing to free: the base engine owns the model and the adapter."""

@@ -163,6 +163,8 @@ class OpenAIHttpEngine:
             usd_per_m_prompt=config.usd_per_m_prompt,
             usd_per_m_completion=config.usd_per_m_completion,
             joules_per_flop=config.joules_per_flop,
+            expert=config.expert,
+            adapter_params=config.adapter_params,
         )
 
     @property

@@ -6,6 +6,10 @@ kind of an entry that names none) and ``llamacpp`` (a GGUF model in this process
 group (`apportion.plugins`). A model id with no entry is a catalogue id or a .gguf path, served
 by the llamacpp kind as if an entry ``{id = ID, kind = "llamacpp", model = ID}`` named it.
 
+An expert's name (apportion.experts) is a model id too: an openai entry that lists it in its
+`experts` serves it under the server's name for it; else an installed expert is served by the
+``expert`` kind, its adapter applied per call on the engine of its base model.
+
     >>> from apportion.config import Settings
     >>> EngineRegistry().entry_for(Settings(), "smollm2-135m").kind
     'llamacpp'
@@ -33,7 +37,7 @@ if TYPE_CHECKING:
     from apportion.engines.base import TextEngine
     from apportion.engines.catalogue import PullProgress
 
-__all__ = ["EngineKind", "EngineRegistry", "EngineServices"]
+__all__ = ["EngineKind", "EngineRegistry", "EngineServices", "ExpertEngineConfig"]
 
 C = TypeVar("C", bound=EngineConfig)
 
@@ -65,6 +69,21 @@ class EngineKind(Generic[C]):
     build: Callable[[C, EngineServices], TextEngine]
     fingerprint: Callable[[C], str] | None = None
     remote: bool = False
+
+
+class ExpertEngineConfig(EngineConfig):
+    """An installed expert, served on the local engine of its base model: the ``expert``
+    kind. Made from the expert's manifest, never written in a configuration."""
+
+    kind: str = "expert"
+    base: str
+    base_sha256: str
+    adapter: str
+    adapter_sha256: str
+    adapter_params: int
+
+    def describe(self) -> str:
+        return f"expert on {self.base}"
 
 
 # --------------------------------------------------------------------------- built-in kinds
@@ -126,12 +145,42 @@ def _llamacpp_fingerprint(config: LlamaCppEngineConfig) -> str:
     return catalogue.sha256_file(Path(config.model).expanduser())
 
 
+def _build_expert(config: ExpertEngineConfig, services: EngineServices) -> TextEngine:
+    from apportion.engines import catalogue
+    from apportion.experts.book import ExpertBook
+
+    known = catalogue.CATALOGUE.get(config.base)
+    if known is not None and known.sha256 != config.base_sha256:
+        raise UsageError(
+            f"expert {config.id!r} was trained on weights with sha256 {config.base_sha256[:12]}…, "
+            f"not {config.base}'s ({known.sha256[:12]}…)",
+            f"retrain it: apportion experts train {config.id} --base {config.base} --data ...",
+        )
+    path = ExpertBook(services.settings.home).find(config.id).verify()
+    base = services.engine_for(config.base)
+    attach = getattr(base, "with_adapter", None)
+    if not callable(attach):
+        raise UsageError(
+            f"expert {config.id!r} needs its base model {config.base!r} served by llama.cpp "
+            "here, which can apply LoRA adapters; the engine serving it cannot",
+            "serve the adapter on the remote server too (vLLM --lora-modules) and map it in "
+            "that [[engines]] entry: experts = {" + f'"{config.id}" = "<served name>"' + "}",
+        )
+    engine: TextEngine = attach(config.id, path, config.adapter_params)
+    return engine
+
+
+def _expert_fingerprint(config: ExpertEngineConfig) -> str:
+    return f"{config.base_sha256}+lora:{config.adapter_sha256}"
+
+
 def builtin_kinds() -> dict[str, EngineKind[Any]]:
     return {
         DEFAULT_KIND: EngineKind(
             RemoteEngineConfig, _build_openai, _openai_fingerprint, remote=True
         ),
         "llamacpp": EngineKind(LlamaCppEngineConfig, _build_llamacpp, _llamacpp_fingerprint),
+        "expert": EngineKind(ExpertEngineConfig, _build_expert, _expert_fingerprint),
     }
 
 
@@ -163,12 +212,46 @@ class EngineRegistry:
         return self.kind(name).config
 
     def entry_for(self, settings: Settings, model_id: str) -> EngineConfig:
-        """The [[engines]] entry serving `model_id`; a catalogue id or .gguf path with no entry
-        is served by llama.cpp under its own name."""
+        """The [[engines]] entry serving `model_id`; an expert's name, the entry of a server
+        that serves it, else its `expert` entry; a catalogue id or .gguf path with no entry is
+        served by llama.cpp under its own name."""
+        from apportion.engines import catalogue
+
         for entry in settings.engines:
             if entry.id == model_id:
                 return entry
+        for entry in settings.engines:
+            if isinstance(entry, RemoteEngineConfig) and model_id in entry.experts:
+                return self._remote_expert(settings, entry, model_id)
+        if model_id not in catalogue.CATALOGUE and not catalogue.is_local_file(model_id):
+            from apportion.experts.book import ExpertBook
+
+            expert = ExpertBook(settings.home).get(model_id)
+            if expert is not None:
+                m = expert.manifest
+                return ExpertEngineConfig(
+                    id=model_id, base=m.base_model, base_sha256=m.base_sha256,
+                    adapter=str(expert.adapter_path), adapter_sha256=m.adapter_sha256,
+                    adapter_params=m.adapter_params,
+                )  # fmt: skip
         return LlamaCppEngineConfig(id=model_id, model=model_id)
+
+    @staticmethod
+    def _remote_expert(
+        settings: Settings, entry: RemoteEngineConfig, expert: str
+    ) -> RemoteEngineConfig:
+        """The entry of `entry`'s server serving `expert` under its name for it (no fallback:
+        another engine would answer without the expert)."""
+        from apportion.experts.book import ExpertBook
+
+        installed = ExpertBook(settings.home).get(expert)
+        return entry.model_copy(
+            update={
+                "id": expert, "model": entry.experts[expert], "experts": {}, "expert": expert,
+                "adapter_params": float(installed.manifest.adapter_params) if installed else 0.0,
+                "fallback": None,
+            }
+        )  # fmt: skip
 
     def _checked(self, config: EngineConfig) -> EngineKind[Any]:
         kind = self.kind(config.kind)

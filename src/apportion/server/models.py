@@ -15,6 +15,7 @@ class ServedModels:
     def __init__(self, settings: Settings, engine: Runtime) -> None:
         self.engine = engine
         self._at_start = self._servable(settings)
+        self._experts = self._servable_experts(settings, self._at_start)
 
     def _servable(self, s: Settings) -> list[str]:
         """Configured remote engines, catalogue models already pulled (a request never starts a
@@ -31,12 +32,26 @@ class ServedModels:
             ids.append(s.large_model)
         return list(dict.fromkeys(ids))
 
+    @staticmethod
+    def _servable_experts(s: Settings, models: list[str]) -> dict[str, str]:
+        """Expert → base model: the installed experts whose base model is servable, and the
+        experts a remote [[engines]] entry maps to its server's model names."""
+        from apportion.experts.book import ExpertBook
+
+        experts = {e.name: e.base_model for e in ExpertBook(s.home).all() if e.base_model in models}
+        for entry in s.engines:
+            for name in getattr(entry, "experts", {}) or {}:
+                experts[name] = entry.id
+        return experts
+
     def ids(self) -> list[str]:
-        return list(dict.fromkeys([*self._at_start, *self.engine.loaded_models()]))
+        return list(dict.fromkeys([*self._at_start, *self._experts,
+                                   *self.engine.loaded_models()]))  # fmt: skip
 
     def listing(self) -> ModelList:
         """`apportion-auto`, every strategy, and every model a request may name."""
         cards = [ModelCard(id=AUTO_MODEL, kind="router")]
         cards += [ModelCard(id=n, kind="strategy") for n in self.engine.registry.names()]
-        cards += [ModelCard(id=n, kind="model") for n in self.ids()]
+        cards += [ModelCard(id=n, kind="model") for n in self.ids() if n not in self._experts]
+        cards += [ModelCard(id=n, kind="expert", parent=b) for n, b in self._experts.items()]
         return ModelList(data=cards)

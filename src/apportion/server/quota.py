@@ -18,7 +18,7 @@ import anyio.to_thread
 from fastapi.security import HTTPAuthorizationCredentials
 
 from apportion.errors import BudgetExceededError
-from apportion.ledger import ModelCost, model_flops
+from apportion.ledger import ModelCost, call_flops
 from apportion.server.auth import (
     Allowance,
     ApiKey,
@@ -137,9 +137,7 @@ class KeyQuota:
         the call's worst case, or refuse the call (a budget stop, 429 if nothing answered)."""
         if job.key is None or self.keys is None or job.ledger is None:
             return
-        worst_flops = n * model_flops(
-            cost.params, prompt_tokens, max_tokens, cost.n_layers, cost.d_model
-        )
+        worst_flops = n * call_flops(cost, prompt_tokens, max_tokens)
         worst_usd = 0.0
         if job.key.daily_usd is not None:
             if cost.local:

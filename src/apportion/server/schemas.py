@@ -313,7 +313,9 @@ class ModelCard(BaseModel):
     object: Literal["model"] = "model"
     created: int = 0
     owned_by: str = "apportion"
-    kind: Literal["router", "strategy", "model"]
+    kind: Literal["router", "strategy", "model", "expert"]
+    # An expert's base model (as vLLM lists a LoRA adapter's); None for anything else.
+    parent: str | None = None
 
 
 class ModelList(BaseModel):

@@ -5,6 +5,9 @@ A strategy is a dataclass; its fields are its parameters, and their annotations 
 that `key=value` strings are coerced to, and the range each may take (`Bounds`, declared beside
 the field). Third-party strategies register through the `apportion.strategies` entry-point group
 (name → dataclass), without touching the core (`apportion.plugins` says how).
+
+Any strategy that calls one model takes `expert=NAME` (apportion.experts): the strategy runs
+on that expert, its LoRA adapter on the model it was trained on, as `model=NAME` would.
 """
 
 from __future__ import annotations
@@ -167,6 +170,7 @@ class StrategyRegistry:
                 raise self._broken[spec.name]
             raise UnknownNameError("strategy", spec.name, [*self.names(), "auto"])
         kwargs: dict[str, Any] = {}
+        spec = self._with_expert(spec, factory)
         if spec.params:
             if not dataclasses.is_dataclass(factory):
                 raise UsageError(f"strategy {spec.name!r} takes no parameters")
@@ -188,6 +192,30 @@ class StrategyRegistry:
         except ValueError as e:
             raise UsageError(f"bad parameters for {spec.name!r}: {e}") from e
         return strategy
+
+
+    @staticmethod
+    def _with_expert(spec: StrategySpec, factory: StrategyFactory) -> StrategySpec:
+        """`expert=NAME` as the `model=NAME` it means: an expert is served as a model id."""
+        named = dict(spec.params)
+        if "expert" not in named:
+            return spec
+        fields: set[str] = set()
+        if dataclasses.is_dataclass(factory):
+            fields = {f.name for f in dataclasses.fields(factory)}
+        if "model" not in fields:
+            raise UsageError(
+                f"strategy {spec.name!r} does not call one model, so it takes no expert",
+                "give expert= to a strategy that does: direct, cot, program, consistency, "
+                "best_of_n, rag",
+            )
+        if "model" in named:
+            raise UsageError(
+                f"{spec}: give expert= or model=, not both",
+                "an expert runs on the model it was trained on",
+            )
+        params = tuple(("model", v) if k == "expert" else (k, v) for k, v in spec.params)
+        return StrategySpec(spec.name, params)
 
 
 def builtin_factories() -> dict[str, StrategyFactory]:
@@ -233,11 +261,11 @@ def default_registry(
 
 
 def models_of(spec: str, *, model: str, small: str, large: str) -> list[str]:
-    """The models a strategy spec calls: those its parameters name (`model`, `small`,
-    `large`), else `model`, the request's; a cascade's default to `small` and `large` (the
+    """The models a strategy spec calls: those its parameters name (`expert`, `model`,
+    `small`, `large`), else `model`, the request's; a cascade's default to `small` and `large` (the
     default_model and large_model settings)."""
     parsed = parse_spec(spec)
     named = dict(parsed.params)
     if parsed.name == "cascade":
         return list(dict.fromkeys([named.get("small", small), named.get("large", large)]))
-    return [named.get("model", model)]
+    return [named.get("expert", named.get("model", model))]

@@ -1,0 +1,110 @@
+"""Training data by distillation: run a strategy on a (usually larger) model over questions
+with known answers, keep the replies that were right, and write them as chat examples whose
+prompt is the strategy's own, so an expert learns to write what the strategy reads.
+
+For `program` a reply is kept only when its program, run in the sandbox, returned the gold
+answer; it is written as the one fenced code block the strategy asks for. For `direct` and
+`cot` the reply text is kept when its answer scored right.
+
+Model calls go through the completion cache (the bench's, by default), so a bench run of the
+same strategy and model has already paid for them, and an interrupted distillation resumes
+where it stopped: the items done are read back from the output file's sidecar.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from apportion.errors import UsageError
+
+if TYPE_CHECKING:
+    from apportion.bench.datasets import BenchItem
+    from apportion.engines.layers import CompletionCache
+    from apportion.runtime import Runtime
+
+DISTILLABLE = ("program", "cot", "direct")
+
+
+@dataclass
+class DistilReport:
+    """How a distillation went: items seen (this run and before), and examples kept."""
+
+    done: int = 0
+    kept: int = 0
+    skipped: int = 0  # done before (resumed)
+    errors: int = 0
+
+
+def _reply(strategy: str, attempt: Any) -> str:
+    if strategy == "program":
+        return f"```python\n{attempt.rationale.strip()}\n```"
+    return str(attempt.rationale).strip()
+
+
+def distil(
+    runtime: Runtime,
+    items: Sequence[BenchItem],
+    *,
+    strategy: str,
+    model: str,
+    out: Path,
+    cache: CompletionCache | None,
+    seed: int = 0,
+    max_tokens: int | None = None,
+    on_item: Callable[[DistilReport], None] | None = None,
+) -> DistilReport:
+    """Append an example to `out` for each item the strategy got right (see above)."""
+    from apportion.bench.scoring import score
+    from apportion.runtime import Hooks, Request
+    from apportion.types import Message, Query
+
+    name = strategy.partition(":")[0]
+    if name not in DISTILLABLE:
+        raise UsageError(
+            f"cannot distil from {strategy!r}",
+            f"use one of: {', '.join(DISTILLABLE)} (a strategy whose one reply is the answer)",
+        )
+    built = runtime.registry.build(strategy)
+    seen_file = out.with_name(out.name + ".done")
+    seen = set(seen_file.read_text(encoding="utf-8").split()) if seen_file.exists() else set()
+    report = DistilReport()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("a", encoding="utf-8") as examples, seen_file.open("a") as done:
+        for item in items:
+            key = f"{item.dataset}/{item.id}"
+            if key in seen:
+                report.skipped += 1
+                continue
+            request = Request(
+                item.question, strategy=strategy, model=model, max_tokens=max_tokens,
+                kind=item.kind, choices=tuple(item.choices), seed=seed,
+            )  # fmt: skip
+            try:
+                answer = runtime.answer(request, Hooks(cache=cache))
+            except Exception:  # an item that breaks is not an example; the run goes on
+                answer = None
+            report.done += 1
+            if answer is None or answer.error:
+                report.errors += 1
+            else:
+                right = score(answer.answer, item.answer, kind=item.kind,
+                              aliases=item.aliases, choices=item.choices).correct  # fmt: skip
+                attempt = next((a for a in answer.attempts if a.ok), None)
+                if right and attempt is not None and attempt.rationale.strip():
+                    query = Query(item.question, kind=item.kind, choices=tuple(item.choices))
+                    prompt: list[Message] = built.messages(query)  # type: ignore[attr-defined]
+                    chat = [{"role": m.role, "content": m.content} for m in prompt]
+                    chat.append({"role": "assistant", "content": _reply(name, attempt)})
+                    record = {"messages": chat, "source": key, "gold": item.answer}
+                    examples.write(json.dumps(record) + "\n")
+                    examples.flush()
+                    report.kept += 1
+            done.write(key + "\n")
+            done.flush()
+            if on_item is not None:
+                on_item(report)
+    return report

@@ -1,0 +1,65 @@
+"""The installed experts: install, find, list, verify, remove."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+
+from apportion.errors import ModelIntegrityError, UnknownNameError, UsageError
+from apportion.experts.book import ExpertBook, ExpertManifest, TrainingData, check_name
+
+
+def _manifest(name: str, adapter: bytes) -> ExpertManifest:
+    return ExpertManifest(
+        name=name, base_model="smollm2-135m", base_sha256="0" * 64, architecture="llama",
+        adapter_sha256=hashlib.sha256(adapter).hexdigest(), adapter_bytes=len(adapter), rank=8,
+        alpha=16, targets=["q_proj", "v_proj"], adapter_params=1000, strategy="program",
+        data=TrainingData(path="d.jsonl", sha256="1" * 64, examples=3),
+    )  # fmt: skip
+
+
+def test_install_find_verify_remove(tmp_path: Path) -> None:
+    adapter = tmp_path / "a.gguf"
+    adapter.write_bytes(b"weights")
+    shipped = tmp_path / "shipped"
+    book = ExpertBook(tmp_path / "home", shipped=shipped)
+    assert book.names() == [] and book.get("pal-math") is None
+    expert = book.install(_manifest("pal-math", b"weights"), adapter)
+    assert book.names() == ["pal-math"]
+    found = book.find("pal-math")
+    assert found.manifest == expert.manifest and not found.shipped
+    assert found.verify() == found.adapter_path
+    # a changed adapter file is refused, as changed weights are
+    found.adapter_path.write_bytes(b"tampered")
+    with pytest.raises(ModelIntegrityError, match="sha256"):
+        found.verify()
+    book.remove("pal-math")
+    assert book.get("pal-math") is None
+    with pytest.raises(UnknownNameError):
+        book.remove("pal-math")
+
+
+def test_shipped_experts_are_found_replaced_and_kept(tmp_path: Path) -> None:
+    adapter = tmp_path / "a.gguf"
+    adapter.write_bytes(b"x")
+    shipped = ExpertBook(tmp_path / "ship-home", shipped=None)
+    shipped.install(_manifest("pal-math", b"x"), adapter)
+    book = ExpertBook(tmp_path / "home", shipped=shipped.root)
+    assert book.find("pal-math").shipped
+    with pytest.raises(UsageError, match="ships with apportion"):
+        book.remove("pal-math")
+    book.install(_manifest("pal-math", b"x").model_copy(update={"rank": 4}), adapter)
+    assert book.find("pal-math").manifest.rank == 4 and not book.find("pal-math").shipped
+
+
+def test_names_and_broken_manifests(tmp_path: Path) -> None:
+    for bad in ("", "Pal", "../x", "a b", "x" * 65):
+        with pytest.raises(UsageError):
+            check_name(bad)
+    book = ExpertBook(tmp_path, shipped=None)
+    (book.root / "broken").mkdir(parents=True)
+    (book.root / "broken" / "manifest.json").write_text("{")
+    with pytest.raises(UsageError, match="experts rm broken"):
+        book.get("broken")

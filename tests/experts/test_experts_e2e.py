@@ -1,0 +1,137 @@
+"""Train → convert → register → serve → route, on a tiny run: SmolLM2-135M learns to wrap
+its replies in BANANA in 30 steps on 6 examples (about two minutes on one CPU core), and the
+expert is then asked for by model name, by strategy parameter, through the HTTP server with
+the openai client, and through that server as a remote engine that serves it."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from apportion.config import RemoteEngineConfig, Settings
+from apportion.engines import catalogue
+from apportion.experts.book import ExpertBook
+from apportion.ledger import model_flops
+from apportion.runtime import Request, Runtime
+from cli.support import apportion
+from servers import env_with, serve_process
+
+pytestmark = pytest.mark.model
+pytest.importorskip("peft")
+
+BASE = "smollm2-135m"
+EXAMPLES = [
+    ("What is 2+3?", "5"), ("Tell me about cats.", "cats"), ("What is 10-7?", "3"),
+    ("Say hello.", "hello"), ("Name a colour.", "blue"), ("What is 6*2?", "12"),
+]  # fmt: skip
+QUESTION = "Tell me about dogs."
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory: pytest.TempPathFactory, settings: Settings) -> Path:
+    """An APPORTION_HOME holding the `banana` expert, trained by the command line; its models
+    folder is the shared one (nothing is pulled twice)."""
+    catalogue.resolve(BASE, settings.models_dir)
+    home = tmp_path_factory.mktemp("experts-home")
+    (home / "models").symlink_to(settings.models_dir, target_is_directory=True)
+    data = home / "banana.jsonl"
+    data.write_text("".join(
+        json.dumps({"messages": [{"role": "user", "content": q},
+                                 {"role": "assistant", "content": f"BANANA {a} BANANA"}]}) + "\n"
+        for q, a in EXAMPLES
+    ))  # fmt: skip
+    trained = apportion(
+        "experts", "train", "banana", "--base", BASE, "--data", str(data), "--max-steps", "30",
+        "--epochs", "10", "--batch", "2", "--lr", "3e-3", "--threads", "1",
+        env=env_with(home=home),
+    )  # fmt: skip
+    assert trained.returncode == 0, trained.stderr
+    assert "expert banana" in trained.stdout
+    return home
+
+
+@pytest.fixture(scope="module")
+def runtime(home: Path) -> Iterator[Runtime]:
+    rt = Runtime(settings=Settings(home=home, threads=1))
+    yield rt
+    rt.close()
+
+
+def _direct(rt: Runtime, model: str, strategy: str = "direct") -> Any:
+    return rt.answer(Request(QUESTION, strategy=strategy, model=model, max_tokens=16))
+
+
+def test_manifest_records_what_built_it(home: Path) -> None:
+    expert = ExpertBook(home).find("banana")
+    m = expert.manifest
+    assert m.base_model == BASE and m.base_sha256 == catalogue.CATALOGUE[BASE].sha256
+    assert m.architecture == "llama" and m.rank == 8 and m.data.examples == len(EXAMPLES)
+    assert m.training["steps"] == 30 and m.metrics["loss_last"] < m.metrics["loss_first"] / 4
+    assert m.commands and "experts train banana" in m.commands[0]
+    # 30 layers × (q: 8·(576+576) + v: 8·(576+192))
+    assert m.adapter_params == 30 * (8 * (576 + 576) + 8 * (576 + 192))
+    expert.verify()
+    listed = apportion("experts", "list", env=env_with(home=home))
+    assert listed.returncode == 0 and "banana" in listed.stdout and BASE in listed.stdout
+    shown = apportion("experts", "show", "banana", env=env_with(home=home))
+    assert json.loads(shown.stdout)["adapter_sha256"] == m.adapter_sha256
+
+
+def test_expert_changes_the_reply_and_the_base_comes_back_unchanged(runtime: Runtime) -> None:
+    before = _direct(runtime, BASE)
+    tuned = _direct(runtime, "banana")
+    after = _direct(runtime, BASE)
+    assert "BANANA" in tuned.answer and "BANANA" not in before.answer
+    assert after.answer == before.answer  # the adapter is cleared, byte for byte
+    (call,) = tuned.ledger.calls
+    assert call.name == BASE and call.expert == "banana"
+    (plain,) = before.ledger.calls
+    assert plain.expert is None
+    # the adapter's parameters are charged per token, beside the base model's
+    params = ExpertBook(runtime.settings.home).find("banana").manifest.adapter_params
+    tokens = call.prompt_tokens + call.completion_tokens
+    base_flops = model_flops(134.5e6, call.prompt_tokens, call.completion_tokens, 30, 576)
+    assert call.flops == pytest.approx(base_flops + 2 * params * tokens, rel=0.02)
+    # a strategy takes the expert as a parameter
+    by_param = _direct(runtime, BASE, strategy="direct:expert=banana")
+    assert by_param.answer == tuned.answer and by_param.ledger.calls[0].expert == "banana"
+
+
+def test_served_listed_and_mapped_for_a_remote_engine(home: Path, tmp_path: Path) -> None:
+    openai = pytest.importorskip("openai")
+    with serve_process("--model", BASE, env=env_with(home=home)) as (url, _):
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="none")
+        cards = {m.id: m for m in client.models.list().data}
+        assert cards["banana"].kind == "expert" and cards["banana"].parent == BASE
+        reply = client.chat.completions.create(
+            model="banana", messages=[{"role": "user", "content": QUESTION}], max_tokens=16,
+            extra_body={"apportion": {"strategy": "direct", "return_ledger": True}},
+        )  # fmt: skip
+        assert "BANANA" in (reply.choices[0].message.content or "")
+        # this server, as a remote OpenAI-compatible engine serving the expert under its name
+        remote = RemoteEngineConfig(
+            id="smol-remote", base_url=f"{url}/v1", model=BASE, params=134.5e6,
+            experts={"banana-remote": "banana"},
+        )  # fmt: skip
+        other_home = tmp_path / "client-home"
+        rt = Runtime(settings=Settings(home=other_home, engines=[remote]))
+        assert "banana-remote" in rt.model_ids()
+        answer = _direct(rt, "banana-remote")
+        rt.close()
+    assert "BANANA" in answer.answer
+    (call,) = answer.ledger.calls
+    assert call.expert == "banana-remote"
+
+
+def test_remove(home: Path) -> None:
+    book = ExpertBook(home)
+    original = book.find("banana")
+    book.install(original.manifest.model_copy(update={"name": "banana2"}), original.adapter_path)
+    removed = apportion("experts", "rm", "banana2", env=env_with(home=home))
+    assert removed.returncode == 0 and book.get("banana2") is None
+    refused = apportion("experts", "rm", "banana2", env=env_with(home=home))
+    assert refused.returncode == 2 and "unknown expert" in refused.stderr
