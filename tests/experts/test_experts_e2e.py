@@ -85,8 +85,10 @@ def test_expert_changes_the_reply_and_the_base_comes_back_unchanged(runtime: Run
     before = _direct(runtime, BASE)
     tuned = _direct(runtime, "banana")
     after = _direct(runtime, BASE)
+    again = _direct(runtime, "banana")
     assert "BANANA" in tuned.answer and "BANANA" not in before.answer
-    assert after.answer == before.answer  # the adapter is cleared, byte for byte
+    # the adapter is cleared, byte for byte, and each one's prompt cache comes back with it
+    assert after.answer == before.answer and again.answer == tuned.answer
     (call,) = tuned.ledger.calls
     assert call.name == BASE and call.expert == "banana"
     (plain,) = before.ledger.calls

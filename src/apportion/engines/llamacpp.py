@@ -21,6 +21,9 @@ from apportion.types import Completion, Message
 
 # Below this many free tokens we refuse rather than return a truncated stub.
 MIN_COMPLETION_TOKENS = 8
+# The longest cached prompt whose KV entries are kept for an adapter while another one is in
+# use (about 12 KB a token for Qwen2.5-0.5B; see `_apply_adapter`).
+MAX_KEPT_PROMPT_TOKENS = 2048
 
 # llama-cpp-python's Llama builds its model parameters from llama_model_default_params()
 # and exposes no `use_extra_bufts`; loads that need it off swap that function for the length
@@ -125,6 +128,8 @@ class LlamaCppEngine:
         # LoRA adapters loaded on this model (by file), and the one the context now applies.
         self._adapters: dict[Path, Any] = {}
         self._active_adapter: Path | None = None
+        # Per adapter (None: the base alone), the prompt cache it left when another came in.
+        self._kept: dict[Path | None, tuple[list[int], Any]] = {}
         self.threads = threads or default_threads()
         self.extra_buffers = extra_buffers
         try:
@@ -378,13 +383,21 @@ class LlamaCppEngine:
         return AdaptedEngine(self, expert, path, adapter_params)
 
     def _apply_adapter(self, adapter: Path | None) -> None:
-        """Make the context apply `adapter` (None: none), under the lock. Switching drops the
-        prompt cache: KV entries computed under one adapter are wrong under another."""
+        """Make the context apply `adapter` (None: none), under the lock.
+
+        KV entries computed under one adapter are wrong under another, so the prompt cache
+        cannot carry over a switch. Instead, each adapter's cache is put aside when another
+        comes in and put back when it returns: without that, every switch made the next
+        request read its shared prompt prefix again (1.26 s a request with the direct prompt
+        on Qwen2.5-0.5B here; benchmarks/expert_switch.py)."""
         if adapter == self._active_adapter:
             return
         import llama_cpp
 
         ctx = self._llm._ctx.ctx
+        kept = self._keep_prompt_cache()
+        if kept is not None:
+            self._kept[self._active_adapter] = kept
         if adapter is None:
             status = llama_cpp.llama_set_adapters_lora(ctx, None, 0, None)
         else:
@@ -394,7 +407,39 @@ class LlamaCppEngine:
         if status != 0:
             raise EngineError(f"llama.cpp could not switch LoRA adapters (status {status})")
         self._active_adapter = adapter
+        self._restore_prompt_cache(self._kept.pop(adapter, None))
+
+    def _keep_prompt_cache(self) -> tuple[list[int], Any] | None:
+        """The cached prompt's tokens and their KV entries (sequence 0), or None."""
+        import llama_cpp
+
+        n = int(self._llm.n_tokens)
+        if n == 0 or n > MAX_KEPT_PROMPT_TOKENS:
+            return None
+        ctx = self._llm._ctx.ctx
+        size = llama_cpp.llama_state_seq_get_size(ctx, 0)
+        buffer = (ctypes.c_uint8 * size)()
+        if llama_cpp.llama_state_seq_get_data(ctx, buffer, size, 0) != size:
+            return None
+        return [int(t) for t in self._llm.input_ids[:n]], buffer
+
+    def _restore_prompt_cache(self, kept: tuple[list[int], Any] | None) -> None:
+        """Put back a cache from `_keep_prompt_cache`; with none, start from an empty one."""
+        import llama_cpp
+
         self._llm.reset()  # type: ignore[no-untyped-call]
+        ctx = self._llm._ctx.ctx
+        llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(ctx), True)
+        if kept is None:
+            return
+        tokens, buffer = kept
+        if llama_cpp.llama_state_seq_set_data(ctx, buffer, len(buffer), 0) != len(buffer):
+            llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(ctx), True)
+            return
+        self._llm.input_ids[: len(tokens)] = tokens
+        self._llm.n_tokens = len(tokens)
+        # the logits in hand are not those of the last cached token: generation re-reads it
+        self._llm._requires_eval = True
 
     def close(self) -> None:
         close = getattr(self._llm, "close", None)
