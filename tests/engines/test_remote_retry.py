@@ -21,6 +21,7 @@ import pytest
 from apportion.config import RemoteEngineConfig, Settings
 from apportion.engines.fallback import FallbackEngine, fallback_chain
 from apportion.engines.openai_http import OpenAIHttpEngine, RetryPolicy, retry_after_s
+from apportion.engines.pool import ReplicaPool
 from apportion.errors import EngineError, EngineUnavailableError, UsageError
 from apportion.ledger import Ledger
 from apportion.runtime import Engine
@@ -54,6 +55,9 @@ class Reply:
     status: int = 200
     headers: dict[str, str] = field(default_factory=dict)
     text: str = "hello"
+    # A stream that stops after its content, with no finish_reason and no [DONE] (what a
+    # client sees of a server that shut down mid-reply).
+    cut: bool = False
 
 
 class ScriptedServer:
@@ -78,9 +82,10 @@ class ScriptedServer:
                         {"choices": [{"delta": {"content": word}, "finish_reason": None}]}
                         for word in reply.text.split(" ")
                     ]
-                    chunks.append({"choices": [{"delta": {}, "finish_reason": "stop"}]})
+                    if not reply.cut:
+                        chunks.append({"choices": [{"delta": {}, "finish_reason": "stop"}]})
                     payload = "".join(f"data: {json.dumps(c)}\n\n" for c in chunks)
-                    payload += "data: [DONE]\n\n"
+                    payload += "" if reply.cut else "data: [DONE]\n\n"
                     ctype = "text/event-stream"
                 else:
                     payload = json.dumps({
@@ -242,6 +247,27 @@ def test_stream_retries_before_its_first_piece(scripted: Any) -> None:
         completion = done.value
     assert pieces == ["one", "two", "three"] and completion.text == "onetwothree"
     assert clock.sleeps == [1.0]
+
+
+def test_a_stream_cut_short_is_a_failure_not_a_reply(scripted: Any) -> None:
+    """A server that goes away mid-reply ends the body early; the pieces so far are not the
+    reply, and a pool takes the call to another replica, which finishes it."""
+    cut = scripted(Reply(text="one two three", cut=True))
+    gen = engine(cut.base, FakeClock()).stream(HI, max_tokens=8)
+    pieces = []
+    with pytest.raises(EngineUnavailableError, match="without a finish_reason"):
+        while True:
+            pieces.append(next(gen))
+    assert pieces == ["one", "two", "three"]
+    whole = scripted(Reply(text="one two three"))
+    pool = ReplicaPool(config(cut.base, base_url=None, base_urls=[cut.base, whole.base]))
+    for _ in range(2):  # whichever replica is tried first, the reply is the whole one
+        gen = pool.stream(HI, max_tokens=8)
+        try:
+            while True:
+                next(gen)
+        except StopIteration as finished:
+            assert finished.value.text == "onetwothree"
 
 
 # --------------------------------------------------------------------------- fallback

@@ -332,7 +332,8 @@ class OpenAIHttpEngine:
         pieces: list[str] = []
         content_chunks = 0
         usage: dict[str, Any] = {}
-        finish = "stop"
+        finish: str | None = None
+        done = False
         cancelled = False
 
         def attempt_once() -> tuple[httpx.Response, Any]:
@@ -363,6 +364,7 @@ class OpenAIHttpEngine:
                     if not data:
                         continue
                     if data == "[DONE]":
+                        done = True
                         break
                     chunk = self._parse_chunk(data)
                     usage = chunk.get("usage") or usage
@@ -386,6 +388,15 @@ class OpenAIHttpEngine:
             raise self._unavailable(
                 f"failed mid-stream after {content_chunks} pieces: {type(e).__name__}: {e}", 1
             ) from e
+        if not (done or finish or cancelled):
+            # The body ended with neither a finish_reason nor [DONE]: the server went away
+            # mid-reply (a replica shutting down closes its streams), so the reply is cut
+            # short. Unavailable, so that a pool or fallback takes the call elsewhere.
+            raise self._unavailable(
+                f"the stream ended after {content_chunks} pieces without a finish_reason or "
+                "[DONE]: the server stopped mid-reply", 1
+            )
+        finish = finish or "stop"
         prompt_tokens = usage.get("prompt_tokens")
         completion_tokens = usage.get("completion_tokens")
         return Completion(
