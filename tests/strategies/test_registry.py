@@ -1,7 +1,13 @@
 import pytest
 
 from apportion.errors import UnknownNameError, UsageError
-from apportion.strategies.registry import default_registry, parse_spec, spec_name, split_specs
+from apportion.strategies.registry import (
+    default_registry,
+    models_of,
+    parse_spec,
+    spec_name,
+    split_specs,
+)
 
 
 def test_parse_spec_with_params() -> None:
@@ -100,3 +106,14 @@ def test_spec_name_reads_the_name_whatever_the_parameters_say() -> None:
     with pytest.raises(UsageError):
         parse_spec("cot:oops")
     assert spec_name("") == ""
+
+
+def test_expert_is_the_model_a_one_model_strategy_runs_on() -> None:
+    registry = default_registry()
+    built = registry.build("program:expert=pal-math,temperature=0.5")
+    assert built.model == "pal-math" and built.temperature == 0.5  # type: ignore[attr-defined]
+    assert models_of("program:expert=pal-math", model="m", small="s", large="l") == ["pal-math"]
+    with pytest.raises(UsageError, match="not both"):
+        registry.build("cot:expert=pal-math,model=qwen2.5-coder-0.5b")
+    with pytest.raises(UsageError, match="takes no expert"):
+        registry.build("symbolic:expert=pal-math")
