@@ -137,3 +137,30 @@ def test_remove(home: Path) -> None:
     assert removed.returncode == 0 and book.get("banana2") is None
     refused = apportion("experts", "rm", "banana2", env=env_with(home=home))
     assert refused.returncode == 2 and "unknown expert" in refused.stderr
+
+
+def test_training_resumes_from_its_checkpoint(home: Path, tmp_path: Path) -> None:
+    """Interrupted after step 2 of 4 (a checkpoint every step), a rerun goes on at step 3;
+    a rerun with other settings refuses the checkpoint instead of mixing two runs."""
+    from apportion.errors import UsageError
+    from apportion.experts.train import TrainConfig, read_examples, run_key, train_adapter
+
+    base = catalogue.resolve(BASE, Settings(home=home).models_dir)
+    examples = read_examples(home / "banana.jsonl")
+    config = TrainConfig(max_steps=4, epochs=2, batch=2, save_every=1, learning_rate=3e-3)
+    key = run_key("base", "data", config)
+    seen: list[int] = []
+
+    def stop_after_two(step: int, total: int, loss: float) -> None:
+        seen.append(step)
+        if step == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_adapter(base, examples, config, work=tmp_path, key=key, on_step=stop_after_two)
+    result = train_adapter(base, examples, config, work=tmp_path, key=key,
+                           on_step=lambda step, total, loss: seen.append(step))  # fmt: skip
+    assert seen == [1, 2, 3, 4] and result.steps == 4
+    other = TrainConfig(max_steps=4, epochs=2, batch=2, save_every=1, learning_rate=1e-3)
+    with pytest.raises(UsageError, match="--restart"):
+        train_adapter(base, examples, other, work=tmp_path, key=run_key("base", "data", other))

@@ -181,6 +181,16 @@ def train_adapter(
     from apportion.experts.convert import AdapterShape, adapted_params, gguf_tensors
 
     started = time.perf_counter()
+    work.mkdir(parents=True, exist_ok=True)
+    checkpoint = work / CHECKPOINT
+    saved: dict[str, Any] | None = None
+    if resume and checkpoint.is_file():  # checked before the minute a model load takes
+        saved = torch.load(checkpoint, weights_only=False)
+        if saved.get("key") != key:
+            raise UsageError(
+                f"the checkpoint in {work} was made with other data, base model or settings",
+                "rerun with the same ones to resume, or pass --restart to start over",
+            )
     torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
     dtype = pick_dtype(config.dtype)
@@ -208,15 +218,7 @@ def train_adapter(
         total = min(total, config.max_steps)
 
     step, first_loss, last_loss = 0, math.nan, math.nan
-    work.mkdir(parents=True, exist_ok=True)
-    checkpoint = work / CHECKPOINT
-    if resume and checkpoint.is_file():
-        saved = torch.load(checkpoint, weights_only=False)
-        if saved.get("key") != key:
-            raise UsageError(
-                f"the checkpoint in {work} was made with other data, base model or settings",
-                "rerun with the same ones to resume, or pass --restart to start over",
-            )
+    if saved is not None:
         for name, value in saved["adapter"].items():
             trainable[name].data.copy_(value)
         optimiser.load_state_dict(saved["optimiser"])
@@ -247,10 +249,10 @@ def train_adapter(
         last_loss = float(loss.detach())
         if math.isnan(first_loss):
             first_loss = last_loss
+        if step % config.save_every == 0 or step == total:
+            save()  # before the step is reported: a caller may stop the run there
         if on_step is not None:
             on_step(step, total, last_loss)
-        if step % config.save_every == 0 or step == total:
-            save()
 
     lora = {
         name: p.detach().to(torch.float32).numpy().astype(np.float32)
