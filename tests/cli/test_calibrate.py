@@ -53,6 +53,10 @@ def test_ask_explains_its_plan(tmp_path: Path) -> None:
     assert explain["plan"] == "symbolic@0.3>cot" and "arithmetic/" in explain["reason"]
     assert explain["expected"]["accuracy"] == 1.0
     assert {a["plan"] for a in explain["alternatives"]} >= {"symbolic@0.3>cot"}
+    route = explain["route"]
+    assert route["chosen"] == "symbolic@0.3>cot"
+    chosen = next(p for p in route["plans"] if p["plan"] == route["chosen"])
+    assert chosen["p_correct"] == 1.0 and chosen["flops"] == explain["expected"]["flops"]
     # The human-readable form goes to stderr, beside the answer on stdout.
     proc = apportion("ask", "What is 17*23+5?", "--policy", str(policy), "--explain")
     assert proc.returncode == 0 and proc.stdout.strip() == "396"

@@ -184,6 +184,16 @@ def explain_plan(features: Features, plan: Plan) -> dict[str, Any]:
             {"plan": c.spec, "accuracy": c.accuracy, "flops": c.flops, "score": round(score, 4)}
             for c, score in sorted(plan.alternatives, key=lambda cs: -cs[1])
         ],
+        # The policy's prediction for this question, per plan it weighed: the probability of
+        # a right answer and the expected FLOPs (today those of the question's cell of the
+        # traces: its intent and difficulty).
+        "route": {
+            "chosen": plan_spec(plan.steps),
+            "plans": [
+                {"plan": c.spec, "p_correct": round(c.accuracy, 4), "flops": c.flops}
+                for c, _ in sorted(plan.alternatives, key=lambda cs: -cs[1])
+            ],
+        },
     }  # fmt: skip
 
 
