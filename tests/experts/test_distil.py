@@ -62,3 +62,31 @@ def test_refuses_strategies_without_one_reply(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="cannot distil"):
         distil(runtime, _items(), strategy="consistency", model="teacher",
                out=tmp_path / "x.jsonl", cache=None)  # fmt: skip
+
+
+def test_items_of_bench_runs_are_distilled_from_the_cache(tmp_path: Path) -> None:
+    """`--runs`: the items a bench run answered with the strategy, each once; their model
+    calls replay from the completion cache instead of reaching the teacher again."""
+    from dataclasses import asdict
+
+    from apportion.bench.cache import SqliteCompletionCache
+    from apportion.bench.runner import run_one
+    from apportion.experts.distil import items_of_runs
+
+    cache = SqliteCompletionCache(tmp_path / "cache.sqlite")
+    runtime, teacher = _runtime(tmp_path, [RIGHT, WRONG])
+    run = tmp_path / "run"
+    run.mkdir()
+    with (run / "results.jsonl").open("w") as f:
+        for item in _items()[:2]:
+            row = run_one(runtime, item, "program", model="teacher", seed=0, max_tokens=None,
+                          cache=cache)  # fmt: skip
+            f.write(json.dumps(asdict(row)) + "\n")
+    items = items_of_runs([run, run], "program")  # a run named twice counts once
+    assert [(i.dataset, i.id, i.answer) for i in items] == [("toy", "0", "5"), ("toy", "1", "5")]
+    runtime, teacher = _runtime(tmp_path, [])  # a teacher with nothing to say
+    out = tmp_path / "pal.jsonl"
+    report = distil(runtime, items, strategy="program", model="teacher", out=out, cache=cache)
+    assert (report.done, report.kept) == (2, 1) and teacher.calls == []
+    with pytest.raises(UsageError, match="no 'cot' rows"):
+        items_of_runs([run], "cot")

@@ -157,6 +157,14 @@ def experts_distil(
     data: Annotated[
         list[Path] | None, typer.Option("--data", help="A JSONL question file. Repeatable.")
     ] = None,
+    runs: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--runs",
+            help="A bench --out folder: the items it ran with --strategy, whose model calls "
+            "the completion cache replays. Repeatable.",
+        ),
+    ] = None,
     limit: Annotated[
         int | None, typer.Option(min=1, help="Items per source (a seeded sample).")
     ] = None,
@@ -174,14 +182,20 @@ def experts_distil(
     program: programs whose sandboxed result is the gold answer). Rerun to resume."""
     from apportion.bench.cache import SqliteCompletionCache
     from apportion.bench.session import CACHE_FILE, load_bench_items
-    from apportion.experts.distil import distil
+    from apportion.experts.distil import distil, items_of_runs
     from apportion.runtime import Runtime
 
     try:
         settings = Settings.load(config)
-        if not dataset and not data:
-            raise UsageError("no questions given", "pass --dataset NAME or --data FILE")
-        items, sources = load_bench_items(data or [], dataset or [], limit, seed, data_dir)
+        if not dataset and not data and not runs:
+            raise UsageError("no questions given", "pass --dataset NAME, --data FILE or --runs DIR")
+        items, sources = [], []
+        if runs:
+            items = items_of_runs(runs, strategy)
+            sources = [f"{len(items)} items of {', '.join(map(str, runs))}"]
+        if dataset or data:
+            more, named = load_bench_items(data or [], dataset or [], limit, seed, data_dir)
+            items, sources = [*items, *more], [*sources, *named]
         runtime = Runtime.from_settings(settings, pull_progress=RichPullProgress(err),
                                         documents="given")  # fmt: skip
         runtime.check_model(model)

@@ -17,9 +17,10 @@ import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast, get_args
 
 from apportion.errors import UsageError
+from apportion.types import AnswerKind
 
 if TYPE_CHECKING:
     from apportion.bench.datasets import BenchItem
@@ -27,6 +28,30 @@ if TYPE_CHECKING:
     from apportion.runtime import Runtime
 
 DISTILLABLE = ("program", "cot", "direct")
+
+
+def items_of_runs(runs: Sequence[Path], strategy: str) -> list[BenchItem]:
+    """The items bench runs (folders or results files) answered with `strategy`, each once,
+    in the runs' order: distilling them replays the run's model calls from the cache."""
+    from apportion.bench.datasets import BenchItem
+    from apportion.traces import read_results
+
+    items: dict[tuple[str, str], BenchItem] = {}
+    for run in runs:
+        path = run / "results.jsonl" if run.is_dir() else run
+        if not path.exists():
+            raise UsageError(f"no bench results at {path}", "pass a bench --out folder")
+        for row in read_results(path):
+            kind = row.kind
+            if row.strategy == strategy and row.question and kind in get_args(AnswerKind):
+                items.setdefault((row.dataset, row.item_id), BenchItem(
+                    id=row.item_id, question=row.question, answer=row.gold,
+                    kind=cast(AnswerKind, kind),
+                    dataset=row.dataset,
+                ))  # fmt: skip
+    if not items:
+        raise UsageError(f"the runs hold no {strategy!r} rows", "check --strategy and --runs")
+    return list(items.values())
 
 
 @dataclass
