@@ -188,3 +188,33 @@ def test_messages_in_history_reach_the_model(tmp_path: Path) -> None:
     assert [m.content for m in engine.calls[0] if m.role != "system"][:2] == [
         "Natalia sold 48 clips.", "OK.",
     ]  # fmt: skip
+
+
+def test_auto_skips_plans_on_models_not_here_and_says_so(tmp_path: Path) -> None:
+    """A calibrated plan on a model that is not pulled (nor configured, nor the request's) is
+    left out, with the reason, so a first `ask` needs only the default model; once the model
+    is there, the plan is chosen."""
+    from apportion.engines import catalogue
+    from apportion.router.policy import CalibratedPolicy
+
+    large = "qwen2.5-coder-1.5b"
+    cell = {"n": 40, "candidates": [
+        {"plan": "program", "accuracy": 0.3, "flops": 2.8e11, "wall_s": 4.0, "cost_usd": 0.0},
+        {"plan": f"program:model={large}", "accuracy": 0.64, "flops": 7.3e11, "wall_s": 12.0,
+         "cost_usd": 0.0},
+    ]}  # fmt: skip
+    policy = CalibratedPolicy.from_dict({
+        "version": 1, "lambda": 0.1, "max_flops": 1e12, "thresholds": {},
+        "cells": {"math_word/*": cell},
+    })  # fmt: skip
+    runtime = Runtime(settings=Settings(home=tmp_path, default_model="scripted"), policy=policy)
+    runtime.register(ScriptedEngine(["```python\ndef solve():\n    return 5\n```"]))
+    question = "Tom has 2 apples and buys 3 more bags of 4 apples. How many apples now?"
+    plan = runtime.prepare(Request(question)).plan
+    assert plan.steps[0].strategy == "program"
+    assert f"skipped program:model={large}" in plan.reason
+    # pulled (the file in its place is all the check looks at): the 1.5B plan is chosen
+    path = catalogue.model_path(runtime.settings.models_dir, catalogue.CATALOGUE[large])
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"")
+    assert runtime.prepare(Request(question)).plan.steps[0].strategy == f"program:model={large}"

@@ -29,7 +29,7 @@ from apportion.engines import catalogue
 from apportion.engines.base import GenerationCancelled
 from apportion.engines.layers import CompletionCache, ModelCalls
 from apportion.engines.memory import ResidentSet, format_bytes, resident_bytes
-from apportion.engines.registry import EngineRegistry, EngineServices
+from apportion.engines.registry import EngineRegistry, EngineServices, ExpertEngineConfig
 from apportion.engines.speed import SpeedBook
 from apportion.errors import ApportionError, BudgetExceededError, UnknownNameError, UsageError
 from apportion.ledger import Ledger, RaplMeter
@@ -407,13 +407,43 @@ class Runtime:
 
     # -- answering --------------------------------------------------------------------------
 
-    def plan(self, features: Features, strategy: str, budget: Budget) -> Plan:
+    def plan(
+        self, features: Features, strategy: str, budget: Budget, model: str | None = None
+    ) -> Plan:
+        """The plan for a query: `auto`'s from the policy, leaving out plans that cannot run
+        here (retrieval without a store; a step on a model that is neither pulled, configured
+        nor `model`, the request's own); else the one strategy asked for."""
         if strategy == AUTO:
-            unavailable = frozenset() if self.can_retrieve() else self.registry.store_readers()
-            planned = self.policy.plan(features, budget, unavailable=unavailable)
+            unavailable = set() if self.can_retrieve() else set(self.registry.store_readers())
+            specs = getattr(self.policy, "step_specs", None)
+            if callable(specs):
+                own = model or self.settings.default_model
+                unavailable |= {s for s in specs() if not self.runnable(s, own)}
+            planned = self.policy.plan(features, budget, unavailable=frozenset(unavailable))
             return self.ends_in_answer(planned, features.intent)
         self.registry.build(strategy)  # validate the name and parameters before any work
         return Plan((Step(strategy, 0.0),), f"strategy {strategy!r} requested")
+
+    def runnable(self, spec: str, model: str) -> bool:
+        """Whether every model the strategy spec calls can serve here without a download:
+        `model` (the request's), loaded, configured, pulled, or an expert on such a model."""
+        settings = self.settings
+        names = models_of(spec, model=model, small=settings.default_model,
+                          large=settings.large_model)  # fmt: skip
+        return all(self.model_available(m, model) for m in names)
+
+    def model_available(self, model_id: str, own: str | None = None) -> bool:
+        if model_id == own or model_id in self._engines:
+            return True
+        entry = self.engine_kinds.entry_for(self.settings, model_id)
+        if isinstance(entry, ExpertEngineConfig):
+            return self.model_available(entry.base, own)
+        if not isinstance(entry, LlamaCppEngineConfig):
+            return True  # a configured engine (remote, plug-in): it is there to be called
+        known = catalogue.CATALOGUE.get(entry.model)
+        if known is not None:
+            return catalogue.model_path(self.settings.models_dir, known).exists()
+        return Path(entry.model).expanduser().is_file()
 
     def ends_in_answer(self, plan: Plan, intent: str) -> Plan:
         """The plan, closed by a step that always answers if its last one can decline (a
@@ -452,7 +482,7 @@ class Runtime:
             question, kind = with_options(question, request.choices), kind or "choice"
         query = Query(question.strip(), kind=kind, choices=request.choices, history=request.history)
         features = conversation_features(query)
-        planned = self.plan(features, request.strategy, request.budget)
+        planned = self.plan(features, request.strategy, request.budget, model)
         plan = self.fit_memory(planned, model, request.budget)
         readers = self.registry.store_readers()
         if any(step.name in readers for step in plan.steps):

@@ -98,8 +98,8 @@ class Policy(Protocol):
     def plan(
         self, features: Features, budget: Budget, *, unavailable: frozenset[str] = frozenset()
     ) -> Plan:
-        """The plan for a query; `unavailable` names strategies that cannot run here (rag
-        without a document store)."""
+        """The plan for a query; `unavailable` names strategies, or whole step specs, that
+        cannot run here (rag without a document store, a step on a model not pulled)."""
         ...
 
 
@@ -152,6 +152,14 @@ class Candidate:
 
     def strategies(self) -> set[str]:
         return {s.name for s in self.steps}
+
+    def specs(self) -> set[str]:
+        """The steps' whole specs (`program:model=qwen2.5-coder-1.5b`), parameters and all."""
+        return {s.strategy for s in self.steps}
+
+    def needs(self, unavailable: frozenset[str]) -> set[str]:
+        """What of `unavailable` (strategy names or whole specs) the plan would run."""
+        return (self.strategies() | self.specs()) & unavailable
 
 
 @dataclass(frozen=True)
@@ -232,6 +240,12 @@ class CalibratedPolicy:
         except (KeyError, TypeError, ValueError) as e:
             raise UsageError(f"{where} is not a policy file: {e!r}") from e
 
+    def step_specs(self) -> frozenset[str]:
+        """Every step spec a plan of this policy may run (what a runtime checks it can)."""
+        return frozenset(
+            s.strategy for cell in self.cells.values() for c in cell.candidates for s in c.steps
+        )
+
     def difficulty(self, features: Features) -> str:
         threshold = self.thresholds.get(features.intent)
         if threshold is None:
@@ -250,7 +264,7 @@ class CalibratedPolicy:
         if cell is None:
             rules = self.fallback.plan(features, budget, unavailable=unavailable)
             return replace(rules, reason=f"no calibrated cell for {key}: {rules.reason}")
-        usable = [c for c in cell.candidates if not c.strategies() & unavailable]
+        usable = [c for c in cell.candidates if not c.needs(unavailable)]
         if not usable:
             rules = self.fallback.plan(features, budget, unavailable=unavailable)
             return replace(rules, reason=f"no plan of cell {key} can run here: {rules.reason}")
@@ -272,7 +286,7 @@ class CalibratedPolicy:
         }  # fmt: skip
         skipped = [c.spec for c in cell.candidates if c not in usable]
         if skipped:
-            needs = sorted(set().union(*(c.strategies() for c in cell.candidates)) & unavailable)
+            needs = sorted(set().union(*(c.needs(unavailable) for c in cell.candidates)))
             why += f" (skipped {', '.join(skipped)}: {', '.join(needs)} cannot run here)"
         return Plan(
             best.steps,
