@@ -142,6 +142,7 @@ def conversation_features(query: Query) -> Features:
         has_math_expression=last.has_math_expression,
         n_numbers=sum(ch.isdigit() for ch in text),
         n_words=len(text.split()),
+        text=text,
     )
 
 

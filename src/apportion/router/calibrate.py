@@ -193,6 +193,15 @@ def _items(
     return items, strategies
 
 
+def traced_items(
+    results: Iterable[ItemResult], keep: Callable[[str, str], bool] | None = None
+) -> tuple[list[tuple[Features, dict[str, ItemResult]]], list[str]]:
+    """The traced questions (each its features and its result per strategy) that `keep`
+    admits, and the strategies run on them all: what a per-query predictor is fitted on."""
+    items, strategies = _items(results, keep)
+    return [(i.features, i.outcomes) for i in items], strategies
+
+
 def _r(x: float) -> float:
     return float(f"{x:.6g}")
 

@@ -24,6 +24,8 @@ class Features:
     n_words: int
     # Every class's probability, for `ask --explain`.
     intent_probabilities: tuple[tuple[Intent, float], ...] = ()
+    # The text the features were read from (what a per-query predictor reads again).
+    text: str = ""
 
 
 # How much the newest message counts against the turns before it, when routing a conversation.
@@ -60,4 +62,5 @@ def extract_features(text: str) -> Features:
         has_math_expression=has_math,
         n_numbers=len(_NUMBER.findall(text)),
         n_words=len(text.split()),
+        text=text,
     )

@@ -1,0 +1,174 @@
+"""Per-query success prediction (router v2, first part): for each strategy, the probability
+that it answers this question right, read from the question itself, and the FLOPs it is
+expected to spend; the policy then picks per question instead of per cell of the traces.
+
+- Features: the intent classifier's hashed word and character n-grams and cues
+  (router/intent.py, the one definition), folded into `DIM` buckets, and the intent
+  probabilities.
+- Model: one L2-regularised logistic regression per strategy, fitted on bench traces with
+  NumPy alone (full-batch gradient descent on a convex loss, so the fit is deterministic);
+  small enough to ship beside the intent classifier.
+- Expected FLOPs: the strategy's mean over the training traces of the question's intent
+  (over all of them where the intent has too few).
+
+`PredictedPolicy` maximises predicted accuracy − λ · FLOPs / max FLOPs, like the calibrated
+policy, and closes a plan whose step can decline with the strategy predicted best among those
+that always answer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from apportion.router.features import Features
+from apportion.router.intent import hashed_features
+from apportion.router.policy import Candidate, Plan, Step, trade_off
+from apportion.types import INTENTS, Budget
+
+DIM = 4096
+# Intents with fewer training items than this take the overall mean FLOPs of a strategy.
+MIN_INTENT_ITEMS = 10
+# A declining first step (a solver, a program) ends the plan when it answers this surely.
+DECLINER_BAR = 0.5
+
+
+def vector(features: Features) -> npt.NDArray[np.float32]:
+    """The predictor's input for one question: folded hashed n-grams, then intent shares."""
+    x = np.zeros(DIM + len(INTENTS), dtype=np.float32)
+    hashed = hashed_features(features.text, has_math_expression=features.has_math_expression)
+    for index, value in hashed.items():
+        x[index % DIM] += value
+    shares = dict(features.intent_probabilities)
+    for i, intent in enumerate(INTENTS):
+        x[DIM + i] = shares.get(intent, 0.0)
+    return x
+
+
+def _fit_logistic(
+    x: npt.NDArray[np.float32], y: npt.NDArray[np.float32], l2: float, steps: int
+) -> tuple[npt.NDArray[np.float32], float]:
+    """Weights and bias of min mean log-loss + l2/2·|w|², by gradient descent with a step
+    size from the loss's smoothness bound (deterministic: no sampling)."""
+    n, d = x.shape
+    w = np.zeros(d, dtype=np.float64)
+    prior = float(np.clip(y.mean(), 1e-3, 1 - 1e-3))
+    b = float(np.log(prior / (1 - prior)))
+    # the log-loss gradient is (‖X‖²/4n)-Lipschitz; rows are about unit length
+    rate = 1.0 / (0.25 * float(np.max(np.sum(x * x, axis=1))) + l2)
+    xd = x.astype(np.float64)
+    for _ in range(steps):
+        p = 1.0 / (1.0 + np.exp(-(xd @ w + b)))
+        error = p - y
+        w -= rate * (xd.T @ error / n + l2 * w)
+        b -= rate * float(error.mean())
+    return w.astype(np.float32), b
+
+
+@dataclass(frozen=True)
+class SuccessPredictor:
+    """P(right) per strategy from the question, and expected FLOPs per strategy and intent."""
+
+    strategies: tuple[str, ...]
+    weights: npt.NDArray[np.float32]  # (DIM + intents) × strategies
+    bias: npt.NDArray[np.float32]
+    flops: dict[str, dict[str, float]]  # strategy → intent (or "*") → mean FLOPs
+    closers: tuple[str, ...]  # the strategies that always answer
+
+    def predict(self, features: Features) -> dict[str, float]:
+        logits = vector(features) @ self.weights + self.bias
+        p = 1.0 / (1.0 + np.exp(-logits))
+        return {s: float(v) for s, v in zip(self.strategies, p, strict=True)}
+
+    def expected_flops(self, strategy: str, intent: str) -> float:
+        by_intent = self.flops[strategy]
+        return by_intent.get(intent, by_intent["*"])
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "strategies": list(self.strategies), "closers": list(self.closers),
+            "weights": self.weights.tolist(), "bias": self.bias.tolist(), "flops": self.flops,
+        }  # fmt: skip
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SuccessPredictor:
+        return cls(
+            tuple(data["strategies"]), np.asarray(data["weights"], dtype=np.float32),
+            np.asarray(data["bias"], dtype=np.float32),
+            {s: dict(v) for s, v in data["flops"].items()}, tuple(data["closers"]),
+        )  # fmt: skip
+
+
+def fit_predictor(
+    examples: Sequence[tuple[Features, dict[str, tuple[bool, float]]]],
+    strategies: Sequence[str],
+    *,
+    closes: Callable[[str], bool],
+    l2: float = 1e-3,
+    steps: int = 300,
+) -> SuccessPredictor:
+    """Fit on traced questions: each its features and, per strategy, (right, FLOPs)."""
+    x = np.stack([vector(f) for f, _ in examples])
+    columns, biases = [], []
+    for s in strategies:
+        y = np.array([outcomes[s][0] for _, outcomes in examples], dtype=np.float32)
+        w, b = _fit_logistic(x, y, l2, steps)
+        columns.append(w)
+        biases.append(b)
+    flops: dict[str, dict[str, float]] = {}
+    for s in strategies:
+        spent: dict[str, list[float]] = {}
+        for f, outcomes in examples:
+            spent.setdefault(f.intent, []).append(outcomes[s][1])
+            spent.setdefault("*", []).append(outcomes[s][1])
+        flops[s] = {k: float(np.mean(v)) for k, v in spent.items()
+                    if k == "*" or len(v) >= MIN_INTENT_ITEMS}  # fmt: skip
+    return SuccessPredictor(
+        tuple(strategies), np.stack(columns, axis=1), np.asarray(biases, dtype=np.float32),
+        flops, tuple(s for s in strategies if closes(s)),
+    )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class PredictedPolicy:
+    """Per question: the strategy of highest predicted accuracy − λ·FLOPs/max FLOPs; one that
+    can decline is followed by the closer predicted best (see the module docstring)."""
+
+    predictor: SuccessPredictor
+    lam: float
+    max_flops: float
+    source: dict[str, Any] = field(default_factory=dict)
+
+    def plan(
+        self, features: Features, budget: Budget, *, unavailable: frozenset[str] = frozenset()
+    ) -> Plan:
+        p = self.predictor.predict(features)
+        usable = [s for s in self.predictor.strategies if s not in unavailable]
+        candidates = [
+            Candidate((Step(s, 0.0),), p[s], self.predictor.expected_flops(s, features.intent),
+                      0.0, 0.0)
+            for s in usable
+        ]  # fmt: skip
+        if budget.max_flops is not None:
+            fits = [c for c in candidates if c.flops <= budget.max_flops]
+            candidates = fits or [min(candidates, key=lambda c: c.flops)]
+        scored = [(c, trade_off(c, self.lam, self.max_flops)) for c in candidates]
+        best, _ = max(scored, key=lambda cs: (cs[1], -cs[0].flops))
+        first = best.steps[0].strategy
+        steps: tuple[Step, ...] = (Step(first, 0.0),)
+        closers = [s for s in self.predictor.closers if s in usable]
+        if first not in self.predictor.closers and closers:
+            closer = max(closers, key=lambda s: p[s])
+            steps = (Step(first, DECLINER_BAR), Step(closer, 0.0))
+        ranked = ", ".join(f"{s} {p[s]:.0%}" for s in sorted(p, key=lambda s: -p[s]))
+        return Plan(
+            steps,
+            f"predicted for this question: {ranked}; max accuracy − {self.lam:g}·FLOPs/"
+            f"{self.max_flops:.3g}",
+            expected={"accuracy": best.accuracy, "flops": best.flops},
+            alternatives=tuple(scored),
+        )

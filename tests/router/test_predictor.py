@@ -1,0 +1,41 @@
+"""The per-query success predictor: fitted on traced questions, it tells apart questions that
+the same intent cell lumps together, and its policy closes a declining step."""
+
+from __future__ import annotations
+
+from apportion.router.features import extract_features
+from apportion.router.predictor import PredictedPolicy, SuccessPredictor, fit_predictor
+from apportion.types import Budget
+
+CLOSERS = {"cot"}
+
+
+def _examples() -> list[tuple[object, dict[str, tuple[bool, float]]]]:
+    """Word problems: those about trains only `program` gets right, those about apples only
+    `cot` (the same intent and sizes, so only the words tell them apart)."""
+    out = []
+    for i in range(30):
+        train = f"A train goes {i + 20} miles in {i % 5 + 2} hours. How far in {i % 3 + 4} hours?"
+        apples = f"Sam has {i + 3} apples and gives {i % 4 + 1} to Ann. How many apples are left?"
+        out.append((extract_features(train), {"program": (True, 2e11), "cot": (False, 5e11)}))
+        out.append((extract_features(apples), {"program": (False, 2e11), "cot": (True, 5e11)}))
+    return out
+
+
+def test_predicts_per_question_and_round_trips() -> None:
+    predictor = fit_predictor(_examples(), ["cot", "program"], closes=CLOSERS.__contains__)
+    train = extract_features("A train travels 95 miles in 3 hours. How far in 7 hours?")
+    apples = extract_features("Sam has 41 apples and gives 2 to Ann. How many apples are left?")
+    assert predictor.predict(train)["program"] > 0.6 > predictor.predict(apples)["program"]
+    assert predictor.predict(apples)["cot"] > 0.6 > predictor.predict(train)["cot"]
+    again = SuccessPredictor.from_dict(predictor.to_dict())
+    assert again.predict(train) == predictor.predict(train)
+    assert predictor.expected_flops("cot", "math_word") == 5e11
+
+    policy = PredictedPolicy(predictor, lam=0.1, max_flops=5e11)
+    plan = policy.plan(train, Budget())
+    # program can decline (no solve(), a crash), so the best closer follows it
+    assert [s.strategy for s in plan.steps] == ["program", "cot"] and plan.steps[0].stop_at > 0
+    assert [s.strategy for s in policy.plan(apples, Budget()).steps] == ["cot"]
+    assert [s.strategy for s in policy.plan(train, Budget(), unavailable=frozenset({"program"})
+                                             ).steps] == ["cot"]  # fmt: skip
