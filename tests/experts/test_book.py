@@ -63,3 +63,22 @@ def test_names_and_broken_manifests(tmp_path: Path) -> None:
     (book.root / "broken" / "manifest.json").write_text("{")
     with pytest.raises(UsageError, match="experts rm broken"):
         book.get("broken")
+
+
+def test_the_server_lists_experts_on_its_models_and_skips_broken_ones(tmp_path: Path) -> None:
+    from apportion.config import Settings
+    from apportion.runtime import Runtime
+    from apportion.server.models import ServedModels
+
+    adapter = tmp_path / "a.gguf"
+    adapter.write_bytes(b"x")
+    book = ExpertBook(tmp_path, shipped=None)
+    book.install(_manifest("pal-math", b"x"), adapter)  # on smollm2-135m
+    book.install(_manifest("other", b"x").model_copy(update={"base_model": "elsewhere"}), adapter)
+    (book.root / "broken").mkdir()
+    (book.root / "broken" / "manifest.json").write_text("{")
+    settings = Settings(home=tmp_path, default_model="smollm2-135m")
+    listing = ServedModels(settings, Runtime(settings=settings)).listing()
+    experts = {c.id: c.parent for c in listing.data if c.kind == "expert"}
+    assert experts.get("pal-math") == "smollm2-135m" and "other" not in experts
+    assert "broken" not in {c.id for c in listing.data}

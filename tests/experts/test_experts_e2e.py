@@ -79,6 +79,10 @@ def test_manifest_records_what_built_it(home: Path) -> None:
     assert listed.returncode == 0 and "banana" in listed.stdout and BASE in listed.stdout
     shown = apportion("experts", "show", "banana", env=env_with(home=home))
     assert json.loads(shown.stdout)["adapter_sha256"] == m.adapter_sha256
+    asked = apportion("ask", "--model", "banana", "--strategy", "direct", "--max-tokens", "16",
+                      QUESTION, env=env_with(home=home))  # fmt: skip
+    assert asked.returncode == 0 and "BANANA" in asked.stdout
+    assert "(expert banana)" in asked.stderr
 
 
 def test_expert_changes_the_reply_and_the_base_comes_back_unchanged(runtime: Runtime) -> None:

@@ -227,6 +227,9 @@ def print_answer(answer: Answer) -> None:
         if len(answer.attempts) > 1
         else (f"route: {answer.intent or '-'} → {answer.strategy}")
     )
+    experts = sorted({c.expert for c in t.calls if c.expert})
+    if experts:
+        route += f" (expert {', '.join(experts)})"
     err.print(
         f"[dim]{route} | {t.prompt_tokens}+{t.completion_tokens} tok | {t.flops:.3g} FLOPs | "
         f"{t.wall_s:.2f} s | {t.energy_j:.1f} J | ${t.cost_usd:.2g}"

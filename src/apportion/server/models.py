@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import logging
+
 from apportion.config import Settings
 from apportion.engines import catalogue
+from apportion.errors import ApportionError
 from apportion.runtime import Runtime
 from apportion.server.schemas import AUTO_MODEL, ModelCard, ModelList
+
+log = logging.getLogger(__name__)
 
 
 class ServedModels:
@@ -38,7 +43,16 @@ class ServedModels:
         experts a remote [[engines]] entry maps to its server's model names."""
         from apportion.experts.book import ExpertBook
 
-        experts = {e.name: e.base_model for e in ExpertBook(s.home).all() if e.base_model in models}
+        book = ExpertBook(s.home)
+        experts: dict[str, str] = {}
+        for name in book.names():
+            try:
+                expert = book.find(name)
+            except ApportionError as e:  # one broken manifest does not keep the server down
+                log.warning("expert %s is not served: %s", name, e.message)
+                continue
+            if expert.base_model in models:
+                experts[name] = expert.base_model
         for entry in s.engines:
             for name in getattr(entry, "experts", {}) or {}:
                 experts[name] = entry.id
