@@ -168,3 +168,19 @@ def test_training_resumes_from_its_checkpoint(home: Path, tmp_path: Path) -> Non
     other = TrainConfig(max_steps=4, epochs=2, batch=2, save_every=1, learning_rate=1e-3)
     with pytest.raises(UsageError, match="--restart"):
         train_adapter(base, examples, other, work=tmp_path, key=run_key("base", "data", other))
+
+
+def test_the_shipped_pal_math_expert_serves_program(small_engine: Runtime) -> None:
+    """The adapter that ships with the package: found without training, checked against its
+    manifest, and applied to the default model's program strategy."""
+    expert = ExpertBook(small_engine.settings.home).find("pal-math")
+    manifest = expert.manifest
+    assert manifest.base_model == small_engine.settings.default_model == "qwen2.5-coder-0.5b"
+    assert manifest.data.examples >= 200 and any("experts distil" in c for c in manifest.commands)
+    answer = small_engine.answer(Request(
+        "A baker bakes 4 trays of 12 rolls and sells 30 of them. How many rolls are left?",
+        strategy="program:expert=pal-math",
+    ))  # fmt: skip
+    assert answer.answer == "18"
+    call = next(c for c in answer.ledger.calls if c.kind == "model")
+    assert call.expert == "pal-math" and call.name == "qwen2.5-coder-0.5b"
