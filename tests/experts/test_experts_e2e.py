@@ -170,10 +170,14 @@ def test_training_resumes_from_its_checkpoint(home: Path, tmp_path: Path) -> Non
         train_adapter(base, examples, other, work=tmp_path, key=run_key("base", "data", other))
 
 
-def test_the_shipped_pal_math_expert_serves_program(small_engine: Runtime) -> None:
+def test_the_shipped_pal_math_expert_serves_program(
+    small_engine: Runtime, tmp_path: Path
+) -> None:
     """The adapter that ships with the package: found without training, checked against its
     manifest, and applied to the default model's program strategy."""
-    expert = ExpertBook(small_engine.settings.home).find("pal-math")
+    expert = ExpertBook(tmp_path).find("pal-math")  # an empty home: the shipped one
+    assert expert.shipped
+    expert.verify()
     manifest = expert.manifest
     assert manifest.base_model == small_engine.settings.default_model == "qwen2.5-coder-0.5b"
     assert manifest.data.examples >= 200 and any("experts distil" in c for c in manifest.commands)
