@@ -357,7 +357,7 @@ def test_engine_kinds_map_names_to_factories(example: PluginIndex) -> None:
     assert kinds.names()[:2] == ["openai", "llamacpp"] and "echo" in kinds.names()
     with pytest.raises(UnknownNameError) as raised:
         kinds.kind("telepathy")
-    assert raised.value.hint is not None and "echo, llamacpp, openai" in raised.value.hint
+    assert raised.value.hint is not None and "echo, expert, llamacpp, openai" in raised.value.hint
     # a catalogue model needs no entry: llama.cpp serves it under its own id
     entry = kinds.entry_for(Settings(), "smollm2-135m")
     assert isinstance(entry, LlamaCppEngineConfig) and entry.model == "smollm2-135m"
@@ -374,7 +374,7 @@ def test_a_broken_or_wrong_engine_kind_is_reported_by_name() -> None:
     with pytest.raises(PluginLoadError, match="'wrong' is not an apportion.engines.registry"):
         kinds.kind("wrong")
     assert kinds.config_model("openai") is RemoteEngineConfig  # the rest keep working
-    assert kinds.names() == ["openai", "llamacpp"]
+    assert kinds.names() == ["openai", "llamacpp", "expert"]
 
 
 def test_engine_entries_are_validated_by_their_kind(example: PluginIndex, tmp_path: Path) -> None:

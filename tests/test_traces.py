@@ -7,6 +7,8 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
+import pytest
+
 from apportion.traces import RESULTS, ItemResult, ResultWriter, is_adaptive, read_results
 
 ARCHIVE = Path(__file__).resolve().parents[1] / "benchmarks" / "traces"
@@ -48,16 +50,17 @@ def test_an_old_row_with_rags_message_reads_as_an_abstention() -> None:
     assert not ItemResult.from_json(old | {"abstained": False}).abstained
 
 
-def test_the_archived_traces_still_load_with_their_abstentions() -> None:
-    (archive,) = ARCHIVE.glob("*.jsonl.gz")
+@pytest.mark.parametrize("archive", sorted(ARCHIVE.glob("*.jsonl.gz")), ids=lambda p: p.name)
+def test_the_archived_traces_still_load_with_their_abstentions(archive: Path) -> None:
     rows = read_results(archive)
     with gzip.open(archive, "rt", encoding="utf-8") as f:
         raw = [json.loads(line) for line in f if line.strip()]
-    assert len(rows) == len(raw) > 1000
+    assert len(rows) == len(raw) > 300
     abstained = [r for r in rows if r.abstained]
-    assert abstained and all(r.answer == "not found in the documents" for r in abstained)
+    assert all(r.answer == "not found in the documents" for r in abstained)
     assert len(abstained) == sum(r["answer"] == "not found in the documents" for r in raw)
-    assert {r.strategy for r in abstained} == {"rag"}
+    if any(r.strategy == "rag" for r in rows):
+        assert abstained and {r.strategy for r in abstained} == {"rag"}
     # Every field a row held comes back as it was.
     for row, data in zip(rows, raw, strict=True):
         assert {k: v for k, v in row.to_json().items() if k in data} == data
