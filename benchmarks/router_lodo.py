@@ -18,6 +18,7 @@ import argparse
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from apportion.bench.datasets import restore_questions
 from apportion.bench.scoring import wilson_interval
 from apportion.router.calibrate import DEFAULT_LAMBDA, calibrate, evaluate, traced_items
 from apportion.router.policy import CalibratedPolicy, Policy
@@ -77,7 +78,8 @@ def main() -> None:
     parser.add_argument("--runs", type=Path, action="append", required=True)
     parser.add_argument("--lam", type=float, default=DEFAULT_LAMBDA)
     args = parser.parse_args()
-    results = [r for path in args.runs for r in read_results(path)]
+    # archived traces keep no question: it is read back from the shared data
+    results = restore_questions(r for path in args.runs for r in read_results(path))
     datasets = sorted({r.dataset for r in results})
     lodo: dict[str, list[tuple[int, float, float]]] = {}
     print(f"{len(results)} traced rows, {len(datasets)} datasets, λ = {args.lam:g}")

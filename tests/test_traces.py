@@ -9,6 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from apportion.bench.datasets import ARCHIVE_DROPS, default_data_dir, restore_questions
+from apportion.bench.scoring import score
+from apportion.errors import UsageError
 from apportion.traces import RESULTS, ItemResult, ResultWriter, is_adaptive, read_results
 
 ARCHIVE = Path(__file__).resolve().parents[1] / "benchmarks" / "traces"
@@ -61,9 +64,38 @@ def test_the_archived_traces_still_load_with_their_abstentions(archive: Path) ->
     assert len(abstained) == sum(r["answer"] == "not found in the documents" for r in raw)
     if any(r.strategy == "rag" for r in rows):
         assert abstained and {r.strategy for r in abstained} == {"rag"}
-    # Every field a row held comes back as it was.
+    # Every field a row held comes back as it was; the benchmark's text is not among them.
     for row, data in zip(rows, raw, strict=True):
         assert {k: v for k, v in row.to_json().items() if k in data} == data
+        assert not set(ARCHIVE_DROPS) & set(data)
+
+
+@pytest.mark.parametrize("archive", sorted(ARCHIVE.glob("*.jsonl.gz")), ids=lambda p: p.name)
+def test_archived_traces_get_their_questions_back_from_the_shared_data(archive: Path) -> None:
+    try:
+        default_data_dir()
+    except UsageError as e:
+        pytest.skip(f"no shared data folder: {e.message}")
+    rows = read_results(archive)
+    restored = restore_questions(rows)
+    assert all(r.question and r.gold for r in restored)
+    assert [r.to_json() | {"question": "", "gold": ""} for r in restored] == [
+        r.to_json() for r in rows
+    ]
+    # the gold answer read back is the one each row was scored against
+    numeric = [r for r in restored if r.kind == "number" and r.answer is not None]
+    assert numeric
+    assert all(score(r.answer, r.gold, kind="number").correct == r.correct for r in numeric)
+
+
+def test_rows_of_unnamed_datasets_without_questions_are_refused() -> None:
+    row = ItemResult.from_json({
+        "dataset": "mine.jsonl", "item_id": "1", "strategy": "cot", "answer": "2",
+        "correct": True, "f1": 1.0, "confidence": 1.0, "route": "cot", "intent": None,
+        "error": None, "calls": 1,
+    })  # fmt: skip
+    with pytest.raises(UsageError, match="not a named dataset"):
+        restore_questions([row])
 
 
 def test_adaptive_specs() -> None:

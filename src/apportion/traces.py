@@ -85,6 +85,7 @@ class ItemResult(Cost):
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> ItemResult:
         known = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
+        known.setdefault("gold", "")  # archived traces keep no gold (bench.datasets.ARCHIVE_DROPS)
         if "abstained" not in data:
             known["abstained"] = data.get("answer") == LEGACY_ABSTAIN_ANSWER
         return cls(**known)

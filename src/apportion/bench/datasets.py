@@ -22,6 +22,7 @@ from apportion.answers import canonical_number
 from apportion.bench.scoring import infer_kind
 from apportion.errors import UnknownNameError, UsageError
 from apportion.strategies.prompts import OPTION_LETTERS, with_options
+from apportion.traces import ItemResult
 from apportion.types import AnswerKind
 
 __all__ = [
@@ -562,3 +563,50 @@ def load_named(name: str, *, data_dir: Path | None = None) -> list[BenchItem]:
         raise UsageError(
             f"dataset {name!r} under {root} has an unexpected layout: {exc!r}"
         ) from exc
+
+
+# ---------------------------------------------------------------------------
+# Archived traces
+# ---------------------------------------------------------------------------
+
+# What an archived trace (benchmarks/traces) leaves out: the benchmark's own text, which stays
+# in the shared data folder and is read back from there by item id.
+ARCHIVE_DROPS = ("question", "gold")
+
+
+def restore_questions(
+    results: Iterable[ItemResult], *, data_dir: Path | None = None
+) -> list[ItemResult]:
+    """Rows with their question and gold answer read back from their named dataset (rows that
+    still carry them are kept as they are). Archived traces hold neither: the benchmark data
+    is not copied into the repository."""
+    from dataclasses import replace
+
+    rows = list(results)
+    by_set: dict[str, dict[str, BenchItem]] = {}
+    out = []
+    for row in rows:
+        if row.question:
+            out.append(row)
+            continue
+        if row.dataset not in by_set:
+            try:
+                by_set[row.dataset] = {i.id: i for i in load_named(row.dataset, data_dir=data_dir)}
+            except UnknownNameError as e:
+                raise UsageError(
+                    f"traced rows of {row.dataset!r} carry no question, and it is not a named "
+                    "dataset to read them from", e.hint,
+                ) from e  # fmt: skip
+        item = by_set[row.dataset].get(row.item_id)
+        if item is None:
+            raise UsageError(
+                f"item {row.item_id!r} is not in dataset {row.dataset!r} of the data folder",
+                "the traces were made with another version of the data",
+            )
+        out.append(replace(row, question=item.question, gold=item.answer))
+    return out
+
+
+def archive_row(row: ItemResult) -> dict[str, Any]:
+    """A row as an archive keeps it: without the benchmark's text (ARCHIVE_DROPS)."""
+    return {k: v for k, v in row.to_json().items() if k not in ARCHIVE_DROPS}

@@ -71,6 +71,7 @@ def calibrate(
 
     Example: apportion calibrate --runs runs/mixed -o policy.json
     """
+    from apportion.bench.datasets import restore_questions
     from apportion.bench.runner import RESULTS, read_results
     from apportion.router.calibrate import calibrate as fit
     from apportion.router.calibrate import evaluate, in_training_share
@@ -86,6 +87,8 @@ def calibrate(
                     f"no results at {path}", "give a folder that `apportion bench --out` wrote"
                 )
             results += read_results(path)
+        # archived traces (benchmarks/traces) keep no question: read back from the shared data
+        results = restore_questions(results)
         command = "apportion calibrate " + shlex.join(sys.argv[2:])
         policy = fit(
             results,

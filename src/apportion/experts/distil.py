@@ -33,7 +33,7 @@ DISTILLABLE = ("program", "cot", "direct")
 def items_of_runs(runs: Sequence[Path], strategy: str) -> list[BenchItem]:
     """The items bench runs (folders or results files) answered with `strategy`, each once,
     in the runs' order: distilling them replays the run's model calls from the cache."""
-    from apportion.bench.datasets import BenchItem
+    from apportion.bench.datasets import BenchItem, restore_questions
     from apportion.traces import read_results
 
     items: dict[tuple[str, str], BenchItem] = {}
@@ -41,9 +41,9 @@ def items_of_runs(runs: Sequence[Path], strategy: str) -> list[BenchItem]:
         path = run / "results.jsonl" if run.is_dir() else run
         if not path.exists():
             raise UsageError(f"no bench results at {path}", "pass a bench --out folder")
-        for row in read_results(path):
+        for row in restore_questions(read_results(path)):
             kind = row.kind
-            if row.strategy == strategy and row.question and kind in get_args(AnswerKind):
+            if row.strategy == strategy and kind in get_args(AnswerKind):
                 items.setdefault((row.dataset, row.item_id), BenchItem(
                     id=row.item_id, question=row.question, answer=row.gold,
                     kind=cast(AnswerKind, kind),
