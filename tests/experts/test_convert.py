@@ -73,3 +73,18 @@ def test_written_file_is_an_adapter_llama_cpp_reads(tmp_path: Path) -> None:
     alpha = fields["adapter.lora.alpha"]
     assert alpha.types == [gguf.GGUFValueType.FLOAT32] and alpha.parts[alpha.data[0]][0] == 16.0
     assert {t.name for t in reader.tensors} == set(tensors)
+
+
+def test_packed_adapters_give_back_the_same_file(tmp_path: Path) -> None:
+    """A shipped expert's tensors are packed as .npz; unpacking writes the GGUF it came from,
+    byte for byte (so its manifest's sha256 still holds)."""
+    from apportion.experts.convert import pack_adapter, read_adapter, unpack_adapter
+
+    tensors = gguf_tensors(_lora(), AdapterShape("llama", 2, 1))
+    original = tmp_path / "a.gguf"
+    write_adapter(tensors, original, architecture="llama", alpha=32, name="t")
+    pack_adapter(original, tmp_path / "a.npz")
+    unpack_adapter(tmp_path / "a.npz", tmp_path / "b.gguf")
+    assert (tmp_path / "b.gguf").read_bytes() == original.read_bytes()
+    read, architecture, alpha, name = read_adapter(tmp_path / "b.gguf")
+    assert (architecture, alpha, name) == ("llama", 32.0, "t") and set(read) == set(tensors)

@@ -177,7 +177,11 @@ def test_the_shipped_pal_math_expert_serves_program(
     manifest, and applied to the default model's program strategy."""
     expert = ExpertBook(tmp_path).find("pal-math")  # an empty home: the shipped one
     assert expert.shipped
-    expert.verify()
+    # the package holds the tensors; the GGUF file is written into the model cache, and is
+    # byte for byte the adapter that was trained (verify checks the manifest's sha256)
+    cached = tmp_path / "experts" / ".shipped" / "pal-math" / "adapter.gguf"
+    assert not cached.exists()
+    assert expert.verify() == cached and cached.stat().st_size == expert.manifest.adapter_bytes
     manifest = expert.manifest
     assert manifest.base_model == small_engine.settings.default_model == "qwen2.5-coder-0.5b"
     assert manifest.data.examples >= 200 and any("experts distil" in c for c in manifest.commands)

@@ -1,7 +1,9 @@
 """The installed experts: LoRA adapters for one base model each, kept in
 `$APPORTION_HOME/experts/NAME/` (an `adapter.gguf` and its `manifest.json`), beside the ones
 shipped with the package (`apportion/experts/shipped/NAME/`). An installed expert of a shipped
-expert's name replaces it.
+expert's name replaces it. A shipped expert holds its tensors as `adapter.npz` (no model file
+in the repository); its GGUF file is written from them into the model cache,
+`$APPORTION_HOME/experts/.shipped/NAME/`, the first time it is used.
 
 A manifest records what the adapter is for and how it was made: the base model and its
 weights' sha256, the adapter's sha256, rank, alpha and adapted matrices, the training data's
@@ -25,6 +27,7 @@ from apportion.errors import ModelIntegrityError, UnknownNameError, UsageError
 
 MANIFEST = "manifest.json"
 ADAPTER = "adapter.gguf"
+PACKED = "adapter.npz"  # a shipped expert's tensors (experts/convert.py's pack_adapter)
 SHIPPED = Path(__file__).parent / "shipped"
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 
@@ -69,6 +72,8 @@ class Expert:
     manifest: ExpertManifest
     directory: Path
     shipped: bool
+    # Where a shipped expert's GGUF file is written (in the model cache); None for others.
+    cache: Path | None = None
 
     @property
     def name(self) -> str:
@@ -80,13 +85,21 @@ class Expert:
 
     @property
     def adapter_path(self) -> Path:
-        return self.directory / ADAPTER
+        return (self.cache if self.cache is not None else self.directory) / ADAPTER
 
     def verify(self) -> Path:
-        """The adapter file, once its sha256 is the manifest's."""
+        """The adapter file, once its sha256 is the manifest's (a shipped expert's is written
+        from its packed tensors first, if it is not in the cache yet)."""
         from apportion.engines.catalogue import sha256_file
 
         path = self.adapter_path
+        if self.cache is not None and not path.is_file():
+            from apportion.experts.convert import unpack_adapter
+
+            self.cache.mkdir(parents=True, exist_ok=True)
+            partial = path.with_suffix(".partial")
+            unpack_adapter(self.directory / PACKED, partial)
+            partial.replace(path)
         if not path.is_file():
             raise ModelIntegrityError(
                 f"expert {self.name!r} has no adapter file at {path}",
@@ -111,7 +124,7 @@ def check_name(name: str) -> str:
     return name
 
 
-def _read(directory: Path, *, shipped: bool) -> Expert | None:
+def _read(directory: Path, *, shipped: bool, cache: Path | None = None) -> Expert | None:
     path = directory / MANIFEST
     try:
         manifest = ExpertManifest.model_validate_json(path.read_text(encoding="utf-8"))
@@ -122,7 +135,7 @@ def _read(directory: Path, *, shipped: bool) -> Expert | None:
             f"the manifest of expert {directory.name!r} cannot be read ({path}): {e}",
             f"remove the expert: apportion experts rm {directory.name}",
         ) from e
-    return Expert(manifest, directory, shipped)
+    return Expert(manifest, directory, shipped, cache)
 
 
 class ExpertBook:
@@ -143,7 +156,8 @@ class ExpertBook:
         if not _NAME.match(name):
             return None
         for directory, shipped in self._dirs(name):
-            expert = _read(directory, shipped=shipped)
+            cache = self.root / ".shipped" / name if shipped else None
+            expert = _read(directory, shipped=shipped, cache=cache)
             if expert is not None:
                 return expert
         return None

@@ -115,3 +115,40 @@ def write_adapter(
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
+
+
+def read_adapter(path: Path) -> tuple[dict[str, np.ndarray[Any, Any]], str, float, str]:
+    """A GGUF adapter file's tensors, architecture, alpha and name (what `write_adapter` wrote)."""
+    import gguf
+
+    reader = gguf.GGUFReader(str(path))
+
+    def text(key: str) -> str:
+        field = reader.fields[key]
+        return bytes(field.parts[field.data[0]]).decode()
+
+    alpha_field = reader.fields["adapter.lora.alpha"]
+    alpha = float(alpha_field.parts[alpha_field.data[0]][0])
+    tensors = {t.name: np.array(t.data) for t in reader.tensors}
+    return tensors, text("general.architecture"), alpha, text("general.name")
+
+
+def pack_adapter(gguf_path: Path, npz_path: Path) -> None:
+    """Store an adapter's tensors and header as a compressed NumPy file: the form a shipped
+    expert takes in the package (the GGUF file is written from it into the model cache)."""
+    tensors, architecture, alpha, name = read_adapter(gguf_path)
+    arrays: dict[str, Any] = {
+        "__architecture": np.array(architecture), "__alpha": np.array(alpha),
+        "__name": np.array(name), **tensors,
+    }  # fmt: skip
+    np.savez_compressed(npz_path, **arrays)
+
+
+def unpack_adapter(npz_path: Path, gguf_path: Path) -> None:
+    """Write the GGUF adapter file a `pack_adapter` file holds (the same bytes as the one it
+    was packed from: same header, same float16 tensors, in the same order)."""
+    with np.load(npz_path) as data:
+        tensors = {k: data[k] for k in data.files if not k.startswith("__")}
+        architecture, alpha = str(data["__architecture"]), float(data["__alpha"])
+        name = str(data["__name"])
+    write_adapter(tensors, gguf_path, architecture=architecture, alpha=alpha, name=name)
