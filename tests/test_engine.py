@@ -160,3 +160,6 @@ class _FixedPolicy:
         self, features: Features, budget: Budget, *, unavailable: frozenset[str] = frozenset()
     ) -> Plan:
         return Plan(self.steps, "fixed for the test")
+
+    def step_specs(self) -> frozenset[str]:
+        return frozenset(s.strategy for s in self.steps)

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 from apportion.config import EngineConfig, LlamaCppEngineConfig, Settings
 from apportion.engines import catalogue
 from apportion.engines.base import GenerationCancelled
-from apportion.engines.layers import CompletionCache, ModelCalls
+from apportion.engines.layers import CompletionCache, ModelCalls, innermost
 from apportion.engines.memory import ResidentSet, format_bytes, resident_bytes
 from apportion.engines.registry import EngineRegistry, EngineServices, ExpertEngineConfig
 from apportion.engines.speed import SpeedBook
@@ -161,6 +161,9 @@ class Runtime:
     pull_progress: catalogue.PullProgress | None = None
     documents: str = "configured"
     _engines: dict[str, TextEngine] = field(default_factory=dict, repr=False)
+    # Models found ready to serve without a download (`model_available`), so auto's planning
+    # does not look on disk for them again on every request.
+    _available: set[str] = field(default_factory=set, repr=False)
     _fingerprints: dict[str, str] = field(default_factory=dict, repr=False)
     # The document store retrieval strategies (rag) search; None until one is opened. Opening
     # one loads the embedding model, which a question that never retrieves should not wait for.
@@ -267,8 +270,13 @@ class Runtime:
         ))  # fmt: skip
 
     def check_model(self, model_id: str) -> None:
-        if model_id in self._engines or model_id in self.model_ids():
+        """Refuse a model id nothing here can serve (the valid ones listed). Asked per request:
+        only an id that is not loaded, catalogued or configured costs a look on disk."""
+        if model_id in self._engines or model_id in catalogue.CATALOGUE:
             return
+        entry = self.engine_kinds.entry_for(self.settings, model_id)
+        if not isinstance(entry, LlamaCppEngineConfig) or entry in self.settings.engines:
+            return  # configured, an expert, or mapped to a remote server's name
         if catalogue.is_local_file(model_id) and Path(model_id).expanduser().is_file():
             return
         raise UnknownNameError("model", model_id, [*self.model_ids(), "<path/to/file.gguf>"])
@@ -305,9 +313,9 @@ class Runtime:
             unloaded = self._engines.pop(loaded)
             unloaded.close()
             self._resident.remove(loaded)
-            # experts served on it go with it (engines/llamacpp.py's AdaptedEngine)
+            # experts served on it go with it (engines/llamacpp.py's AdaptedEngine, a layer)
             for other, engine in list(self._engines.items()):
-                if getattr(engine, "base", None) is unloaded:
+                if innermost(engine) is unloaded:
                     del self._engines[other]
         services = EngineServices(self.settings, self.engine_for, self.check_model,
                                   self.pull_progress)  # fmt: skip
@@ -416,10 +424,8 @@ class Runtime:
         nor `model`, the request's own); else the one strategy asked for."""
         if strategy == AUTO:
             unavailable = set() if self.can_retrieve() else set(self.registry.store_readers())
-            specs = getattr(self.policy, "step_specs", None)
-            if callable(specs):
-                own = model or self.settings.default_model
-                unavailable |= {s for s in specs() if not self.runnable(s, own)}
+            own = model or self.settings.default_model
+            unavailable |= {s for s in self.policy.step_specs() if not self.runnable(s, own)}
             planned = self.policy.plan(features, budget, unavailable=frozenset(unavailable))
             return self.ends_in_answer(planned, features.intent)
         self.registry.build(strategy)  # validate the name and parameters before any work
@@ -434,17 +440,20 @@ class Runtime:
         return all(self.model_available(m, model) for m in names)
 
     def model_available(self, model_id: str, own: str | None = None) -> bool:
-        if model_id == own or model_id in self._engines:
+        if model_id == own or model_id in self._engines or model_id in self._available:
             return True
         entry = self.engine_kinds.entry_for(self.settings, model_id)
         if isinstance(entry, ExpertEngineConfig):
-            return self.model_available(entry.base, own)
-        if not isinstance(entry, LlamaCppEngineConfig):
-            return True  # a configured engine (remote, plug-in): it is there to be called
-        known = catalogue.CATALOGUE.get(entry.model)
-        if known is not None:
-            return catalogue.model_path(self.settings.models_dir, known).exists()
-        return Path(entry.model).expanduser().is_file()
+            found = self.model_available(entry.base, own)
+        elif not isinstance(entry, LlamaCppEngineConfig):
+            found = True  # a configured engine (remote, plug-in): it is there to be called
+        elif (known := catalogue.CATALOGUE.get(entry.model)) is not None:
+            found = catalogue.model_path(self.settings.models_dir, known).exists()
+        else:
+            found = Path(entry.model).expanduser().is_file()
+        if found:  # kept: a pulled model stays (one not pulled yet is looked for again)
+            self._available.add(model_id)
+        return found
 
     def ends_in_answer(self, plan: Plan, intent: str) -> Plan:
         """The plan, closed by a step that always answers if its last one can decline (a

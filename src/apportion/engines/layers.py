@@ -31,7 +31,7 @@ import threading
 import time
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from apportion.engines.base import GenerationCancelled, TextEngine
 from apportion.errors import BudgetExceededError
@@ -193,16 +193,19 @@ class Call:
     logprobs: bool = False
     reuse_prefix: bool = True
 
-    def generate_on(self, engine: TextEngine) -> list[Completion]:
+    def generate_on(self, engine: TextEngine, **options: Any) -> list[Completion]:
+        """The call on `engine`, with `options` its own keyword arguments take beside these
+        (an adapter, for llama.cpp's)."""
         return engine.generate(
             self.messages, max_tokens=self.max_tokens, temperature=self.temperature, n=self.n,
             stop=self.stop, seed=self.seed, logprobs=self.logprobs, **_prefix(self.reuse_prefix),
+            **options,
         )  # fmt: skip
 
-    def stream_on(self, engine: TextEngine) -> Pieces:
+    def stream_on(self, engine: TextEngine, **options: Any) -> Pieces:
         return engine.stream(
             self.messages, max_tokens=self.max_tokens, temperature=self.temperature,
-            stop=self.stop, seed=self.seed, **_prefix(self.reuse_prefix),
+            stop=self.stop, seed=self.seed, **_prefix(self.reuse_prefix), **options,
         )  # fmt: skip
 
 

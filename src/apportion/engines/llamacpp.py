@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from apportion.engines.base import GenerationCancelled
+from apportion.engines.layers import Call, Layer
 from apportion.errors import ContextOverflowError, EngineError
 from apportion.ledger import ModelCost
 from apportion.types import Completion, Message
@@ -447,13 +448,16 @@ class LlamaCppEngine:
             close()
 
 
-class AdaptedEngine:
+class AdaptedEngine(Layer):
     """A loaded llama.cpp model served with one LoRA adapter (an expert; see
-    `LlamaCppEngine.with_adapter`). Its model id is the expert's name; its cost is the base
-    model's plus the adapter's parameters, and names the expert, so the ledger charges both."""
+    `LlamaCppEngine.with_adapter`): a layer over the base engine whose calls carry the
+    adapter. Its model id is the expert's name; its cost is the base model's plus the
+    adapter's parameters, and names the expert, so the ledger charges both."""
 
-    def __init__(self, base: LlamaCppEngine, expert: str, path: Path, adapter_params: float):
-        self.base = base
+    def __init__(
+        self, base: LlamaCppEngine, expert: str, path: Path, adapter_params: float
+    ) -> None:
+        super().__init__(base)
         self.adapter = path
         self._model_id = expert
         self._cost = replace(base.cost, expert=expert, adapter_params=float(adapter_params))
@@ -466,48 +470,8 @@ class AdaptedEngine:
     def cost(self) -> ModelCost:
         return self._cost
 
-    @property
-    def context_size(self) -> int:
-        return self.base.context_size
+    def call(self, c: Call) -> list[Completion]:
+        return c.generate_on(self.inner, adapter=self.adapter)
 
-    @property
-    def threads(self) -> int:
-        return self.base.threads
-
-    def count_tokens(self, messages: Sequence[Message]) -> int:
-        return self.base.count_tokens(messages)
-
-    def generate(
-        self,
-        messages: Sequence[Message],
-        *,
-        max_tokens: int,
-        temperature: float = 0.0,
-        n: int = 1,
-        stop: Sequence[str] | None = None,
-        seed: int | None = None,
-        logprobs: bool = False,
-        reuse_prefix: bool = True,
-    ) -> list[Completion]:
-        return self.base.generate(
-            messages, max_tokens=max_tokens, temperature=temperature, n=n, stop=stop, seed=seed,
-            logprobs=logprobs, reuse_prefix=reuse_prefix, adapter=self.adapter,
-        )  # fmt: skip
-
-    def stream(
-        self,
-        messages: Sequence[Message],
-        *,
-        max_tokens: int,
-        temperature: float = 0.0,
-        stop: Sequence[str] | None = None,
-        seed: int | None = None,
-        reuse_prefix: bool = True,
-    ) -> Generator[str, None, Completion]:
-        return self.base.stream(
-            messages, max_tokens=max_tokens, temperature=temperature, stop=stop, seed=seed,
-            reuse_prefix=reuse_prefix, adapter=self.adapter,
-        )  # fmt: skip
-
-    def close(self) -> None:
-        """Nothing to free: the base engine owns the model and the adapter."""
+    def open(self, c: Call) -> Generator[str, None, Completion]:
+        return c.stream_on(self.inner, adapter=self.adapter)

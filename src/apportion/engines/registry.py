@@ -78,7 +78,6 @@ class ExpertEngineConfig(EngineConfig):
     kind: str = "expert"
     base: str
     base_sha256: str
-    adapter: str
     adapter_sha256: str
     adapter_params: int
 
@@ -231,7 +230,7 @@ class EngineRegistry:
                 m = expert.manifest
                 return ExpertEngineConfig(
                     id=model_id, base=m.base_model, base_sha256=m.base_sha256,
-                    adapter=str(expert.adapter_path), adapter_sha256=m.adapter_sha256,
+                    adapter_sha256=m.adapter_sha256,
                     adapter_params=m.adapter_params,
                 )  # fmt: skip
         return LlamaCppEngineConfig(id=model_id, model=model_id)

@@ -102,6 +102,10 @@ class Policy(Protocol):
         cannot run here (rag without a document store, a step on a model not pulled)."""
         ...
 
+    def step_specs(self) -> frozenset[str]:
+        """Every step spec a plan of this policy may run (what a runtime checks it can)."""
+        ...
+
 
 # Cheapest route first; escalate only when it fails or is unsure. Solvers and programs come
 # before reasoning in text because small models compute badly in prose (a 0.5B model answers
@@ -119,6 +123,9 @@ RULE_LADDERS: dict[Intent, tuple[Step, ...]] = {
 @dataclass(frozen=True)
 class RulePolicy:
     """A fixed ladder per intent: the fallback where no calibration covers a query."""
+
+    def step_specs(self) -> frozenset[str]:
+        return frozenset(s.strategy for ladder in RULE_LADDERS.values() for s in ladder)
 
     def plan(
         self, features: Features, budget: Budget, *, unavailable: frozenset[str] = frozenset()

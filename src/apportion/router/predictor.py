@@ -143,6 +143,9 @@ class PredictedPolicy:
     max_flops: float
     source: dict[str, Any] = field(default_factory=dict)
 
+    def step_specs(self) -> frozenset[str]:
+        return frozenset(self.predictor.strategies)
+
     def plan(
         self, features: Features, budget: Budget, *, unavailable: frozenset[str] = frozenset()
     ) -> Plan:
