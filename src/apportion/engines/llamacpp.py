@@ -389,8 +389,8 @@ class LlamaCppEngine:
         KV entries computed under one adapter are wrong under another, so the prompt cache
         cannot carry over a switch. Instead, each adapter's cache is put aside when another
         comes in and put back when it returns: without that, every switch made the next
-        request read its shared prompt prefix again (1.26 s a request with the direct prompt
-        on Qwen2.5-0.5B here; benchmarks/expert_switch.py)."""
+        request read its shared prompt prefix again (+1.16 s a request with the direct prompt
+        on Qwen2.5-0.5B here; the switch itself takes 0.7 ms: benchmarks/expert_switch.py)."""
         if adapter == self._active_adapter:
             return
         import llama_cpp
@@ -430,12 +430,13 @@ class LlamaCppEngine:
 
         self._llm.reset()  # type: ignore[no-untyped-call]
         ctx = self._llm._ctx.ctx
-        llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(ctx), True)
+        # the cells only: zeroing the buffers too (data=True) took 7 ms a switch, for nothing
+        llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(ctx), False)
         if kept is None:
             return
         tokens, buffer = kept
         if llama_cpp.llama_state_seq_set_data(ctx, buffer, len(buffer), 0) != len(buffer):
-            llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(ctx), True)
+            llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(ctx), False)
             return
         self._llm.input_ids[: len(tokens)] = tokens
         self._llm.n_tokens = len(tokens)

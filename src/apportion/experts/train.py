@@ -5,8 +5,9 @@ adapter is trained on the weights it will run on, give or take the quantization.
 the assistant's last message only: the prompt is context, not something to learn to write.
 
 Float32 by default on CPUs without bfloat16 instructions: on the AMD EPYC (AVX2) this was
-measured on, a bfloat16 step of SmolLM2-135M took 18 s and a float32 step 1.2 s (the same
-60-token example, one thread). bfloat16 is the default where the CPU has AVX-512 BF16 or AMX.
+measured on, a bfloat16 step of SmolLM2-135M took 25.3 s and a float32 step 1.65 s (a
+71-token example, one thread; benchmarks/train_step.py). bfloat16 is the default where the
+CPU has AVX-512 BF16 or AMX.
 
 Training stops and resumes: every `save_every` steps the adapter, the optimiser's state and
 the step are saved in the work folder, and a rerun with the same data and settings goes on from

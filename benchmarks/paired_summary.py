@@ -1,0 +1,44 @@
+"""Strategies of one bench run compared on the same items: those every strategy of the run
+has finished (so a run still under way compares like with like). Per strategy: accuracy with
+a Wilson 95% interval, mean FLOPs as charged, mean completion tokens, and how many replies an
+error matching --error names (e.g. "no solve()": a program strategy got no program).
+
+    python benchmarks/paired_summary.py runs/gsm8k-pal-math --error "no solve()"
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from apportion.bench.scoring import wilson_interval
+from apportion.traces import RESULTS, ItemResult, read_results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("run", type=Path)
+    parser.add_argument("--error", default="no solve()")
+    args = parser.parse_args()
+    rows = read_results(args.run / RESULTS if args.run.is_dir() else args.run)
+    strategies = list(dict.fromkeys(r.strategy for r in rows))
+    by_item: dict[tuple[str, str], dict[str, ItemResult]] = {}
+    for r in rows:
+        by_item.setdefault((r.dataset, r.item_id), {})[r.strategy] = r
+    done = [v for v in by_item.values() if len(v) == len(strategies)]
+    n = len(done)
+    print(f"{args.run}: {n} items finished by all of {', '.join(strategies)}")
+    print(f"{'strategy':<32}{'accuracy [95% CI]':>26}{'mean FLOPs':>12}{'compl. tok':>11}"
+          f"{'errors':>8}")  # fmt: skip
+    for s in strategies:
+        right = sum(v[s].correct for v in done)
+        low, high = wilson_interval(right, n)
+        flops = sum(v[s].flops for v in done) / n
+        tokens = sum(v[s].completion_tokens for v in done) / n
+        errors = sum(args.error in (v[s].error or "") for v in done)
+        print(f"{s:<32}{right:>4}/{n} = {right / n:>6.1%} [{low:.1%}, {high:.1%}]"
+              f"{flops:>12.3g}{tokens:>11.0f}{errors:>8}")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
