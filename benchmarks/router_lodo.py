@@ -10,6 +10,13 @@ with a Wilson 95% interval; FLOPs are mean FLOPs per question as charged (prompt
 counted in full, as if uncached).
 
     python benchmarks/router_lodo.py --runs benchmarks/traces/mixed-qwen2.5-coder-0.5b.jsonl.gz
+
+Two fixed baselines: the one strategy best over all held-out questions pooled (what a user
+without a router would pick), and the best per held-out set chosen with hindsight (which no
+router can know). Where the traces hold plans on an expert or another model (issue 16), the
+routers are built twice: with every traced strategy, and from the request's own model's
+strategies only (`cells, own model`: auto where no expert is installed). The items an expert
+was trained on (its manifest's `data.sources`) are left out of every figure.
 """
 
 from __future__ import annotations
@@ -20,17 +27,29 @@ from pathlib import Path
 
 from apportion.bench.datasets import restore_questions
 from apportion.bench.scoring import wilson_interval
-from apportion.router.calibrate import DEFAULT_LAMBDA, calibrate, evaluate, traced_items
+from apportion.router.calibrate import (
+    DEFAULT_LAMBDA,
+    calibrate,
+    evaluate,
+    in_training_share,
+    on_own_model,
+    traced_items,
+)
 from apportion.router.policy import CalibratedPolicy, Policy
 from apportion.router.predictor import PredictedPolicy, fit_predictor
-from apportion.strategies.registry import default_registry
+from apportion.strategies.registry import default_registry, parse_spec
 from apportion.traces import ItemResult, read_results
 
 ROUTERS = ("cells", "predicted")
+OWN = "cells, own model"
 
 
 def routers(train: Sequence[ItemResult], lam: float) -> dict[str, Policy]:
     cells = CalibratedPolicy.from_dict(calibrate(train, lam=lam))
+    found: dict[str, Policy] = {}
+    if not all(on_own_model(r.strategy) for r in train):
+        own = [r for r in train if on_own_model(r.strategy)]
+        found[OWN] = CalibratedPolicy.from_dict(calibrate(own, lam=lam))
     items, strategies = traced_items(train)
     examples = [
         (features, {s: (outcomes[s].correct, outcomes[s].flops) for s in strategies})
@@ -38,23 +57,44 @@ def routers(train: Sequence[ItemResult], lam: float) -> dict[str, Policy]:
     ]
     predictor = fit_predictor(examples, strategies, closes=default_registry().always_answers)
     max_flops = max(predictor.expected_flops(s, "*") for s in strategies) or 1.0
-    return {"cells": cells, "predicted": PredictedPolicy(predictor, lam, max_flops)}
+    return {"cells": cells, **found, "predicted": PredictedPolicy(predictor, lam, max_flops)}
 
 
 def measure(
     results: Sequence[ItemResult], test: Callable[[str, str], bool], lam: float
-) -> dict[str, tuple[int, float, float]]:
-    """name → (n, accuracy, mean FLOPs) on the items `test` admits, routers built on the rest."""
+) -> tuple[dict[str, tuple[int, float, float]], dict[str, tuple[int, float, float]]]:
+    """(name → (n, accuracy, mean FLOPs) of the routers, the hindsight-best fixed strategy and
+    the oracle; strategy → the same of every fixed strategy) on the items `test` admits,
+    routers built on the rest."""
     train = [r for r in results if not test(r.dataset, r.item_id)]
     ev = evaluate(routers(train, lam), results, keep=test)
     best = max(ev.fixed, key=lambda s: (ev.fixed[s][0], -ev.fixed[s][1]))
     out = {f"fixed: {best}": (ev.n, *ev.fixed[best])}
-    for name in ROUTERS:
-        got = ev.policies[name]
+    for name, got in ev.policies.items():
         assert got is not None, name
         out[name] = (ev.n, *got)
     out["oracle"] = (ev.n, *ev.oracle)
-    return out
+    return out, {s: (ev.n, *v) for s, v in ev.fixed.items()}
+
+
+def trained_on(results: Sequence[ItemResult]) -> set[tuple[str, str]]:
+    """(dataset, item id) of every item an expert named in the traces was trained on."""
+    from apportion.config import Settings
+    from apportion.experts.book import ExpertBook
+
+    book = ExpertBook(Settings.load().home)
+    names = {dict(parse_spec(s).params).get("expert") for s in {r.strategy for r in results}}
+    seen: set[tuple[str, str]] = set()
+    for name in sorted(n for n in names if n):
+        expert = book.find(name)
+        seen |= {(d, i) for d, _, i in (s.partition("/") for s in expert.manifest.data.sources)}
+    return seen
+
+
+def best_pooled(fixed: dict[str, list[tuple[int, float, float]]]) -> str:
+    """The one fixed strategy most accurate over all held-out parts pooled."""
+    return max(fixed, key=lambda s: (sum(n * a for n, a, _ in fixed[s]),
+                                     -sum(n * f for n, _, f in fixed[s])))  # fmt: skip
 
 
 def show(title: str, rows: dict[str, list[tuple[int, float, float]]], oracle_key: str) -> None:
@@ -80,23 +120,35 @@ def main() -> None:
     args = parser.parse_args()
     # archived traces keep no question: it is read back from the shared data
     results = restore_questions(r for path in args.runs for r in read_results(path))
+    seen = trained_on(results)
+    if seen:
+        before = len({(r.dataset, r.item_id) for r in results})
+        results = [r for r in results if (r.dataset, r.item_id) not in seen]
+        after = len({(r.dataset, r.item_id) for r in results})
+        print(f"left out {before - after} traced items an expert was trained on")
     datasets = sorted({r.dataset for r in results})
     lodo: dict[str, list[tuple[int, float, float]]] = {}
+    fixed: dict[str, list[tuple[int, float, float]]] = {}
     print(f"{len(results)} traced rows, {len(datasets)} datasets, λ = {args.lam:g}")
-    print(f"{'held out':<36}{'n':>5}  " + "  ".join(f"{k:>16}" for k in ("best fixed",
-          *ROUTERS, "oracle")))  # fmt: skip
     for held in datasets:
-        got = measure(results, lambda d, i, held=held: d == held, args.lam)
+        got, every = measure(results, lambda d, i, held=held: d == held, args.lam)
+        for s, value in every.items():
+            fixed.setdefault(s, []).append(value)
         fixed_key = next(k for k in got if k.startswith("fixed"))
+        if not lodo:
+            names = [k for k in got if k not in (fixed_key, "oracle")]
+            print(f"{'held out':<36}{'n':>5}  " + "  ".join(
+                f"{k[:16]:>16}" for k in ("best fixed", *names, "oracle")))  # fmt: skip
         for name, value in got.items():
-            lodo.setdefault("best fixed (per set)" if name == fixed_key else name, []).append(value)
-        cells = [f"{got[k][1]:>6.0%} {got[k][2]:>9.2g}" for k in (fixed_key, *ROUTERS, "oracle")]
+            lodo.setdefault("best fixed (per set, hindsight)" if name == fixed_key else name,
+                            []).append(value)  # fmt: skip
+        cells = [f"{got[k][1]:>6.0%} {got[k][2]:>9.2g}" for k in got]
         print(f"{held:<36}{got['oracle'][0]:>5}  " + "  ".join(cells)
               + f"   ({fixed_key[7:]})")  # fmt: skip
-    show("leave-one-dataset-out, pooled", lodo, "oracle")
-    from apportion.router.calibrate import in_training_share
-
-    split = measure(results, lambda d, i: not in_training_share(d, i, 0.5), args.lam)
+    single = best_pooled(fixed)
+    show("leave-one-dataset-out, pooled",
+         {f"fixed: {single} (best pooled)": fixed[single], **lodo}, "oracle")  # fmt: skip
+    split, _ = measure(results, lambda d, i: not in_training_share(d, i, 0.5), args.lam)
     show("ordinary split (the held-out half of every dataset)",
          {("best fixed" if k.startswith("fixed") else k): [v] for k, v in split.items()},
          "oracle")  # fmt: skip

@@ -41,8 +41,9 @@ def home(tmp_path_factory: pytest.TempPathFactory, settings: Settings) -> Path:
     data = home / "banana.jsonl"
     data.write_text("".join(
         json.dumps({"messages": [{"role": "user", "content": q},
-                                 {"role": "assistant", "content": f"BANANA {a} BANANA"}]}) + "\n"
-        for q, a in EXAMPLES
+                                 {"role": "assistant", "content": f"BANANA {a} BANANA"}],
+                    **({"source": f"toy/{i % 3}"} if i < 4 else {})}) + "\n"
+        for i, (q, a) in enumerate(EXAMPLES)
     ))  # fmt: skip
     trained = apportion(
         "experts", "train", "banana", "--base", BASE, "--data", str(data), "--max-steps", "30",
@@ -70,6 +71,8 @@ def test_manifest_records_what_built_it(home: Path) -> None:
     m = expert.manifest
     assert m.base_model == BASE and m.base_sha256 == catalogue.CATALOGUE[BASE].sha256
     assert m.architecture == "llama" and m.rank == 8 and m.data.examples == len(EXAMPLES)
+    # the distinct items the examples that name one came from
+    assert m.data.sources == ["toy/0", "toy/1", "toy/2"]
     assert m.training["steps"] == 30 and m.metrics["loss_last"] < m.metrics["loss_first"] / 4
     assert m.commands and "experts train banana" in m.commands[0]
     # 30 layers × (q: 8·(576+576) + v: 8·(576+192))
@@ -185,6 +188,10 @@ def test_the_shipped_pal_math_expert_serves_program(
     manifest = expert.manifest
     assert manifest.base_model == small_engine.settings.default_model == "qwen2.5-coder-0.5b"
     assert manifest.data.examples >= 200 and any("experts distil" in c for c in manifest.commands)
+    # the benchmark items it learned from, so evaluations can leave them out; gsm8k, the
+    # set its lift is measured on, is not among them
+    datasets = {source.split("/")[0] for source in manifest.data.sources}
+    assert len(manifest.data.sources) == manifest.data.examples and "gsm8k" not in datasets
     answer = small_engine.answer(Request(
         "A baker bakes 4 trays of 12 rolls and sells 30 of them. How many rolls are left?",
         strategy="program:expert=pal-math",

@@ -11,7 +11,7 @@ import pytest
 
 from apportion.errors import UsageError
 from apportion.ledger import Ledger
-from apportion.router.calibrate import calibrate, evaluate, replay
+from apportion.router.calibrate import calibrate, evaluate, on_own_model, replay
 from apportion.router.features import extract_features
 from apportion.router.policy import (
     CalibratedPolicy,
@@ -244,6 +244,33 @@ def test_the_calibrated_policy_plans_by_cell_budget_and_availability() -> None:
     chat = extract_features("Tell me a joke about penguins")
     assert policy.plan(chat, Budget()).steps == RulePolicy().plan(chat, Budget()).steps
     assert policy.plan(chat, Budget()).reason.startswith("no calibrated cell for chat/")
+
+
+def test_plans_on_an_expert_keep_the_best_plan_without_it_beside_them() -> None:
+    """An expert's plan may dominate every plan on the base model; where the expert is not
+    installed, the cell must still hold the best plan that can run without it."""
+    expert = "program:expert=pal-math"
+    rows = traces()
+    for r in [r for r in rows if r.strategy == "program"]:
+        rows.append(replace(r, strategy=expert, correct=True, confidence=0.9))
+    data = calibrate(rows, lam=0.1, min_cell=10)
+    policy = CalibratedPolicy.from_dict(data)
+    word = extract_features("Tom has 3 apples and buys 6 more. How many apples does Tom have?")
+    cell = data["cells"][f"math_word/{policy.difficulty(word)}"]
+    plans = [c["plan"] for c in cell["candidates"]]
+    assert cell["chosen"] == f"{expert}@0.3>cot" and "program@0.3>cot" in plans
+    assert plan_spec(policy.plan(word, Budget()).steps) == f"{expert}@0.3>cot"
+    without = policy.plan(word, Budget(), unavailable=frozenset({expert}))
+    assert plan_spec(without.steps) == "program@0.3>cot"
+    # traces of the base model alone give the same policy as before
+    assert calibrate(traces(), lam=0.1, min_cell=10)["cells"] == calibrate(
+        [r for r in rows if r.strategy != expert], lam=0.1, min_cell=10)["cells"]
+
+
+def test_which_steps_run_on_the_request_s_own_model() -> None:
+    assert on_own_model("cot") and on_own_model("cot:logprobs=true") and on_own_model("symbolic")
+    assert not on_own_model("program:expert=pal-math")
+    assert not on_own_model("cot:model=qwen2.5-coder-1.5b") and not on_own_model("cascade")
 
 
 def test_plan_specs_round_trip() -> None:

@@ -33,11 +33,14 @@ _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 
 
 class TrainingData(BaseModel):
-    """The examples an expert was trained on: where they were, their sha256, how many."""
+    """The examples an expert was trained on: where they were, their sha256, how many, and
+    the benchmark items they came from ("dataset/item_id", from distillation's `source`), so
+    that an evaluation can leave out what the expert has seen."""
 
     path: str
     sha256: str
     examples: int = Field(ge=0)
+    sources: list[str] = Field(default_factory=list)
 
 
 class ExpertManifest(BaseModel):

@@ -72,6 +72,18 @@ class TrainResult:
     wall_s: float
 
 
+def example_sources(path: Path) -> list[str]:
+    """The distinct `source` fields ("dataset/item_id") of the examples in `path`, sorted:
+    what `apportion experts distil` records of the item each example came from."""
+    found: set[str] = set()
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            source = json.loads(line).get("source")
+            if isinstance(source, str) and source:
+                found.add(source)
+    return sorted(found)
+
+
 def read_examples(path: Path) -> list[list[dict[str, str]]]:
     """Chat examples, one JSON object per line: {"messages": [{"role", "content"}, ...]},
     the last message the assistant's (what is learned)."""
@@ -326,7 +338,8 @@ def train_expert(
             adapter_bytes=adapter.stat().st_size, rank=config.rank, alpha=config.alpha,
             targets=list(config.targets), adapter_params=result.adapter_params,
             strategy=strategy,
-            data=TrainingData(path=str(data), sha256=data_sha256, examples=result.examples),
+            data=TrainingData(path=str(data), sha256=data_sha256, examples=result.examples,
+                              sources=example_sources(data)),
             training={**settings, "targets": list(config.targets), "steps": result.steps},
             metrics={"loss_first": round(result.loss_first, 6),
                      "loss_last": round(result.loss_last, 6), "train_s": round(result.wall_s, 1)},

@@ -41,7 +41,7 @@ from apportion.router.policy import (
     stops_here,
     trade_off,
 )
-from apportion.strategies.registry import default_registry
+from apportion.strategies.registry import default_registry, models_of
 from apportion.traces import ItemResult, is_adaptive, oracle
 from apportion.types import Budget, Cost
 
@@ -152,6 +152,29 @@ def _pareto(measured: list[Candidate], n: int) -> list[Candidate]:
     return front
 
 
+_OWN, _LARGE = "\0own", "\0large"
+
+
+def on_own_model(spec: str) -> bool:
+    """Whether a strategy spec runs only on the request's own model: no expert, no other
+    model, no cascade to a larger one; what can run wherever the base model can."""
+    return models_of(spec, model=_OWN, small=_OWN, large=_LARGE) == [_OWN]
+
+
+def _front(measured: list[Candidate], n: int) -> list[Candidate]:
+    """The Pareto set (`_pareto`), with that of the plans on the request's own model beside it:
+    a plan needing an expert or another model is skipped where that one is not here, and what
+    is left must still hold the best plan without it, which the whole set may have pruned as
+    dominated."""
+    front = _pareto(measured, n)
+    own = [m for m in measured if all(on_own_model(s.strategy) for s in m.steps)]
+    if len(own) == len(measured):
+        return front
+    specs = {plan_spec(m.steps) for m in front}
+    extra = [m for m in _pareto(own, n) if plan_spec(m.steps) not in specs]
+    return sorted([*front, *extra], key=lambda m: (m.flops, -m.accuracy, plan_spec(m.steps)))
+
+
 def in_training_share(dataset: str, item_id: str, share: float) -> bool:
     """Whether an item is among the `share` of items calibration may learn from: a stable
     hash of its id, so the held-out rest is the same on every run and machine."""
@@ -258,7 +281,8 @@ def calibrate(
             # cannot know) wins whenever λ prices compute above the accuracy it forgoes.
             measured = [_measure(p, members) for p in plans]
             answering = [m for m, share in measured if share >= MIN_ANSWERED]
-            front = _pareto(answering or [m for m, _ in measured], len(members))
+            front = _front(answering or [m for m, _ in measured], len(members))
+            # what CalibratedPolicy.plan picks when every plan can run
             chosen = max(front, key=lambda m: (trade_off(m, lam, max_flops), -m.flops))
             cells[f"{intent}/{difficulty}"] = {
                 "n": len(members),
