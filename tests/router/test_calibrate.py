@@ -128,8 +128,9 @@ def test_cells_pick_the_cheap_sure_plans() -> None:
     for cell in cells.values():
         assert all(c["plan"].split(">")[-1] in ("cot", "direct") for c in cell["candidates"])
     word = [k for k in cells if k.startswith("math_word/")]
-    # program first, escalating to cot when unsure (bars 0.3-0.7 tie here; the lowest wins)
-    assert word and all(cells[k]["chosen"] == "program@0.3>cot" for k in word)
+    # program first, escalating to cot when unsure (bars 0.3-0.7 tie here; the lowest wins);
+    # the solver, free and never wrong in these traces, goes before it (exact_free_steps)
+    assert word and all(cells[k]["chosen"] == "symbolic@0.3>program@0.3>cot" for k in word)
     assert policy["thresholds"]["math_word"] > 0  # 40 word problems: split by difficulty
     for cell in cells.values():  # each cell's candidates form a Pareto front
         flops = [c["flops"] for c in cell["candidates"]]
@@ -144,7 +145,7 @@ def test_lambda_trades_accuracy_for_cost() -> None:
     assert next(c for c in rich["candidates"] if c["plan"] == rich["chosen"])["accuracy"] == best
     # λ = 10 values cost above all, yet symbolic, free but declining every word problem, is
     # not a plan, nor is program alone, which can fail: the cheapest plan sure to answer is
-    assert poor["chosen"] == "program@0.3>cot"
+    assert poor["chosen"] == "symbolic@0.3>program@0.3>cot"
     assert all("symbolic" not in c["plan"].split(">")[-1] for c in poor["candidates"])
 
 
@@ -212,7 +213,7 @@ def test_the_calibrated_policy_plans_by_cell_budget_and_availability() -> None:
     policy = CalibratedPolicy.from_dict(data)
     word = extract_features("Tom has 3 apples and buys 6 more. How many apples does Tom have?")
     plan = policy.plan(word, Budget())
-    assert plan_spec(plan.steps) == "program@0.3>cot"
+    assert plan_spec(plan.steps) == "symbolic@0.3>program@0.3>cot"
     assert plan.expected["accuracy"] == 1.0 and plan.difficulty in ("easy", "hard")
     assert "math_word/" in plan.reason and plan.alternatives
     # A FLOPs budget below the ladder's expected cost makes the policy pick a cheaper plan.
@@ -258,13 +259,31 @@ def test_plans_on_an_expert_keep_the_best_plan_without_it_beside_them() -> None:
     word = extract_features("Tom has 3 apples and buys 6 more. How many apples does Tom have?")
     cell = data["cells"][f"math_word/{policy.difficulty(word)}"]
     plans = [c["plan"] for c in cell["candidates"]]
-    assert cell["chosen"] == f"{expert}@0.3>cot" and "program@0.3>cot" in plans
-    assert plan_spec(policy.plan(word, Budget()).steps) == f"{expert}@0.3>cot"
+    with_expert, own = f"symbolic@0.3>{expert}@0.3>cot", "symbolic@0.3>program@0.3>cot"
+    assert cell["chosen"] == with_expert and own in plans
+    assert plan_spec(policy.plan(word, Budget()).steps) == with_expert
     without = policy.plan(word, Budget(), unavailable=frozenset({expert}))
-    assert plan_spec(without.steps) == "program@0.3>cot"
+    assert plan_spec(without.steps) == own
     # traces of the base model alone give the same policy as before
     assert calibrate(traces(), lam=0.1, min_cell=10)["cells"] == calibrate(
         [r for r in rows if r.strategy != expert], lam=0.1, min_cell=10)["cells"]
+
+
+def test_a_free_step_never_wrong_goes_first_in_every_plan() -> None:
+    """The solver answers only the arithmetic, always rightly, at no FLOPs: it is put first in
+    the word problems' plans too, where it declines for free, so a word problem it can solve
+    (a shape its cell never showed) is solved. One wrong answer, or any FLOPs, and it is not."""
+    rows = traces()
+    word = calibrate(rows, lam=0.1, min_cell=100)["cells"]["math_word/*"]
+    assert all(c["plan"].startswith("symbolic@0.3>") for c in word["candidates"])
+    wrong = [replace(r, correct=False) if (r.item_id, r.strategy) == ("a0", "symbolic") else r
+             for r in rows]  # fmt: skip
+    word = calibrate(wrong, lam=0.1, min_cell=100)["cells"]["math_word/*"]
+    assert not any("symbolic" in c["plan"] for c in word["candidates"])
+    costly = [replace(r, flops=1.0) if (r.item_id, r.strategy) == ("w0", "symbolic") else r
+              for r in rows]  # fmt: skip
+    word = calibrate(costly, lam=0.1, min_cell=100)["cells"]["math_word/*"]
+    assert not any("symbolic" in c["plan"] for c in word["candidates"])
 
 
 def test_which_steps_run_on_the_request_s_own_model() -> None:

@@ -57,6 +57,8 @@ __all__ = [
 DEFAULT_BARS = (0.3, 0.5, 0.7, 0.9)
 # Least share of a cell's questions a plan must answer to be chosen there (see calibrate).
 MIN_ANSWERED = 0.9
+# Least answers a free step must have given, all right, to be put first in every plan.
+MIN_EXACT_ANSWERS = 10
 
 
 @dataclass(frozen=True)
@@ -175,6 +177,36 @@ def _front(measured: list[Candidate], n: int) -> list[Candidate]:
     return sorted([*front, *extra], key=lambda m: (m.flops, -m.accuracy, plan_spec(m.steps)))
 
 
+def exact_free_steps(items: Sequence[_Item], strategies: Sequence[str]) -> list[str]:
+    """Strategies that spent no FLOPs on any traced item and were right every time they
+    answered (at least MIN_EXACT_ANSWERS times): solvers. Such a step costs nothing where it
+    declines and is right where it answers, so it goes first in every plan of every cell, also
+    where the cell's own questions never needed it: its value shows on question shapes a cell
+    has not seen (held out one dataset at a time, a policy without it answered the boolean
+    formulas of a set it never saw directly, 56% against the solver's 100%)."""
+    found = []
+    for s in strategies:
+        rows = [item.outcomes[s] for item in items]
+        answered = [r for r in rows if r.ok and not r.abstained]
+        if (all(r.flops == 0 for r in rows) and len(answered) >= MIN_EXACT_ANSWERS
+                and all(r.correct for r in answered)):  # fmt: skip
+            found.append(s)
+    return found
+
+
+def _exact_first(
+    front: list[Candidate], exact: Sequence[str], bar: float, members: Sequence[_Item]
+) -> list[Candidate]:
+    """Each plan of `front` with the exact free steps put before it (see exact_free_steps)."""
+    if not exact:
+        return front
+    out = []
+    for m in front:
+        first = tuple(Step(s, bar) for s in exact if s not in m.specs())
+        out.append(_measure(first + m.steps, members)[0] if first else m)
+    return out
+
+
 def in_training_share(dataset: str, item_id: str, share: float) -> bool:
     """Whether an item is among the `share` of items calibration may learn from: a stable
     hash of its id, so the held-out rest is the same on every run and machine."""
@@ -260,6 +292,7 @@ def calibrate(
     max_flops = max(m.flops for m in singles) or 1.0
     registry = default_registry()
     plans = _candidates(strategies, bars, registry.always_answers)
+    exact = exact_free_steps(items, strategies)
     by_intent: dict[str, list[_Item]] = {}
     for item in items:
         by_intent.setdefault(item.intent, []).append(item)
@@ -282,6 +315,8 @@ def calibrate(
             measured = [_measure(p, members) for p in plans]
             answering = [m for m, share in measured if share >= MIN_ANSWERED]
             front = _front(answering or [m for m, _ in measured], len(members))
+            if exact:  # prefixed, plans may tie: the front again
+                front = _front(_exact_first(front, exact, min(bars), members), len(members))
             # what CalibratedPolicy.plan picks when every plan can run
             chosen = max(front, key=lambda m: (trade_off(m, lam, max_flops), -m.flops))
             cells[f"{intent}/{difficulty}"] = {
