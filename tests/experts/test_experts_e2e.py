@@ -16,7 +16,12 @@ from apportion.config import RemoteEngineConfig, Settings
 from apportion.engines import catalogue
 from apportion.experts.book import ExpertBook
 from apportion.ledger import model_flops
+from apportion.router.calibrate import calibrate
+from apportion.router.features import extract_features
+from apportion.router.policy import CalibratedPolicy, plan_spec
 from apportion.runtime import Request, Runtime
+from apportion.traces import ItemResult
+from apportion.types import Budget
 from cli.support import apportion
 from servers import env_with, serve_process
 
@@ -108,6 +113,44 @@ def test_expert_changes_the_reply_and_the_base_comes_back_unchanged(runtime: Run
     # a strategy takes the expert as a parameter
     by_param = _direct(runtime, BASE, strategy="direct:expert=banana")
     assert by_param.answer == tuned.answer and by_param.ledger.calls[0].expert == "banana"
+
+
+ANIMALS = ("cats", "horses", "owls", "bees", "goats", "frogs", "foxes", "ducks", "whales",
+           "ants", "wolves", "crabs")  # fmt: skip
+
+
+def _traced(question: str, strategy: str, correct: bool) -> ItemResult:
+    return ItemResult(
+        dataset="toy", item_id=question, strategy=strategy, gold="g", answer="a",
+        correct=correct, f1=float(correct), confidence=0.5, route=strategy, intent=None,
+        error=None, prompt_tokens=10, completion_tokens=10, flops=1e9, wall_s=0.1, cpu_s=0.0,
+        energy_j=0.0, cost_usd=0.0, calls=1, question=question,
+    )  # fmt: skip
+
+
+def test_auto_routes_to_the_expert_its_traces_favour(home: Path, tmp_path: Path) -> None:
+    """Calibrated on traces where the expert's direct answer was right and the base model's
+    wrong, `auto` plans the expert, runs it, and the ledger names it; where the expert is not
+    installed, the same policy plans the base model's best plan instead."""
+    rows = [_traced(f"Tell me about {a}.", s, s != "direct")
+            for a in ANIMALS for s in ("direct", "direct:expert=banana")]  # fmt: skip
+    policy = CalibratedPolicy.from_dict(calibrate(rows, min_cell=100))
+    features = extract_features(QUESTION)
+    assert plan_spec(policy.plan(features, Budget()).steps) == "direct:expert=banana"
+    rt = Runtime(settings=Settings(home=home, threads=1), policy=policy)
+    routed = rt.answer(Request(QUESTION, model=BASE, max_tokens=16))
+    rt.close()
+    assert routed.strategy == "direct:expert=banana" and "BANANA" in routed.answer
+    assert [c.expert for c in routed.ledger.calls] == ["banana"]
+    bare = tmp_path / "no-experts"
+    bare.mkdir()
+    (bare / "models").symlink_to(home / "models", target_is_directory=True)
+    rt = Runtime(settings=Settings(home=bare, threads=1), policy=policy)
+    plan = rt.plan(features, "auto", Budget(), BASE)
+    unrouted = rt.answer(Request(QUESTION, model=BASE, max_tokens=16))
+    rt.close()
+    assert plan_spec(plan.steps) == "direct" and "skipped direct:expert=banana" in plan.reason
+    assert unrouted.strategy == "direct" and "BANANA" not in unrouted.answer
 
 
 def test_served_listed_and_mapped_for_a_remote_engine(home: Path, tmp_path: Path) -> None:
