@@ -27,17 +27,20 @@ from pathlib import Path
 
 from apportion.bench.datasets import restore_questions
 from apportion.bench.scoring import wilson_interval
+from apportion.config import Settings
+from apportion.experts.book import ExpertBook
 from apportion.router.calibrate import (
     DEFAULT_LAMBDA,
     calibrate,
     evaluate,
     in_training_share,
     on_own_model,
+    seen_by_experts,
     traced_items,
 )
 from apportion.router.policy import CalibratedPolicy, Policy
 from apportion.router.predictor import PredictedPolicy, fit_predictor
-from apportion.strategies.registry import default_registry, parse_spec
+from apportion.strategies.registry import default_registry
 from apportion.traces import ItemResult, read_results
 
 ROUTERS = ("cells", "predicted")
@@ -77,20 +80,6 @@ def measure(
     return out, {s: (ev.n, *v) for s, v in ev.fixed.items()}
 
 
-def trained_on(results: Sequence[ItemResult]) -> set[tuple[str, str]]:
-    """(dataset, item id) of every item an expert named in the traces was trained on."""
-    from apportion.config import Settings
-    from apportion.experts.book import ExpertBook
-
-    book = ExpertBook(Settings.load().home)
-    names = {dict(parse_spec(s).params).get("expert") for s in {r.strategy for r in results}}
-    seen: set[tuple[str, str]] = set()
-    for name in sorted(n for n in names if n):
-        expert = book.find(name)
-        seen |= {(d, i) for d, _, i in (s.partition("/") for s in expert.manifest.data.sources)}
-    return seen
-
-
 def best_pooled(fixed: dict[str, list[tuple[int, float, float]]]) -> str:
     """The one fixed strategy most accurate over all held-out parts pooled."""
     return max(fixed, key=lambda s: (sum(n * a for n, a, _ in fixed[s]),
@@ -99,7 +88,7 @@ def best_pooled(fixed: dict[str, list[tuple[int, float, float]]]) -> str:
 
 def show(title: str, rows: dict[str, list[tuple[int, float, float]]], oracle_key: str) -> None:
     print(f"\n{title}")
-    print(f"{'':<24}{'accuracy [95% CI]':>26}{'mean FLOPs':>12}{'% oracle acc':>14}"
+    print(f"{'':<46}{'accuracy [95% CI]':>26}{'mean FLOPs':>12}{'% oracle acc':>14}"
           f"{'× oracle FLOPs':>16}")  # fmt: skip
     n_all = sum(n for n, _, _ in rows[oracle_key])
     o_acc = sum(n * a for n, a, _ in rows[oracle_key]) / n_all
@@ -109,7 +98,7 @@ def show(title: str, rows: dict[str, list[tuple[int, float, float]]], oracle_key
         right = round(sum(p[0] * p[1] for p in parts))
         flops = sum(p[0] * p[2] for p in parts) / n
         low, high = wilson_interval(right, n)
-        print(f"{name:<24}{right / n:>9.1%} [{low:.1%}, {high:.1%}]".ljust(50)
+        print(f"{name:<46}{right / n:>9.1%} [{low:.1%}, {high:.1%}]".ljust(72)
               + f"{flops:>12.3g}{right / n / o_acc:>14.0%}{flops / o_flops:>16.2f}")
 
 
@@ -120,7 +109,7 @@ def main() -> None:
     args = parser.parse_args()
     # archived traces keep no question: it is read back from the shared data
     results = restore_questions(r for path in args.runs for r in read_results(path))
-    seen = trained_on(results)
+    seen = seen_by_experts(results, ExpertBook(Settings.load().home))
     if seen:
         before = len({(r.dataset, r.item_id) for r in results})
         results = [r for r in results if (r.dataset, r.item_id) not in seen]

@@ -24,7 +24,7 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from apportion.config import EngineConfig, LlamaCppEngineConfig, Settings
+from apportion.config import EngineConfig, LlamaCppEngineConfig, RemoteEngineConfig, Settings
 from apportion.engines import catalogue
 from apportion.engines.base import GenerationCancelled
 from apportion.engines.layers import CompletionCache, ModelCalls, innermost
@@ -433,11 +433,26 @@ class Runtime:
 
     def runnable(self, spec: str, model: str) -> bool:
         """Whether every model the strategy spec calls can serve here without a download:
-        `model` (the request's), loaded, configured, pulled, or an expert on such a model."""
+        `model` (the request's), loaded, configured, pulled, or an expert on `model`. An
+        expert is an add-on to its base model, calibrated with it: a plan runs it only for a
+        request to that model, never in place of the model the request named."""
         settings = self.settings
         names = models_of(spec, model=model, small=settings.default_model,
                           large=settings.large_model)  # fmt: skip
+        if any(self.expert_base(m) not in (None, model) for m in names):
+            return False
         return all(self.model_available(m, model) for m in names)
+
+    def expert_base(self, model_id: str) -> str | None:
+        """The model an expert adapts (for a remote server's expert, that server's entry), or
+        None when `model_id` is not an expert."""
+        entry = self.engine_kinds.entry_for(self.settings, model_id)
+        if isinstance(entry, ExpertEngineConfig):
+            return entry.base
+        if isinstance(entry, RemoteEngineConfig) and entry.expert:
+            return next(e.id for e in self.settings.engines
+                        if isinstance(e, RemoteEngineConfig) and model_id in e.experts)  # fmt: skip
+        return None
 
     def model_available(self, model_id: str, own: str | None = None) -> bool:
         if model_id == own or model_id in self._engines or model_id in self._available:

@@ -139,9 +139,12 @@ def test_auto_routes_to_the_expert_its_traces_favour(home: Path, tmp_path: Path)
     assert plan_spec(policy.plan(features, Budget()).steps) == "direct:expert=banana"
     rt = Runtime(settings=Settings(home=home, threads=1), policy=policy)
     routed = rt.answer(Request(QUESTION, model=BASE, max_tokens=16))
-    rt.close()
     assert routed.strategy == "direct:expert=banana" and "BANANA" in routed.answer
     assert [c.expert for c in routed.ledger.calls] == ["banana"]
+    # the expert adapts its base model: a request to another model is not planned onto it
+    other = rt.plan(features, "auto", Budget(), "qwen2.5-coder-0.5b")
+    rt.close()
+    assert plan_spec(other.steps) == "direct" and "skipped direct:expert=banana" in other.reason
     bare = tmp_path / "no-experts"
     bare.mkdir()
     (bare / "models").symlink_to(home / "models", target_is_directory=True)

@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from apportion.cli.common import err, fail, out
+from apportion.cli.common import ConfigOption, err, fail, out
 from apportion.errors import ApportionError, UsageError
 from apportion.router.policy import DEFAULT_LAMBDA
 
@@ -59,6 +59,7 @@ def calibrate(
             "the policy, replayed, on the rest: an honest out-of-sample check.",
         ),
     ] = 1.0,
+    config: ConfigOption = None,
 ) -> None:
     """Learn the `auto` policy from bench traces of fixed strategies.
 
@@ -68,13 +69,17 @@ def calibrate(
     marks the one that maximises accuracy − λ·cost. Use the result with `ask --policy FILE`
     or `bench --policy FILE`. It also prints how far each strategy's confidence can be
     trusted: AUROC and ECE, raw and after an isotonic map (held out with --train-share).
+    Traces of expert plans (`program:expert=pal-math`) may be given beside the rest; the
+    items an expert was trained on (its manifest's data sources) are left out.
 
     Example: apportion calibrate --runs runs/mixed -o policy.json
     """
     from apportion.bench.datasets import restore_questions
     from apportion.bench.runner import RESULTS, read_results
+    from apportion.config import Settings
+    from apportion.experts.book import ExpertBook
     from apportion.router.calibrate import calibrate as fit
-    from apportion.router.calibrate import evaluate, in_training_share
+    from apportion.router.calibrate import evaluate, in_training_share, seen_by_experts
     from apportion.router.confidence import confidence_report
     from apportion.router.policy import CalibratedPolicy, RulePolicy
 
@@ -89,6 +94,13 @@ def calibrate(
             results += read_results(path)
         # archived traces (benchmarks/traces) keep no question: read back from the shared data
         results = restore_questions(results)
+        seen = seen_by_experts(results, ExpertBook(Settings.load(config).home))
+        if seen:
+            kept = [r for r in results if (r.dataset, r.item_id) not in seen]
+            left_out = len({(r.dataset, r.item_id) for r in results}) - len(
+                {(r.dataset, r.item_id) for r in kept})  # fmt: skip
+            err.print(f"left out {left_out} traced items an expert was trained on")
+            results = kept
         command = "apportion calibrate " + shlex.join(sys.argv[2:])
         policy = fit(
             results,

@@ -25,6 +25,7 @@ from itertools import permutations
 from typing import Any
 
 from apportion.errors import UsageError
+from apportion.experts.book import ExpertBook
 from apportion.router.features import Features, extract_features
 from apportion.router.policy import (
     ANY,
@@ -41,7 +42,7 @@ from apportion.router.policy import (
     stops_here,
     trade_off,
 )
-from apportion.strategies.registry import default_registry, models_of
+from apportion.strategies.registry import default_registry, models_of, parse_spec
 from apportion.traces import ItemResult, is_adaptive, oracle
 from apportion.types import Budget, Cost
 
@@ -52,6 +53,7 @@ __all__ = [
     "calibrate",
     "evaluate",
     "in_training_share",
+    "seen_by_experts",
 ]
 
 DEFAULT_BARS = (0.3, 0.5, 0.7, 0.9)
@@ -205,6 +207,20 @@ def _exact_first(
         first = tuple(Step(s, bar) for s in exact if s not in m.specs())
         out.append(_measure(first + m.steps, members)[0] if first else m)
     return out
+
+
+def seen_by_experts(results: Iterable[ItemResult], book: ExpertBook) -> set[tuple[str, str]]:
+    """(dataset, item id) of every item that an expert named in the traces' strategies
+    (`program:expert=pal-math`) was trained on, from its manifest's `data.sources`: replayed,
+    such an item would credit the expert with what it memorised, so calibration and its
+    evaluations leave it out."""
+    names = {dict(parse_spec(s).params).get("expert") for s in {r.strategy for r in results}}
+    seen: set[tuple[str, str]] = set()
+    for name in sorted(n for n in names if n):
+        for source in book.find(name).manifest.data.sources:
+            dataset, _, item_id = source.partition("/")
+            seen.add((dataset, item_id))
+    return seen
 
 
 def in_training_share(dataset: str, item_id: str, share: float) -> bool:
