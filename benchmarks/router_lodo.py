@@ -106,9 +106,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=Path, action="append", required=True)
     parser.add_argument("--lam", type=float, default=DEFAULT_LAMBDA)
+    parser.add_argument("--dataset", action="append", default=[],
+                        help="only these traced datasets (repeatable; default: all)")  # fmt: skip
     args = parser.parse_args()
+    rows = (r for path in args.runs for r in read_results(path))
     # archived traces keep no question: it is read back from the shared data
-    results = restore_questions(r for path in args.runs for r in read_results(path))
+    results = restore_questions(r for r in rows if not args.dataset or r.dataset in args.dataset)
     seen = seen_by_experts(results, ExpertBook(Settings.load().home))
     if seen:
         before = len({(r.dataset, r.item_id) for r in results})

@@ -94,7 +94,7 @@ def test_costs_add_field_by_field() -> None:
     charge = Charge(kind="tool", name="sympy", wall_s=0.5, cpu_s=0.25)
     assert type(charge + charge) is Cost and (charge + charge).cpu_s == 0.5
     assert COST_FIELDS == ("prompt_tokens", "completion_tokens", "flops", "wall_s", "cpu_s",
-                           "energy_j", "cost_usd")  # fmt: skip
+                           "energy_j", "cost_usd", "cached_tokens", "flops_cached")  # fmt: skip
 
 
 def test_totals_add_in_charge_order() -> None:
@@ -122,8 +122,8 @@ def test_ledger_json_keeps_its_shape() -> None:
     calls = data["calls"]
     assert isinstance(calls, list)
     assert list(calls[0]) == ["kind", "name", "prompt_tokens", "completion_tokens", "flops",
-                              "wall_s", "cpu_s", "energy_j", "energy_source", "cost_usd",
-                              "detail"]  # fmt: skip
+                              "wall_s", "cpu_s", "energy_j", "cached_tokens", "flops_cached",
+                              "energy_source", "cost_usd", "detail"]  # fmt: skip
     assert (calls[0]["wall_s"], calls[1]["cpu_s"]) == (1.234568, 0.123457)
     assert calls[1]["kind"] == "tool" and calls[1]["prompt_tokens"] == 0
 
@@ -139,3 +139,23 @@ def test_the_api_ledger_is_the_cost_field_for_field() -> None:
     out = LedgerOut.of(totals, with_calls=False)
     assert out.model_dump(exclude={"calls"}) == totals.cost_json() and out.calls is None
     assert LedgerOut.of(totals, with_calls=True).calls == [totals.calls[0].to_dict()]
+
+
+def test_a_cached_prompt_prefix_is_counted_beside_the_uncached_flops() -> None:
+    """`flops` charges every prompt token, as if uncached; the cached prefix's share (its
+    weights and its own attention, as a call of that many tokens) is kept beside it."""
+    cost = ModelCost("m", params=1e6, n_layers=2, d_model=8)
+    ledger = Ledger()
+    whole = ledger.charge_model(cost, prompt_tokens=10, completion_tokens=5, wall_s=0.1)
+    part = ledger.charge_model(cost, prompt_tokens=10, completion_tokens=5, wall_s=0.1,
+                               cached_tokens=6)  # fmt: skip
+    assert part.flops == whole.flops == model_flops(1e6, 10, 5, 2, 8)
+    assert whole.cached_tokens == 0 and whole.flops_computed == whole.flops
+    assert part.cached_tokens == 6 and part.flops_cached == 2 * 1e6 * 6 + 2 * 8 * 6 * 7
+    assert part.flops_computed == part.flops - part.flops_cached
+    totals = ledger.totals()
+    assert totals.cached_tokens == 6 and totals.flops_cached == part.flops_cached
+    # a count beyond the prompt is clipped to it
+    over = ledger.charge_model(cost, prompt_tokens=3, completion_tokens=1, wall_s=0.1,
+                               cached_tokens=9)  # fmt: skip
+    assert over.cached_tokens == 3

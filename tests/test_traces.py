@@ -19,8 +19,8 @@ ARCHIVE = Path(__file__).resolve().parents[1] / "benchmarks" / "traces"
 ROW_KEYS = [
     "dataset", "item_id", "strategy", "gold", "answer", "correct", "f1", "confidence", "route",
     "intent", "error", "prompt_tokens", "completion_tokens", "flops", "wall_s", "cpu_s",
-    "energy_j", "cost_usd", "calls", "stopped_for_budget", "question", "kind", "error_type",
-    "abstained",
+    "energy_j", "cost_usd", "cached_tokens", "flops_cached", "calls", "stopped_for_budget",
+    "question", "kind", "error_type", "abstained",
 ]  # fmt: skip
 
 ROW = ItemResult(

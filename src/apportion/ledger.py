@@ -9,7 +9,9 @@ attention width (n_heads·head_dim, = d_model for these models). The first term 
 matmuls (one multiply-add per parameter per token); the second is attention over the context,
 where token t attends to t positions (QKᵀ and A·V, each L·d·t multiply-adds). Prompt tokens are
 charged in full even when the engine reuses a cached prefix: the figure is the compute the
-request implies, comparable across engines. Unknown L or d drop the attention term. A LoRA
+request implies, comparable across engines. Beside it each charge records the prompt tokens
+the engine took from its cache (c) and the FLOPs they saved, 2·N·c + L·d·c·(c+1), so the
+FLOPs computed are `flops - flops_cached`. Unknown L or d drop the attention term. A LoRA
 expert served on the model adds its own parameters to N: 2·r·(d_in + d_out) FLOPs per adapted
 matrix per token (`call_flops`).
 
@@ -111,8 +113,12 @@ class Ledger:
         measured_energy_j: float | None = None,
         detail: str = "",
         replica: str | None = None,
+        cached_tokens: int = 0,
     ) -> Charge:
         flops = call_flops(cost, prompt_tokens, completion_tokens)
+        cached_tokens = min(max(cached_tokens, 0), prompt_tokens)
+        # the cached prefix is the first c tokens: their weights and attention, as a call of c
+        flops_cached = call_flops(cost, cached_tokens, 0) if cached_tokens else 0.0
         if cost.local:
             usd = self.hardware.usd_per_hour * wall_s / 3600.0
             estimated_j = self.hardware.active_watts * wall_s
@@ -133,6 +139,8 @@ class Ledger:
             energy_j=measured_energy_j if measured and measured_energy_j else estimated_j,
             energy_source="measured" if measured else "estimated",
             cost_usd=usd,
+            cached_tokens=cached_tokens,
+            flops_cached=flops_cached,
             detail=detail,
             replica=replica,
             expert=cost.expert,

@@ -49,6 +49,9 @@ class Completion:
     finish_reason: str  # "stop" | "length" | ...
     # Log-probability of each generated token, when the caller asked for it.
     token_logprobs: tuple[float, ...] | None = None
+    # Of `prompt_tokens`, those the engine took from its KV cache (a prefix it had already
+    # read) rather than computing them; 0 where it cannot tell.
+    cached_tokens: int = 0
     # The engine that generated it, when not the one asked: a fallback that took the request
     # while that one was down. The ledger charges (and names) this one.
     served_by: ModelCost | None = None
@@ -102,6 +105,11 @@ class Cost:
     cpu_s: float = 0.0
     energy_j: float = 0.0
     cost_usd: float = 0.0
+    # Prompt tokens a model read from its KV cache instead of computing them (a prefix shared
+    # with the call before), and the FLOPs that saved. `flops` counts every prompt token,
+    # as if uncached, comparable across engines; `flops - flops_cached` is what was computed.
+    cached_tokens: int = 0
+    flops_cached: float = 0.0
 
     def __add__(self, other: Cost) -> Cost:
         return Cost(**{name: getattr(self, name) + getattr(other, name) for name in COST_FIELDS})
@@ -114,12 +122,17 @@ class Cost:
             out += cost
         return out
 
+    @property
+    def flops_computed(self) -> float:
+        """The FLOPs actually computed: `flops` less what a cached prompt prefix saved."""
+        return self.flops - self.flops_cached
+
     def cost_fields(self) -> dict[str, Any]:
-        """The seven fields by name, as they are."""
+        """The cost fields by name, as they are."""
         return {name: getattr(self, name) for name in COST_FIELDS}
 
     def cost_json(self) -> dict[str, Any]:
-        """The seven fields as ledgers show them: times rounded to the microsecond."""
+        """The cost fields as ledgers show them: times rounded to the microsecond."""
         out = self.cost_fields()
         out["wall_s"] = round(self.wall_s, 6)
         out["cpu_s"] = round(self.cpu_s, 6)

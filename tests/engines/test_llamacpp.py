@@ -59,3 +59,26 @@ def test_greedy_is_deterministic_without_prefix_reuse(smol) -> None:  # type: ig
 def test_prompt_beyond_context_is_refused(smol) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(ContextOverflowError, match="512-token context"):
         smol.generate([Message("user", "word " * 1000)], max_tokens=8)
+
+
+def test_prompt_tokens_read_from_the_kv_cache_are_counted(smol) -> None:  # type: ignore[no-untyped-def]
+    """A call whose prompt shares a prefix with the call before reads that prefix from the KV
+    cache: the completion says how many tokens, measured from what llama.cpp evaluated."""
+    system = Message("system", "You are a careful assistant. " * 8)
+    first = [system, Message("user", "Name a fruit.")]
+    second = [system, Message("user", "Name a colour.")]
+    (a,) = smol.generate(first, max_tokens=4, reuse_prefix=False)
+    assert a.cached_tokens == 0  # the context was reset: every prompt token computed
+    (b,) = smol.generate(second, max_tokens=4)
+    shared = smol.count_tokens([system]) - 2  # the system turn, less its end-of-turn tokens
+    assert shared <= b.cached_tokens < b.prompt_tokens
+    (c,) = smol.generate(second, max_tokens=4, reuse_prefix=False)
+    assert c.cached_tokens == 0
+    # streamed alike
+    pieces = smol.stream(first, max_tokens=4)
+    try:
+        while True:
+            next(pieces)
+    except StopIteration as done:
+        streamed = done.value
+    assert shared <= streamed.cached_tokens < streamed.prompt_tokens

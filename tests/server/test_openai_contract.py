@@ -219,6 +219,39 @@ def test_stop_is_honoured_by_llama_cpp(settings: Settings) -> None:
         assert streamed.strip() == cut.choices[0].message.content
 
 
+def test_prompt_tokens_served_from_the_kv_cache_are_reported(settings: Settings) -> None:
+    """A request sharing a prompt prefix with the one before is served partly from llama.cpp's
+    KV cache: usage says how much, as OpenAI's does, and the HTTP engine reads it back."""
+    from apportion.config import RemoteEngineConfig
+    from apportion.engines.openai_http import OpenAIHttpEngine
+    from apportion.types import Message
+
+    config = settings.model_copy(update={"default_model": "smollm2-135m", "threads": 1})
+    system = {"role": "system", "content": "You are a careful assistant. " * 8}
+    with live_server(create_app(config)) as url:
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+        client.chat.completions.create(
+            model="direct", messages=[system, {"role": "user", "content": "Name a fruit."}],
+            max_tokens=4,
+        )  # fmt: skip
+        again = client.chat.completions.create(
+            model="direct", messages=[system, {"role": "user", "content": "Name a colour."}],
+            max_tokens=4, extra_body={"apportion": {"return_ledger": True}},
+        )  # fmt: skip
+        cached = again.usage.prompt_tokens_details.cached_tokens
+        assert 0 < cached < again.usage.prompt_tokens
+        ledger = _ext(again)["ledger"]
+        assert ledger["cached_tokens"] == cached and 0 < ledger["flops_cached"] < ledger["flops"]
+        remote = OpenAIHttpEngine(RemoteEngineConfig(
+            id="remote", base_url=f"{url}/v1", model="direct", params=134.5e6,
+        ))  # fmt: skip
+        (reply,) = remote.generate(
+            [Message("system", system["content"]), Message("user", "Name a tree.")], max_tokens=4
+        )
+        remote.close()
+    assert 0 < reply.cached_tokens < reply.prompt_tokens
+
+
 # -- every parameter honoured or refused ------------------------------------------------------
 
 

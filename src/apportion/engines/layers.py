@@ -125,6 +125,7 @@ class ModelCalls:
             measured_energy_j=measured_j,
             detail=detail,
             replica=completion.replica,
+            cached_tokens=completion.cached_tokens,
         )
 
 

@@ -150,6 +150,17 @@ class LlamaCppEngine:
         n_layers = meta.get(f"{arch}.block_count")
         d_model = meta.get(f"{arch}.embedding_length")
         self._formatter = self._template_formatter()
+        # What each generation evaluated: the first eval of a call is the prompt's tokens that
+        # the KV cache did not hold (llama-cpp-python keeps the prefix it shares with the last
+        # call), so the prompt tokens read from cache are measured, not inferred.
+        self._evals: list[int] = []
+        evaluate = self._llm.eval
+
+        def counted(tokens: Sequence[int]) -> None:
+            self._evals.append(len(tokens))
+            evaluate(tokens)
+
+        self._llm.eval = counted  # type: ignore[method-assign]
         self._warm_up()
         self._cost = ModelCost(
             model_id=model_id,
@@ -246,6 +257,7 @@ class LlamaCppEngine:
                     kwargs["logits_processor"] = LogitsProcessorList([recorder])
                 if not reuse_prefix:
                     self._llm.reset()  # type: ignore[no-untyped-call]  # read the whole prompt
+                self._evals.clear()
                 try:
                     resp: Any = self._llm.create_chat_completion(
                         messages=chat,  # type: ignore[arg-type]
@@ -259,16 +271,25 @@ class LlamaCppEngine:
                     raise EngineError(f"llama.cpp generation failed: {e}") from e
                 choice = resp["choices"][0]
                 usage = resp["usage"]
+                prompt_tokens = int(usage["prompt_tokens"])
                 out.append(
                     Completion(
                         text=choice["message"]["content"] or "",
-                        prompt_tokens=int(usage["prompt_tokens"]),
+                        prompt_tokens=prompt_tokens,
                         completion_tokens=int(usage["completion_tokens"]),
                         finish_reason=str(choice.get("finish_reason") or "stop"),
                         token_logprobs=tuple(recorder.values) if recorder else None,
+                        cached_tokens=self._cached(prompt_tokens),
                     )
                 )
         return out
+
+    def _cached(self, prompt_tokens: int) -> int:
+        """Of the last call's `prompt_tokens`, those taken from the KV cache: the rest were
+        the call's first evaluation."""
+        if not self._evals:
+            return 0
+        return max(prompt_tokens - self._evals[0], 0)
 
     def _fit(self, messages: Sequence[Message], max_tokens: int) -> tuple[int, int]:
         """`max_tokens` clipped to the room the prompt leaves, and the prompt's tokens; refuses
@@ -316,6 +337,7 @@ class LlamaCppEngine:
             self._apply_adapter(adapter)
             if not reuse_prefix:
                 self._llm.reset()  # type: ignore[no-untyped-call]
+            self._evals.clear()
             try:
                 chunks = self._llm.create_chat_completion(
                     messages=chat,  # type: ignore[arg-type]
@@ -345,6 +367,7 @@ class LlamaCppEngine:
                 # Stop llama.cpp's generator now, not when it is garbage-collected.
                 if chunks is not None:
                     chunks.close()
+            cached = self._cached(prompt_tokens)  # read before the next call clears it
         steps = counter.steps
         # A "stop" without stop strings was an end-of-generation token: sampled, so counted
         # above, but not part of the completion (as in the non-streamed usage). With stop
@@ -356,6 +379,7 @@ class LlamaCppEngine:
             prompt_tokens=prompt_tokens,
             completion_tokens=steps,
             finish_reason=finish,
+            cached_tokens=cached,
         )
 
     # -- LoRA experts ------------------------------------------------------------------------

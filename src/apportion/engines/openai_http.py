@@ -40,6 +40,16 @@ def is_transient_status(status: int) -> bool:
     return status in RETRY_STATUSES or status >= 500
 
 
+def _cached_tokens(usage: dict[str, Any]) -> int:
+    """The prompt tokens a server says it served from its prefix cache (OpenAI's, vLLM's and
+    SGLang's `usage.prompt_tokens_details.cached_tokens`); 0 when it does not say."""
+    details = usage.get("prompt_tokens_details") or {}
+    try:
+        return max(int(details.get("cached_tokens") or 0), 0)
+    except (TypeError, ValueError, AttributeError):
+        return 0
+
+
 @dataclass(frozen=True)
 class RetryPolicy:
     """Bounded exponential backoff with jitter.
@@ -293,6 +303,7 @@ class OpenAIHttpEngine:
             else max(1, len(text) // CHARS_PER_TOKEN),
             finish_reason=str(choice.get("finish_reason") or "stop"),
             token_logprobs=token_logprobs,
+            cached_tokens=_cached_tokens(usage),
         )
 
     def stream(
@@ -408,6 +419,7 @@ class OpenAIHttpEngine:
             if completion_tokens is not None
             else content_chunks,
             finish_reason=finish,
+            cached_tokens=_cached_tokens(usage),
         )
 
     def _parse_chunk(self, data: str) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from apportion.server.schemas import (
     ChatCompletion,
     Choice,
     LedgerOut,
+    PromptTokensDetails,
     ResponseMessage,
     Usage,
 )
@@ -43,16 +44,7 @@ class Responses:
             route=[a.strategy for a in answer.attempts],
             stopped_for_budget=answer.stopped_for_budget,
             error=answer.error,
-            ledger=LedgerOut(
-                prompt_tokens=t.prompt_tokens,
-                completion_tokens=t.completion_tokens,
-                flops=t.flops,
-                wall_s=round(t.wall_s, 6),
-                cpu_s=round(t.cpu_s, 6),
-                energy_j=t.energy_j,
-                cost_usd=t.cost_usd,
-                calls=[c.to_dict() for c in t.calls] if job.spec.return_ledger else None,
-            ),
+            ledger=LedgerOut.of(t, with_calls=job.spec.return_ledger),
             citations=list(giver.citations) if giver is not None else [],
             notes=list(job.spec.notes),
         )
@@ -64,6 +56,7 @@ class Responses:
             prompt_tokens=t.prompt_tokens,
             completion_tokens=t.completion_tokens,
             total_tokens=t.prompt_tokens + t.completion_tokens,
+            prompt_tokens_details=PromptTokensDetails(cached_tokens=t.cached_tokens),
         )
 
     def finish_reason(self, job: Job, answer: Answer) -> str:

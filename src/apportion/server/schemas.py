@@ -238,10 +238,16 @@ class ChatCompletionRequest(BaseModel):
         return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
 
 
+class PromptTokensDetails(BaseModel):
+    cached_tokens: int = 0
+
+
 class Usage(BaseModel):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+    # as OpenAI reports it: the prompt tokens served from the models' KV caches
+    prompt_tokens_details: PromptTokensDetails = Field(default_factory=PromptTokensDetails)
 
 
 class ResponseMessage(BaseModel):
@@ -268,6 +274,13 @@ class LedgerOut(BaseModel):
     cpu_s: float
     energy_j: float
     cost_usd: float
+    cached_tokens: int = Field(
+        default=0, description="Prompt tokens the models took from their KV cache."
+    )
+    flops_cached: float = Field(
+        default=0.0,
+        description="FLOPs those cached tokens saved: `flops` counts them, as if uncached.",
+    )
     calls: list[dict[str, Any]] | None = Field(
         default=None, description="Every charged call; only with `return_ledger`."
     )
