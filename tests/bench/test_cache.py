@@ -10,10 +10,11 @@ from fakes import ScriptedEngine
 def test_round_trip_survives_reopen(tmp_path: Path) -> None:
     path = tmp_path / "c.sqlite"
     with SqliteCompletionCache(path) as cache:
-        cache.put("k", [(Completion("hi", 3, 1, "stop", (-0.5,)), 0.25)])
+        cache.put("k", [(Completion("hi", 3, 1, "stop", (-0.5,), cached_tokens=2), 0.25)])
     with SqliteCompletionCache(path) as cache:
         ((c, wall),) = cache.get("k") or []
         assert (c.text, c.prompt_tokens, c.token_logprobs, wall) == ("hi", 3, (-0.5,), 0.25)
+        assert c.cached_tokens == 2  # replayed as the call that filled it read its prompt
         assert cache.get("other") is None and len(cache) == 1
 
 

@@ -61,6 +61,8 @@ class SqliteCompletionCache:
                     token_logprobs=tuple(e["token_logprobs"])
                     if e["token_logprobs"] is not None
                     else None,
+                    # as the call that filled the cache read it (entries before this field: 0)
+                    cached_tokens=int(e.get("cached_tokens", 0)),
                 ),
                 float(e["wall_s"]),
             )
@@ -76,6 +78,7 @@ class SqliteCompletionCache:
                     "completion_tokens": c.completion_tokens,
                     "finish_reason": c.finish_reason,
                     "token_logprobs": list(c.token_logprobs) if c.token_logprobs else None,
+                    "cached_tokens": c.cached_tokens,
                     "wall_s": wall_s,
                 }
                 for c, wall_s in value
