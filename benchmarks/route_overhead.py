@@ -9,8 +9,8 @@ on its own and then together:
 - cells: the shipped calibrated policy's `plan` on those features;
 - predictor: the per-query success predictor (router/predictor.py, fitted here on the same
   traces, not timed) predicting every strategy and planning;
-- embedding: all-MiniLM-L6-v2 on the question, one at a time as a request would, on one torch
-  thread (only with the `embed` extra installed).
+- embedding: all-MiniLM-L6-v2 on the question, one at a time as a request would, on
+  `--embed-threads` torch threads (1 by default; only with the `embed` extra installed).
 
 The figures are p50, p90 and mean in milliseconds after a warm-up pass; run it on an idle
 machine (other work on the cores shows up in the tail, not much in the median).
@@ -61,6 +61,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=Path, action="append", required=True)
     parser.add_argument("--limit", type=int, default=500, help="questions timed")
+    parser.add_argument("--embed-threads", type=int, default=1, help="torch threads")
     args = parser.parse_args()
     results = restore_questions(r for path in args.runs for r in read_results(path))
     questions = list(dict.fromkeys(r.question for r in results))[: args.limit]
@@ -79,7 +80,7 @@ def main() -> None:
         "features + predictor": lambda q: predicted.plan(extract_features(q), budget),
     }
     if minilm_available():
-        embedder = MiniLMEmbedder(threads=1)
+        embedder = MiniLMEmbedder(threads=args.embed_threads)
         stages["embedding alone"] = lambda q: embedder.embed([q])
         stages["features + predictor + embedding"] = lambda q: (
             embedder.embed([q]), predicted.plan(extract_features(q), budget))
