@@ -11,7 +11,13 @@ import pytest
 
 from apportion.errors import UsageError
 from apportion.ledger import Ledger
-from apportion.router.calibrate import calibrate, evaluate, on_own_model, replay
+from apportion.router.calibrate import (
+    calibrate,
+    evaluate,
+    on_own_model,
+    replay,
+    seen_by_experts,
+)
 from apportion.router.features import extract_features
 from apportion.router.policy import (
     CalibratedPolicy,
@@ -284,6 +290,18 @@ def test_a_free_step_never_wrong_goes_first_in_every_plan() -> None:
               for r in rows]  # fmt: skip
     word = calibrate(costly, lam=0.1, min_cell=100)["cells"]["math_word/*"]
     assert not any("symbolic" in c["plan"] for c in word["candidates"])
+
+
+def test_the_items_an_expert_learned_from_are_found_from_its_manifest(tmp_path: Path) -> None:
+    from apportion.experts.book import ExpertBook
+
+    book = ExpertBook(tmp_path)  # an empty home: the shipped pal-math
+    rows = traces()
+    assert seen_by_experts(rows, book) == set()  # no expert in the traces
+    with_expert = [*rows, replace(rows[0], strategy="program:expert=pal-math")]
+    seen = seen_by_experts(with_expert, book)
+    sources = book.find("pal-math").manifest.data.sources
+    assert len(seen) == len(sources) and ("svamp", "chal-2") in seen
 
 
 def test_which_steps_run_on_the_request_s_own_model() -> None:
