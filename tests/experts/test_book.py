@@ -82,3 +82,15 @@ def test_the_server_lists_experts_on_its_models_and_skips_broken_ones(tmp_path: 
     experts = {c.id: c.parent for c in listing.data if c.kind == "expert"}
     assert experts.get("pal-math") == "smollm2-135m" and "other" not in experts
     assert "broken" not in {c.id for c in listing.data}
+
+
+def test_the_shipped_adapter_is_written_once_whoever_asks_at_once(tmp_path: Path) -> None:
+    """Several verify() at once on an empty cache (server or bench workers) each write a file
+    of their own and rename it into place: every caller gets the whole, checked adapter."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    experts = [ExpertBook(tmp_path).find("pal-math") for _ in range(6)]
+    with ThreadPoolExecutor(6) as pool:
+        paths = list(pool.map(lambda e: e.verify(), experts))
+    assert len(set(paths)) == 1 and paths[0].stat().st_size == experts[0].manifest.adapter_bytes
+    assert not list(paths[0].parent.glob("*.partial"))  # nothing left behind

@@ -97,12 +97,20 @@ class Expert:
 
         path = self.adapter_path
         if self.cache is not None and not path.is_file():
+            import os
+            import uuid
+
             from apportion.experts.convert import unpack_adapter
 
             self.cache.mkdir(parents=True, exist_ok=True)
-            partial = path.with_suffix(".partial")
-            unpack_adapter(self.directory / PACKED, partial)
-            partial.replace(path)
+            # a name of its own: processes (server workers, bench workers) that find the
+            # file missing at once each write theirs, and the renames are atomic
+            partial = path.with_name(f"{path.name}.{os.getpid()}.{uuid.uuid4().hex}.partial")
+            try:
+                unpack_adapter(self.directory / PACKED, partial)
+                partial.replace(path)
+            finally:
+                partial.unlink(missing_ok=True)
         if not path.is_file():
             raise ModelIntegrityError(
                 f"expert {self.name!r} has no adapter file at {path}",
