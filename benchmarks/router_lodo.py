@@ -80,6 +80,47 @@ def measure(
     return out, {s: (ev.n, *v) for s, v in ev.fixed.items()}
 
 
+def plot(path: Path, fixed: dict[str, tuple[float, float]],
+         routers: dict[str, tuple[float, float]], title: str) -> None:
+    """Accuracy against mean FLOPs: the fixed strategies and their Pareto line, the routers
+    and the oracle (name → (accuracy, FLOPs)); tool-only strategies (0 FLOPs) on a floor."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    costs = [f for _, f in [*fixed.values(), *routers.values()] if f > 0]
+    floor = min(costs) / 10
+    fig, ax = plt.subplots(figsize=(8.5, 5.2), dpi=110)
+    ax.set_xscale("log")
+    ax.set_xlabel("mean FLOPs per question, as charged (0 FLOPs drawn a decade below the cheapest)")
+    ax.set_ylabel("accuracy, %")
+    ax.set_title(title, fontsize=9, loc="left")
+    ax.grid(True, which="both", alpha=0.25)
+    front: list[tuple[float, float]] = []
+    for acc, flops in sorted(fixed.values(), key=lambda v: (v[1], -v[0])):
+        if not front or acc * 100 > front[-1][1]:
+            front.append((max(flops, floor), acc * 100))
+    if front:
+        xs = [x for x, _ in front] + [max(costs) * 3]
+        ys = [y for _, y in front] + [front[-1][1]]
+        ax.plot(xs, ys, drawstyle="steps-post", color="darkorange", lw=2,
+                label="Pareto front of the fixed strategies")  # fmt: skip
+    styles = {"oracle": ("*", "crimson", 160)}
+    for name, (acc, flops) in [*fixed.items(), *routers.items()]:
+        marker, color, size = styles.get(
+            name, ("o", "tab:blue", 45) if name in fixed else ("D", "darkgreen", 70))
+        x, y = max(flops, floor), acc * 100
+        ax.scatter([x], [y], marker=marker, color=color, s=size, zorder=3,
+                   edgecolors="white", linewidths=0.6)  # fmt: skip
+        ax.annotate(name, (x, y), xytext=(6, 4), textcoords="offset points", fontsize=7.5)
+    ax.set_xlim(floor / 2, max(costs) * 3)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
 def best_pooled(fixed: dict[str, list[tuple[int, float, float]]]) -> str:
     """The one fixed strategy most accurate over all held-out parts pooled."""
     return max(fixed, key=lambda s: (sum(n * a for n, a, _ in fixed[s]),
@@ -106,6 +147,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=Path, action="append", required=True)
     parser.add_argument("--lam", type=float, default=DEFAULT_LAMBDA)
+    parser.add_argument("--plot", type=Path, help="write the accuracy-FLOPs chart here (PNG)")
     parser.add_argument("--dataset", action="append", default=[],
                         help="only these traced datasets (repeatable; default: all)")  # fmt: skip
     args = parser.parse_args()
@@ -140,6 +182,18 @@ def main() -> None:
     single = best_pooled(fixed)
     show("leave-one-dataset-out, pooled",
          {f"fixed: {single} (best pooled)": fixed[single], **lodo}, "oracle")  # fmt: skip
+    if args.plot:
+
+        def pooled(parts: list[tuple[int, float, float]]) -> tuple[float, float]:
+            n = sum(p[0] for p in parts)
+            return (sum(p[0] * p[1] for p in parts) / n, sum(p[0] * p[2] for p in parts) / n)
+
+        routed = {f"auto: {k}" if k != "oracle" else k: pooled(v) for k, v in lodo.items()
+                  if not k.startswith("best fixed")}  # fmt: skip
+        plot(args.plot, {s: pooled(v) for s, v in fixed.items()}, routed,
+             f"{sum(p[0] for p in lodo['oracle'])} questions, {len(datasets)} datasets, "
+             "each held out in turn (the routers built on the others)")  # fmt: skip
+        print(f"wrote {args.plot}")
     split, _ = measure(results, lambda d, i: not in_training_share(d, i, 0.5), args.lam)
     show("ordinary split (the held-out half of every dataset)",
          {("best fixed" if k.startswith("fixed") else k): [v] for k, v in split.items()},
