@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from cli.support import apportion
@@ -30,6 +30,22 @@ def test_calibrate_writes_a_deterministic_policy(tmp_path: Path) -> None:
     assert arithmetic and all(c["chosen"] == "symbolic@0.3>cot" for c in arithmetic)
     assert policy["source"]["command"].startswith("apportion calibrate --runs")
     assert "math_word" in proc.stdout and "symbolic" in proc.stdout  # the table of cells
+
+
+def test_a_strategy_traced_on_few_items_is_named_not_silently_dropped(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    rows = traces()
+    few = [replace(r, strategy="cot:model=qwen2.5-coder-1.5b") for r in rows[:30]
+           if r.strategy == "cot"]  # fmt: skip
+    (run / "results.jsonl").write_text(
+        "".join(json.dumps(asdict(r)) + "\n" for r in [*rows, *few]))  # fmt: skip
+    proc = apportion("calibrate", "--runs", str(run), "-o", str(tmp_path / "p.json"))
+    assert proc.returncode == 0, proc.stderr
+    warning = " ".join(proc.stderr.split())
+    assert "cot:model=qwen2.5-coder-1.5b was traced on 14% of the items" in warning
+    strategies = json.loads((tmp_path / "p.json").read_text())["strategies"]
+    assert strategies == ["cot", "program", "symbolic"]
 
 
 def test_calibrate_errors_say_what_to_do(tmp_path: Path) -> None:

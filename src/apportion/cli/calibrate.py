@@ -79,7 +79,12 @@ def calibrate(
     from apportion.config import Settings
     from apportion.experts.book import ExpertBook
     from apportion.router.calibrate import calibrate as fit
-    from apportion.router.calibrate import evaluate, in_training_share, seen_by_experts
+    from apportion.router.calibrate import (
+        evaluate,
+        in_training_share,
+        partly_traced,
+        seen_by_experts,
+    )
     from apportion.router.confidence import confidence_report
     from apportion.router.policy import CalibratedPolicy, RulePolicy
 
@@ -101,6 +106,13 @@ def calibrate(
                 {(r.dataset, r.item_id) for r in kept})  # fmt: skip
             err.print(f"left out {left_out} traced items an expert was trained on")
             results = kept
+        for strategy, share in sorted(partly_traced(results).items()):
+            err.print(
+                f"warning: {strategy} was traced on {share:.0%} of the items, so calibration "
+                "leaves it out (it keeps strategies traced on at least 90%): bench it on the "
+                "same items as the others",
+                highlight=False,
+            )
         command = "apportion calibrate " + shlex.join(sys.argv[2:])
         policy = fit(
             results,

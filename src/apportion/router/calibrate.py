@@ -53,12 +53,15 @@ __all__ = [
     "calibrate",
     "evaluate",
     "in_training_share",
+    "partly_traced",
     "seen_by_experts",
 ]
 
 DEFAULT_BARS = (0.3, 0.5, 0.7, 0.9)
 # Least share of a cell's questions a plan must answer to be chosen there (see calibrate).
 MIN_ANSWERED = 0.9
+# Least share of the traced items a strategy must have been run on for calibration to use it.
+MIN_COVERAGE = 0.9
 # Least answers a free step must have given, all right, to be put first in every plan.
 MIN_EXACT_ANSWERS = 10
 
@@ -250,18 +253,35 @@ def _items(
             f"{len(missing)} traced items carry no question (e.g. {missing[0][0]}/{missing[0][1]})",
             "re-run them with this version of `apportion bench` (--resume replays from cache)",
         )
-    counts: dict[str, int] = {}
-    for outcomes in grouped.values():
-        for s in outcomes:
-            counts[s] = counts.get(s, 0) + 1
+    counts = _coverage(grouped)
     # Strategies run on (nearly) every item; items lacking one of them are left out.
-    strategies = sorted(s for s, c in counts.items() if c >= 0.9 * len(grouped))
+    strategies = sorted(s for s, c in counts.items() if c >= MIN_COVERAGE * len(grouped))
     items = []
     for key in sorted(grouped):
         outcomes = grouped[key]
         if all(s in outcomes for s in strategies):
             items.append(_Item(extract_features(questions[key]), outcomes))
     return items, strategies
+
+
+def _coverage(grouped: Mapping[tuple[str, str], Mapping[str, ItemResult]]) -> dict[str, int]:
+    """How many of the traced items each strategy was run on."""
+    counts: dict[str, int] = {}
+    for outcomes in grouped.values():
+        for s in outcomes:
+            counts[s] = counts.get(s, 0) + 1
+    return counts
+
+
+def partly_traced(results: Iterable[ItemResult]) -> dict[str, float]:
+    """The fixed strategies traced on too few of the items for calibration to use them
+    (under MIN_COVERAGE), each with the share it covers."""
+    grouped: dict[tuple[str, str], dict[str, ItemResult]] = {}
+    for r in results:
+        if not is_adaptive(r.strategy):
+            grouped.setdefault((r.dataset, r.item_id), {})[r.strategy] = r
+    counts = _coverage(grouped)
+    return {s: c / len(grouped) for s, c in counts.items() if c < MIN_COVERAGE * len(grouped)}
 
 
 def traced_items(
