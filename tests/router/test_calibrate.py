@@ -275,6 +275,24 @@ def test_plans_on_an_expert_keep_the_best_plan_without_it_beside_them() -> None:
         [r for r in rows if r.strategy != expert], lam=0.1, min_cell=10)["cells"]
 
 
+def test_with_several_experts_each_cell_plans_the_one_its_traces_favour() -> None:
+    """Two experts on one base: `arith` is right on the arithmetic, `words` on the word
+    problems. The policy gates between them by cell: top-1 by calibrated accuracy."""
+    rows = [r for r in traces() if r.strategy == "cot"]
+    for r in list(rows):
+        arithmetic = r.item_id.startswith("a")
+        rows.append(replace(r, strategy="cot:expert=arith", correct=arithmetic, flops=2e9))
+        rows.append(replace(r, strategy="cot:expert=words", correct=not arithmetic, flops=2e9))
+    policy = CalibratedPolicy.from_dict(calibrate(rows, lam=0.1, min_cell=100))
+    word = extract_features("Tom has 3 apples and buys 6 more. How many apples does Tom have?")
+    sums = extract_features("What is 12*13+4?")
+    assert plan_spec(policy.plan(word, Budget()).steps) == "cot:expert=words"
+    assert plan_spec(policy.plan(sums, Budget()).steps) == "cot:expert=arith"
+    # where neither is installed, the base model's own plan
+    gone = frozenset({"cot:expert=arith", "cot:expert=words"})
+    assert plan_spec(policy.plan(word, Budget(), unavailable=gone).steps) == "cot"
+
+
 def test_a_free_step_never_wrong_goes_first_in_every_plan() -> None:
     """The solver answers only the arithmetic, always rightly, at no FLOPs: it is put first in
     the word problems' plans too, where it declines for free, so a word problem it can solve
