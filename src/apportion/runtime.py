@@ -164,6 +164,9 @@ class Runtime:
     # Models found ready to serve without a download (`model_available`), so auto's planning
     # does not look on disk for them again on every request.
     _available: set[str] = field(default_factory=set, repr=False)
+    # The base model of each expert a plan named, looked up once: the lookup reads the
+    # expert's manifest from disk (a name not found is looked up again, it may be installed).
+    _expert_bases: dict[str, str | None] = field(default_factory=dict, repr=False)
     _fingerprints: dict[str, str] = field(default_factory=dict, repr=False)
     # The document store retrieval strategies (rag) search; None until one is opened. Opening
     # one loads the embedding model, which a question that never retrieves should not wait for.
@@ -446,13 +449,18 @@ class Runtime:
     def expert_base(self, model_id: str) -> str | None:
         """The model an expert adapts (for a remote server's expert, that server's entry), or
         None when `model_id` is not an expert."""
+        if model_id in self._expert_bases:
+            return self._expert_bases[model_id]
         entry = self.engine_kinds.entry_for(self.settings, model_id)
+        base: str | None = None
         if isinstance(entry, ExpertEngineConfig):
-            return entry.base
-        if isinstance(entry, RemoteEngineConfig) and entry.expert:
-            return next(e.id for e in self.settings.engines
+            base = entry.base
+        elif isinstance(entry, RemoteEngineConfig) and entry.expert:
+            base = next(e.id for e in self.settings.engines
                         if isinstance(e, RemoteEngineConfig) and model_id in e.experts)  # fmt: skip
-        return None
+        if base is not None:
+            self._expert_bases[model_id] = base
+        return base
 
     def model_available(self, model_id: str, own: str | None = None) -> bool:
         if model_id == own or model_id in self._engines or model_id in self._available:
