@@ -232,9 +232,10 @@ def in_training_share(dataset: str, item_id: str, share: float) -> bool:
     return zlib.crc32(f"{dataset}|{item_id}".encode()) % 10_000 < share * 10_000
 
 
-def _items(
+def _grouped(
     results: Iterable[ItemResult], keep: Callable[[str, str], bool] | None = None
-) -> tuple[list[_Item], list[str]]:
+) -> tuple[dict[tuple[str, str], dict[str, ItemResult]], dict[tuple[str, str], str]]:
+    """The fixed strategies' results per item (that `keep` admits), and each item's question."""
     grouped: dict[tuple[str, str], dict[str, ItemResult]] = {}
     questions: dict[tuple[str, str], str] = {}
     for r in results:
@@ -245,6 +246,13 @@ def _items(
         grouped.setdefault((r.dataset, r.item_id), {})[r.strategy] = r
         if r.question:
             questions[(r.dataset, r.item_id)] = r.question
+    return grouped, questions
+
+
+def _items(
+    results: Iterable[ItemResult], keep: Callable[[str, str], bool] | None = None
+) -> tuple[list[_Item], list[str]]:
+    grouped, questions = _grouped(results, keep)
     if not grouped:
         raise UsageError("the runs hold no results of fixed strategies (in this share)")
     missing = [key for key in grouped if key not in questions]
@@ -276,10 +284,7 @@ def _coverage(grouped: Mapping[tuple[str, str], Mapping[str, ItemResult]]) -> di
 def partly_traced(results: Iterable[ItemResult]) -> dict[str, float]:
     """The fixed strategies traced on too few of the items for calibration to use them
     (under MIN_COVERAGE), each with the share it covers."""
-    grouped: dict[tuple[str, str], dict[str, ItemResult]] = {}
-    for r in results:
-        if not is_adaptive(r.strategy):
-            grouped.setdefault((r.dataset, r.item_id), {})[r.strategy] = r
+    grouped, _ = _grouped(results)
     counts = _coverage(grouped)
     return {s: c / len(grouped) for s, c in counts.items() if c < MIN_COVERAGE * len(grouped)}
 
