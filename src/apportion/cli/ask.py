@@ -232,13 +232,11 @@ def print_answer(answer: Answer) -> None:
         route += f" (expert {', '.join(experts)})"
     # FLOPs as if uncached (comparable across engines), and what was computed when a prompt
     # prefix came from the KV cache
-    cached = (
-        f" ({t.cached_tokens} cached)" if t.cached_tokens else "",
-        f" ({t.flops_computed:.3g} computed)" if t.cached_tokens else "",
-    )
+    tokens_cached = f" ({t.cached_tokens} cached)" if t.cached_tokens else ""
+    flops_computed = f" ({t.flops_computed:.3g} computed)" if t.cached_tokens else ""
     err.print(
-        f"[dim]{route} | {t.prompt_tokens}+{t.completion_tokens} tok{cached[0]} | "
-        f"{t.flops:.3g} FLOPs{cached[1]} | {t.wall_s:.2f} s | {t.energy_j:.1f} J | "
+        f"[dim]{route} | {t.prompt_tokens}+{t.completion_tokens} tok{tokens_cached} | "
+        f"{t.flops:.3g} FLOPs{flops_computed} | {t.wall_s:.2f} s | {t.energy_j:.1f} J | "
         f"${t.cost_usd:.2g}"
         + (" | stopped for budget" if answer.stopped_for_budget else "")
         + "[/]",
