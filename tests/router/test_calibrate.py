@@ -247,10 +247,20 @@ def test_the_calibrated_policy_plans_by_cell_budget_and_availability() -> None:
     skipped = with_rag.plan(easy, Budget(), unavailable=frozenset({"rag"}))
     assert "skipped rag@0.3>cot: rag cannot run here" in skipped.reason
     assert "rag" not in plan_spec(skipped.steps)
-    # An intent the traces never saw falls back to the rule ladders, and says so.
+    # An intent the traces never saw is planned from the cell that pools every item: here
+    # the solver first (never wrong), then program, whose confidence is trusted; not from
+    # the uncalibrated rule ladders, which would answer a chat query directly.
     chat = extract_features("Tell me a joke about penguins")
-    assert policy.plan(chat, Budget()).steps == RulePolicy().plan(chat, Budget()).steps
-    assert policy.plan(chat, Budget()).reason.startswith("no calibrated cell for chat/")
+    pooled = policy.plan(chat, Budget())
+    assert pooled.reason.startswith("cell */* (70 calibration items)")
+    assert plan_spec(pooled.steps) == data["cells"]["*/*"]["chosen"]
+    assert pooled.steps != RulePolicy().plan(chat, Budget()).steps
+    # A policy file without that cell (written before it existed) falls back to the rules.
+    older = CalibratedPolicy.from_dict(
+        {**data, "cells": {k: v for k, v in data["cells"].items() if k != "*/*"}}
+    )
+    assert older.plan(chat, Budget()).steps == RulePolicy().plan(chat, Budget()).steps
+    assert older.plan(chat, Budget()).reason.startswith("no calibrated cell for chat/")
 
 
 def test_plans_on_an_expert_keep_the_best_plan_without_it_beside_them() -> None:

@@ -8,8 +8,11 @@ anything.
 
 Cells are (intent, difficulty): the intent from the shipped classifier applied to the traced
 question, the difficulty from `difficulty_score`, split at the intent's median when the intent
-has at least ``2 · min_cell`` items (else one cell, ``intent/*``). Each cell keeps its
-Pareto-optimal plans (accuracy against mean FLOPs); the policy chooses among them at run time.
+has at least ``2 · min_cell`` items (else one cell, ``intent/*``). One more cell, ``*/*``,
+pools every item: it plans for a query whose intent the traces hold no question of, which
+held-out sets bring (a policy calibrated without arithmetic questions would otherwise fall
+back to the uncalibrated rule ladders). Each cell keeps its Pareto-optimal plans (accuracy
+against mean FLOPs); the policy chooses among them at run time.
 
 Deterministic: items, strategies and candidates are visited in sorted order, ties broken by
 name, and numbers rounded before they are written, so the same traces give the same file.
@@ -33,6 +36,7 @@ from apportion.router.policy import (
     EASY,
     HARD,
     POLICY_VERSION,
+    POOLED_INTENT,
     Candidate,
     Policy,
     Step,
@@ -339,10 +343,11 @@ def calibrate(
         by_intent.setdefault(item.intent, []).append(item)
     thresholds: dict[str, float] = {}
     cells: dict[str, Any] = {}
-    for intent in sorted(by_intent):
-        group = by_intent[intent]
+    # POOLED first: every item, for queries of an intent that no cell covers.
+    for intent in [POOLED_INTENT, *sorted(by_intent)]:
+        group = items if intent == POOLED_INTENT else by_intent[intent]
         parts: dict[str, list[_Item]] = {ANY: group}
-        if len(group) >= 2 * min_cell:
+        if intent != POOLED_INTENT and len(group) >= 2 * min_cell:
             threshold = statistics.median(i.score for i in group)
             easy = [i for i in group if i.score <= threshold]
             hard = [i for i in group if i.score > threshold]

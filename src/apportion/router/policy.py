@@ -32,6 +32,9 @@ from apportion.types import Budget, Intent
 POLICY_FILE = Path(__file__).with_name("policy.json")
 POLICY_VERSION = 1
 EASY, HARD, ANY = "easy", "hard", "*"
+# The intent of the cell that pools every calibration item (key "*/*"): the plan for a query
+# of an intent the traces never showed.
+POOLED_INTENT = ANY
 # Accuracy given up per unit of normalised cost: 0.2 trades 2 points of accuracy for a tenth
 # of the dearest fixed strategy's FLOPs. On the mixed dev set's held-out half this gave 10
 # points more accuracy than chain-of-thought at 70% of its FLOPs; 0.3 gave about the same
@@ -268,6 +271,9 @@ class CalibratedPolicy:
         difficulty = self.difficulty(features)
         key = f"{features.intent}/{difficulty}"
         cell = self.cells.get(key) or self.cells.get(f"{features.intent}/{ANY}")
+        if cell is None and f"{POOLED_INTENT}/{ANY}" in self.cells:
+            key, cell = f"{POOLED_INTENT}/{ANY}", self.cells[f"{POOLED_INTENT}/{ANY}"]
+            difficulty = ANY
         if cell is None:
             rules = self.fallback.plan(features, budget, unavailable=unavailable)
             return replace(rules, reason=f"no calibrated cell for {key}: {rules.reason}")
@@ -334,6 +340,7 @@ __all__ = [
     "EASY",
     "HARD",
     "POLICY_FILE",
+    "POOLED_INTENT",
     "CalibratedPolicy",
     "Candidate",
     "Cell",
