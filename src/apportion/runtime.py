@@ -653,6 +653,7 @@ def execute(
             stopped_for_budget=stopped_for_budget,
             error=last_error,
         )
+    mapped = plan.calibration.get(chosen.strategy)
     return Answer(
         answer=chosen.answer or "",
         strategy=chosen.strategy,
@@ -662,4 +663,5 @@ def execute(
         attempts=tuple(attempts),
         stopped_for_budget=stopped_for_budget,
         abstained=chosen.abstained,
+        calibrated_confidence=None if mapped is None else mapped(chosen.confidence),
     )

@@ -223,6 +223,9 @@ class Answer:
     error: str | None = None
     # The answer is the chosen attempt's abstention (see Attempt.abstained).
     abstained: bool = False
+    # `confidence` mapped to the share of that strategy's answers that were right in the
+    # traces the policy was calibrated on (its model); None where the plan had no such map.
+    calibrated_confidence: float | None = None
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -230,6 +233,10 @@ class Answer:
             "strategy": self.strategy,
             "intent": self.intent,
             "confidence": round(self.confidence, 4),
+            "calibrated_confidence": (
+                None if self.calibrated_confidence is None
+                else round(self.calibrated_confidence, 4)
+            ),
             "stopped_for_budget": self.stopped_for_budget,
             "error": self.error,
             "attempts": [

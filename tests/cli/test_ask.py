@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from apportion.router.policy import CalibratedPolicy
 from cli.support import apportion
 
 NATALIA = (
@@ -41,6 +42,13 @@ def test_arithmetic_is_solved_exactly() -> None:
     assert out["strategy"] in {"symbolic", "program"}
     assert out["intent"] == "arithmetic"
     check_ledger(out["ledger"])  # type: ignore[arg-type]
+    # the shipped policy's map says what the strategy's confidence meant in its traces
+    maps = CalibratedPolicy.load().confidence_maps
+    expected = maps[str(out["strategy"])](float(out["confidence"]))  # type: ignore[arg-type]
+    assert out["calibrated_confidence"] == round(expected, 4)
+    explained = apportion("ask", "What is 17*23+5?", "--explain")
+    assert explained.returncode == 0, explained.stderr
+    assert "of its answers this confident were right" in explained.stderr
 
 
 @pytest.mark.model

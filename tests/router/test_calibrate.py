@@ -376,3 +376,29 @@ def test_rule_ladders_skip_what_cannot_run_and_always_end_answering() -> None:
     nothing = rules.plan(word, Budget(), unavailable=frozenset({"program", "cot"}))
     assert nothing.steps == (Step("direct", 0.0),)
     assert "skipped program, cot: cannot run here" in nothing.reason
+
+
+def test_an_answer_carries_its_confidence_as_calibration_measured_it() -> None:
+    data = calibrate(traces(), lam=0.1, min_cell=10)
+    # program was sure (0.9) exactly when right in these traces, unsure (0.2) when wrong
+    assert data["confidence_maps"]["program"] == {"thresholds": [0.2, 0.9], "values": [0.0, 1.0]}
+    policy = CalibratedPolicy.from_dict(data)
+    word = extract_features("Tom has 3 apples and buys 6 more. How many apples does Tom have?")
+    plan = policy.plan(word, Budget())
+    assert set(plan.calibration) == {s.strategy for s in plan.steps}  # each step traced here
+    engine = ScriptedEngine(["```python\ndef solve():\n    return 9\n```"])
+    ctx = RunContext.over(engine_for=lambda _id: engine, default_model="scripted",
+                          ledger=Ledger(budget=Budget()), max_tokens=32)  # fmt: skip
+    answer = execute(plan, Query("q?", kind="number"), ctx, default_registry(), intent=None)
+    assert answer.strategy == "program" and answer.answer == "9"
+    # the program's own 0.8 is under the 0.9 that alone was ever right in the traces
+    assert answer.confidence == 0.8 and answer.calibrated_confidence == 0.0
+    assert answer.to_dict()["calibrated_confidence"] == 0.0
+    # A policy file without maps (written before them) plans as before, with none.
+    older = CalibratedPolicy.from_dict({k: v for k, v in data.items() if k != "confidence_maps"})
+    assert older.plan(word, Budget()).steps == plan.steps
+    assert older.plan(word, Budget()).calibration == {}
+    engine.replies.append("```python\ndef solve():\n    return 9\n```")
+    no_map = execute(older.plan(word, Budget()), Query("q?", kind="number"), ctx,
+                     default_registry(), intent=None)  # fmt: skip
+    assert no_map.calibrated_confidence is None

@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
-from apportion.router.confidence import IsotonicMap, auroc, confidence_report, ece
+from apportion.router.confidence import (
+    MIN_MAP_ANSWERS,
+    IsotonicMap,
+    auroc,
+    confidence_report,
+    ece,
+    fit_confidence_maps,
+)
 from apportion.traces import ItemResult
 
 
@@ -48,3 +57,16 @@ def test_the_report_scores_held_out_answers_with_a_map_fitted_on_the_rest() -> N
     assert cot.strategy == "cot" and cot.n == 100 and cot.auroc == 0.5
     assert cot.ece_raw == pytest.approx(0.25, abs=0.02) and cot.ece_calibrated < 0.05
     assert direct.auroc is None  # never right: nothing to rank
+
+
+def test_maps_are_fitted_per_strategy_with_enough_answers_and_round_trip() -> None:
+    rows = [row(i, 0.9 if i % 4 else 0.2, i % 4 != 0) for i in range(40)]  # sure = right
+    rows += [row(i, 0.5, i % 2 == 0, "direct") for i in range(MIN_MAP_ANSWERS - 1)]
+    # a router's rows are not a strategy's, however many
+    rows += [replace(row(i, 0.9, True), strategy="auto") for i in range(MIN_MAP_ANSWERS)]
+    maps = fit_confidence_maps(rows)
+    assert set(maps) == {"cot"}  # direct answered too rarely for its shares to mean much
+    assert maps["cot"](0.9) == 1.0 and maps["cot"](0.2) == 0.0
+    assert IsotonicMap.from_dict(maps["cot"].to_dict()) == maps["cot"]
+    with pytest.raises(ValueError, match="not a confidence map"):
+        IsotonicMap.from_dict({"thresholds": [0.5, 0.1], "values": [0.2, 0.3]})

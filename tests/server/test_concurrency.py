@@ -183,3 +183,4 @@ def test_multi_sample_strategies_stream_progress_then_the_answer(tmp_path: Path)
     last = chunks[-1]
     assert last["usage"]["completion_tokens"] == 16
     assert last["apportion"]["confidence"] == 1.0
+    assert last["apportion"]["calibrated_confidence"] is None  # asked for by name: no policy

@@ -143,6 +143,7 @@ def ask(
         print_answer(answer)
         if explanation is not None:
             print_explanation(explanation)
+            print_confidence(answer)
     if answer.error:
         if not as_json:
             err.print(f"[bold red]no answer:[/] {answer.error}", highlight=False)
@@ -215,6 +216,20 @@ def print_explanation(explanation: dict[str, Any]) -> None:
             table.add_row(a["plan"], f"{a['accuracy']:.0%}", f"{a['flops']:.3g}",
                           f"{a['score']:.3f}")  # fmt: skip
         err.print(table)
+
+
+def print_confidence(answer: Answer) -> None:
+    """The answer's raw confidence and, where the policy maps it, what it meant in
+    calibration: the share of that strategy's answers so confident that were right."""
+    if not answer.answer:
+        return
+    line = f"[bold]confidence[/] {answer.confidence:.2f} ({answer.strategy}'s own)"
+    if answer.calibrated_confidence is not None:
+        line += (
+            f"; {answer.calibrated_confidence:.0%} of its answers this confident were right "
+            "in the policy's calibration traces"
+        )
+    err.print(line, highlight=False)
 
 
 def print_answer(answer: Answer) -> None:

@@ -29,6 +29,7 @@ from typing import Any
 
 from apportion.errors import UsageError
 from apportion.experts.book import ExpertBook
+from apportion.router.confidence import fit_confidence_maps
 from apportion.router.features import Features, extract_features
 from apportion.router.policy import (
     ANY,
@@ -384,6 +385,13 @@ def calibrate(
             plan_spec(m.steps): {"accuracy": _r(m.accuracy), "flops": _r(m.flops)} for m in singles
         },
         "cells": cells,
+        # what `ask` reports beside an answer's raw confidence: the share right in these traces
+        "confidence_maps": {
+            s: m.to_dict()
+            for s, m in fit_confidence_maps(
+                r for item in items for r in item.outcomes.values()
+            ).items()
+        },
         "source": source or {},
     }
 

@@ -4,13 +4,15 @@ For every fixed strategy, over the items where it answered: AUROC (how well its 
 ranks its right answers above its wrong ones; 0.5 is chance) and ECE (expected calibration
 error over ten equal bins: how far "0.8" is from being right 80% of the time), raw and after
 an isotonic map fitted on the training share of the items (pool-adjacent-violators, so the
-map is monotone and keeps the ranking, hence the AUROC). `apportion calibrate` prints them.
+map is monotone and keeps the ranking, hence the AUROC). `apportion calibrate` prints them,
+and writes each strategy's map into the policy, whose plans carry them: an answer of `auto`
+reports its confidence mapped (Answer.calibrated_confidence).
 """
 
 from __future__ import annotations
 
 import bisect
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from apportion.traces import ItemResult, is_adaptive
@@ -82,6 +84,40 @@ class IsotonicMap:
         if not blocks:
             return cls((0.0,), (0.5,))
         return cls(tuple(b[0] for b in blocks), tuple(b[1] / b[2] for b in blocks))
+
+    def to_dict(self) -> dict[str, list[float]]:
+        return {"thresholds": [round(t, 6) for t in self.thresholds],
+                "values": [round(v, 4) for v in self.values]}  # fmt: skip
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Sequence[float]]) -> IsotonicMap:
+        thresholds = tuple(float(t) for t in data["thresholds"])
+        values = tuple(float(v) for v in data["values"])
+        if not thresholds or len(thresholds) != len(values) or list(thresholds) != sorted(
+            thresholds
+        ):
+            raise ValueError(f"not a confidence map: {dict(data)!r}")
+        return cls(thresholds, values)
+
+
+# Least answers a strategy must have given in calibration for its confidence to get a map:
+# below it, the shares the map would state are too noisy to show a user as probabilities.
+MIN_MAP_ANSWERS = 20
+
+
+def fit_confidence_maps(results: Iterable[ItemResult]) -> dict[str, IsotonicMap]:
+    """Per fixed strategy with at least MIN_MAP_ANSWERS answers: the isotonic map from its raw
+    confidence to the share of its answers that were right. One map per strategy, pooled over
+    intents: split by intent as well, the shipped traces' training half leaves each map a few
+    dozen answers."""
+    by_strategy: dict[str, list[ItemResult]] = {}
+    for r in results:
+        if not is_adaptive(r.strategy) and r.ok:  # as confidence_report scores them
+            by_strategy.setdefault(r.strategy, []).append(r)
+    return {
+        s: IsotonicMap.fit([r.confidence for r in rs], [r.correct for r in rs])
+        for s, rs in sorted(by_strategy.items()) if len(rs) >= MIN_MAP_ANSWERS
+    }  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
 from apportion.errors import UsageError
+from apportion.router.confidence import IsotonicMap
 from apportion.router.features import Features
 from apportion.strategies.registry import parse_spec
 from apportion.types import Budget, Intent
@@ -63,6 +64,9 @@ class Plan:
     difficulty: str | None = None
     # The other plans the policy weighed, with their policy scores (for `ask --explain`).
     alternatives: tuple[tuple[Candidate, float], ...] = ()
+    # Per step spec, the map from its raw confidence to the share of its answers that were
+    # right in calibration (router/confidence.py), where the policy has one.
+    calibration: Mapping[str, IsotonicMap] = field(default_factory=dict)
 
 
 def stops_here(ok: bool, confidence: float, step: Step) -> bool:
@@ -202,6 +206,8 @@ class CalibratedPolicy:
     cells: dict[str, Cell]  # "intent/easy", "intent/hard" or "intent/*"
     source: dict[str, Any] = field(default_factory=dict)
     fallback: RulePolicy = field(default_factory=RulePolicy)
+    # strategy spec → raw confidence → share right in the traces (absent in older files)
+    confidence_maps: dict[str, IsotonicMap] = field(default_factory=dict)
 
     @classmethod
     def load(cls, path: Path = POLICY_FILE) -> CalibratedPolicy:
@@ -246,6 +252,10 @@ class CalibratedPolicy:
                 thresholds={k: float(v) for k, v in data["thresholds"].items()},
                 cells=cells,
                 source=dict(data.get("source", {})),
+                confidence_maps={
+                    s: IsotonicMap.from_dict(m)
+                    for s, m in data.get("confidence_maps", {}).items()
+                },
             )
         except (KeyError, TypeError, ValueError) as e:
             raise UsageError(f"{where} is not a policy file: {e!r}") from e
@@ -268,6 +278,12 @@ class CalibratedPolicy:
     def plan(
         self, features: Features, budget: Budget, *, unavailable: frozenset[str] = frozenset()
     ) -> Plan:
+        planned = self._plan(features, budget, unavailable)
+        maps = {s.strategy: self.confidence_maps[s.strategy] for s in planned.steps
+                if s.strategy in self.confidence_maps}  # fmt: skip
+        return replace(planned, calibration=maps) if maps else planned
+
+    def _plan(self, features: Features, budget: Budget, unavailable: frozenset[str]) -> Plan:
         difficulty = self.difficulty(features)
         key = f"{features.intent}/{difficulty}"
         cell = self.cells.get(key) or self.cells.get(f"{features.intent}/{ANY}")

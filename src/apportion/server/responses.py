@@ -41,6 +41,7 @@ class Responses:
             strategy=answer.strategy,
             intent=answer.intent,
             confidence=answer.confidence,
+            calibrated_confidence=answer.calibrated_confidence,
             route=[a.strategy for a in answer.attempts],
             stopped_for_budget=answer.stopped_for_budget,
             error=answer.error,

@@ -297,6 +297,12 @@ class ApportionInfo(BaseModel):
     strategy: str
     intent: str | None
     confidence: float
+    calibrated_confidence: float | None = Field(
+        default=None,
+        description="The share of the answering strategy's answers this confident that were "
+        "right in the policy's calibration traces; null where `auto`'s policy has no map "
+        "for it, or a fixed strategy was asked for.",
+    )
     route: list[str] = Field(description="The strategies tried, in order.")
     stopped_for_budget: bool
     error: str | None
