@@ -16,7 +16,8 @@ without a router would pick), and the best per held-out set chosen with hindsigh
 router can know). Where the traces hold plans on an expert or another model (issue 16), the
 routers are built twice: with every traced strategy, and from the request's own model's
 strategies only (`cells, own model`: auto where no expert is installed). The items an expert
-was trained on (its manifest's `data.sources`) are left out of every figure.
+was trained on (its manifest's `data.sources`) are left out of every figure. `--embed` gives
+the predictor the question's MiniLM sentence embedding as well (the `embed` extra).
 """
 
 from __future__ import annotations
@@ -24,6 +25,9 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable, Sequence
 from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
 
 from apportion.bench.datasets import restore_questions
 from apportion.bench.scoring import wilson_interval
@@ -41,13 +45,38 @@ from apportion.router.calibrate import (
 from apportion.router.policy import CalibratedPolicy, Policy
 from apportion.router.predictor import PredictedPolicy, fit_predictor
 from apportion.strategies.registry import default_registry
+from apportion.tools.store.embed import Embedder, MiniLMEmbedder
 from apportion.traces import ItemResult, read_results
 
 ROUTERS = ("cells", "predicted")
 OWN = "cells, own model"
 
 
-def routers(train: Sequence[ItemResult], lam: float) -> dict[str, Policy]:
+class MemoEmbedder:
+    """An embedder that embeds each text once: every fold asks again for the same questions."""
+
+    def __init__(self, inner: Embedder) -> None:
+        self.inner = inner
+        self.seen: dict[str, npt.NDArray[np.float32]] = {}
+
+    @property
+    def name(self) -> str:
+        return self.inner.name
+
+    @property
+    def dim(self) -> int:
+        return self.inner.dim
+
+    def embed(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
+        new = sorted({t for t in texts if t not in self.seen})
+        if new:
+            self.seen.update(zip(new, self.inner.embed(new), strict=True))
+        return np.stack([self.seen[t] for t in texts])
+
+
+def routers(
+    train: Sequence[ItemResult], lam: float, embedder: Embedder | None = None
+) -> dict[str, Policy]:
     cells = CalibratedPolicy.from_dict(calibrate(train, lam=lam))
     found: dict[str, Policy] = {}
     if not all(on_own_model(r.strategy) for r in train):
@@ -58,19 +87,22 @@ def routers(train: Sequence[ItemResult], lam: float) -> dict[str, Policy]:
         (features, {s: (outcomes[s].correct, outcomes[s].flops) for s in strategies})
         for features, outcomes in items
     ]
-    predictor = fit_predictor(examples, strategies, closes=default_registry().always_answers)
+    predictor = fit_predictor(
+        examples, strategies, closes=default_registry().always_answers, embedder=embedder
+    )
     max_flops = max(predictor.expected_flops(s, "*") for s in strategies) or 1.0
     return {"cells": cells, **found, "predicted": PredictedPolicy(predictor, lam, max_flops)}
 
 
 def measure(
-    results: Sequence[ItemResult], test: Callable[[str, str], bool], lam: float
+    results: Sequence[ItemResult], test: Callable[[str, str], bool], lam: float,
+    embedder: Embedder | None = None,
 ) -> tuple[dict[str, tuple[int, float, float]], dict[str, tuple[int, float, float]]]:
     """(name → (n, accuracy, mean FLOPs) of the routers, the hindsight-best fixed strategy and
     the oracle; strategy → the same of every fixed strategy) on the items `test` admits,
     routers built on the rest."""
     train = [r for r in results if not test(r.dataset, r.item_id)]
-    ev = evaluate(routers(train, lam), results, keep=test)
+    ev = evaluate(routers(train, lam, embedder), results, keep=test)
     best = max(ev.fixed, key=lambda s: (ev.fixed[s][0], -ev.fixed[s][1]))
     out = {f"fixed: {best}": (ev.n, *ev.fixed[best])}
     for name, got in ev.policies.items():
@@ -150,7 +182,10 @@ def main() -> None:
     parser.add_argument("--plot", type=Path, help="write the accuracy-FLOPs chart here (PNG)")
     parser.add_argument("--dataset", action="append", default=[],
                         help="only these traced datasets (repeatable; default: all)")  # fmt: skip
+    parser.add_argument("--embed", action="store_true",
+                        help="give the predictor MiniLM sentence embeddings (the embed extra)")
     args = parser.parse_args()
+    embedder = MemoEmbedder(MiniLMEmbedder(threads=1)) if args.embed else None
     rows = (r for path in args.runs for r in read_results(path))
     # archived traces keep no question: it is read back from the shared data
     results = restore_questions(r for r in rows if not args.dataset or r.dataset in args.dataset)
@@ -165,7 +200,10 @@ def main() -> None:
     fixed: dict[str, list[tuple[int, float, float]]] = {}
     print(f"{len(results)} traced rows, {len(datasets)} datasets, λ = {args.lam:g}")
     for held in datasets:
-        got, every = measure(results, lambda d, i, held=held: d == held, args.lam)
+        def left_out(dataset: str, _item: str, held: str = held) -> bool:
+            return dataset == held
+
+        got, every = measure(results, left_out, args.lam, embedder)
         for s, value in every.items():
             fixed.setdefault(s, []).append(value)
         fixed_key = next(k for k in got if k.startswith("fixed"))
@@ -194,7 +232,9 @@ def main() -> None:
              f"{sum(p[0] for p in lodo['oracle'])} questions, {len(datasets)} datasets, "
              "each held out in turn (the routers built on the others)")  # fmt: skip
         print(f"wrote {args.plot}")
-    split, _ = measure(results, lambda d, i: not in_training_share(d, i, 0.5), args.lam)
+    split, _ = measure(
+        results, lambda d, i: not in_training_share(d, i, 0.5), args.lam, embedder
+    )
     show("ordinary split (the held-out half of every dataset)",
          {("best fixed" if k.startswith("fixed") else k): [v] for k, v in split.items()},
          "oracle")  # fmt: skip

@@ -3,9 +3,15 @@ the same intent cell lumps together, and its policy closes a declining step."""
 
 from __future__ import annotations
 
+import re
+from collections.abc import Sequence
+
+import numpy as np
+import numpy.typing as npt
+
 from apportion.router.features import extract_features
-from apportion.router.predictor import PredictedPolicy, SuccessPredictor, fit_predictor
-from apportion.types import Budget
+from apportion.router.predictor import DIM, PredictedPolicy, SuccessPredictor, fit_predictor
+from apportion.types import INTENTS, Budget
 
 CLOSERS = {"cot"}
 
@@ -39,3 +45,38 @@ def test_predicts_per_question_and_round_trips() -> None:
     assert [s.strategy for s in policy.plan(apples, Budget()).steps] == ["cot"]
     assert [s.strategy for s in policy.plan(train, Budget(), unavailable=frozenset({"program"})
                                              ).steps] == ["cot"]  # fmt: skip
+
+
+class ParityEmbedder:
+    """A stand-in sentence embedder: the parity of the question's number, which no n-gram of
+    an unseen number tells."""
+
+    name = "parity"
+    dim = 2
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def embed(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
+        self.calls += 1
+        odd = [int(re.findall(r"\d+", t)[0]) % 2 for t in texts]
+        return np.array([[1.0 - o, float(o)] for o in odd], dtype=np.float32)
+
+
+def test_a_sentence_embedding_is_a_feature_when_an_embedder_is_given() -> None:
+    examples = [
+        (extract_features(f"Tell me about order number {i}."),
+         {"program": (i % 2 == 0, 2e11), "cot": (i % 2 == 1, 5e11)})
+        for i in range(60)
+    ]  # fmt: skip
+    even = extract_features("Tell me about order number 1000.")
+    odd = extract_features("Tell me about order number 1001.")
+    embedder = ParityEmbedder()
+    with_it = fit_predictor(examples, ["cot", "program"], closes=CLOSERS.__contains__,
+                            embedder=embedder, steps=1000)  # fmt: skip
+    assert embedder.calls == 1  # the training questions, in one batch
+    assert with_it.weights.shape[0] == DIM + len(INTENTS) + embedder.dim
+    assert with_it.predict(even)["program"] > 0.6 > with_it.predict(odd)["program"]
+    without = fit_predictor(examples, ["cot", "program"], closes=CLOSERS.__contains__, steps=1000)
+    gap = without.predict(even)["program"] - without.predict(odd)["program"]
+    assert abs(gap) < 0.2  # the n-grams alone cannot tell unseen even numbers from odd

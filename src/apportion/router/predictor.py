@@ -4,7 +4,10 @@ expected to spend; the policy then picks per question instead of per cell of the
 
 - Features: the intent classifier's hashed word and character n-grams and cues
   (router/intent.py, the one definition), folded into `DIM` buckets, and the intent
-  probabilities.
+  probabilities; with an `Embedder` (the `embed` extra's MiniLM), the question's sentence
+  embedding after them. Measured leave-one-dataset-out on the shipped traces
+  (`benchmarks/router_lodo.py --embed`), the embedding does not help (see the README), so
+  nothing is shipped with it.
 - Model: one L2-regularised logistic regression per strategy, fitted on bench traces with
   NumPy alone (full-batch gradient descent on a convex loss, so the fit is deterministic);
   small enough to ship beside the intent classifier.
@@ -28,6 +31,7 @@ import numpy.typing as npt
 from apportion.router.features import Features
 from apportion.router.intent import hashed_features
 from apportion.router.policy import Candidate, Plan, Step, trade_off
+from apportion.tools.store.embed import Embedder
 from apportion.types import INTENTS, Budget
 
 DIM = 4096
@@ -37,8 +41,11 @@ MIN_INTENT_ITEMS = 10
 DECLINER_BAR = 0.5
 
 
-def vector(features: Features) -> npt.NDArray[np.float32]:
-    """The predictor's input for one question: folded hashed n-grams, then intent shares."""
+def vector(
+    features: Features, embedding: npt.NDArray[np.float32] | None = None
+) -> npt.NDArray[np.float32]:
+    """The predictor's input for one question: folded hashed n-grams, then intent shares,
+    then its sentence embedding where one is given."""
     x = np.zeros(DIM + len(INTENTS), dtype=np.float32)
     hashed = hashed_features(features.text, has_math_expression=features.has_math_expression)
     for index, value in hashed.items():
@@ -46,7 +53,7 @@ def vector(features: Features) -> npt.NDArray[np.float32]:
     shares = dict(features.intent_probabilities)
     for i, intent in enumerate(INTENTS):
         x[DIM + i] = shares.get(intent, 0.0)
-    return x
+    return x if embedding is None else np.concatenate([x, embedding.astype(np.float32)])
 
 
 def _fit_logistic(
@@ -78,9 +85,12 @@ class SuccessPredictor:
     bias: npt.NDArray[np.float32]
     flops: dict[str, dict[str, float]]  # strategy → intent (or "*") → mean FLOPs
     closers: tuple[str, ...]  # the strategies that always answer
+    # the sentence embedder whose vectors the weights were fitted with (not serialised)
+    embedder: Embedder | None = None
 
     def predict(self, features: Features) -> dict[str, float]:
-        logits = vector(features) @ self.weights + self.bias
+        embedding = None if self.embedder is None else self.embedder.embed([features.text])[0]
+        logits = vector(features, embedding) @ self.weights + self.bias
         p = 1.0 / (1.0 + np.exp(-logits))
         return {s: float(v) for s, v in zip(self.strategies, p, strict=True)}
 
@@ -110,9 +120,15 @@ def fit_predictor(
     closes: Callable[[str], bool],
     l2: float = 1e-3,
     steps: int = 300,
+    embedder: Embedder | None = None,
 ) -> SuccessPredictor:
-    """Fit on traced questions: each its features and, per strategy, (right, FLOPs)."""
-    x = np.stack([vector(f) for f, _ in examples])
+    """Fit on traced questions: each its features and, per strategy, (right, FLOPs); with
+    `embedder`, each question's sentence embedding is a feature too."""
+    embeddings: Sequence[npt.NDArray[np.float32] | None] = (
+        [None] * len(examples) if embedder is None
+        else list(embedder.embed([f.text for f, _ in examples]))
+    )  # fmt: skip
+    x = np.stack([vector(f, e) for (f, _), e in zip(examples, embeddings, strict=True)])
     columns, biases = [], []
     for s in strategies:
         y = np.array([outcomes[s][0] for _, outcomes in examples], dtype=np.float32)
@@ -129,7 +145,7 @@ def fit_predictor(
                     if k == "*" or len(v) >= MIN_INTENT_ITEMS}  # fmt: skip
     return SuccessPredictor(
         tuple(strategies), np.stack(columns, axis=1), np.asarray(biases, dtype=np.float32),
-        flops, tuple(s for s in strategies if closes(s)),
+        flops, tuple(s for s in strategies if closes(s)), embedder,
     )  # fmt: skip
 
 
