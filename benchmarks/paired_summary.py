@@ -1,9 +1,16 @@
 """Strategies of one bench run compared on the same items: those every strategy of the run
 has finished (so a run still under way compares like with like). Per strategy: accuracy with
-a Wilson 95% interval, mean FLOPs as charged, mean completion tokens, and how many replies an
-error matching --error names (e.g. "no solve()": a program strategy got no program).
+a Wilson 95% interval, mean FLOPs as charged (prompts counted in full, as if uncached) and as
+computed (less the prompt tokens read from the KV cache), mean completion tokens, and how many
+replies an error matching --error names (e.g. "no solve()": a program strategy got no
+program).
 
     python benchmarks/paired_summary.py runs/gsm8k-pal-math --error "no solve()"
+
+`--dataset NAME` (repeatable) compares on those datasets' items only, e.g. the thinking-budget
+levels on gsm8k and on svamp apart:
+
+    python benchmarks/paired_summary.py runs/think-budget-0.5b --dataset gsm8k
 """
 
 from __future__ import annotations
@@ -19,25 +26,32 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("run", type=Path)
     parser.add_argument("--error", default="no solve()")
+    parser.add_argument("--dataset", action="append", default=[],
+                        help="only this dataset's items (repeatable; default: all)")  # fmt: skip
     args = parser.parse_args()
     rows = read_results(args.run / RESULTS if args.run.is_dir() else args.run)
+    if args.dataset:
+        rows = [r for r in rows if r.dataset in args.dataset]
     strategies = list(dict.fromkeys(r.strategy for r in rows))
     by_item: dict[tuple[str, str], dict[str, ItemResult]] = {}
     for r in rows:
         by_item.setdefault((r.dataset, r.item_id), {})[r.strategy] = r
     done = [v for v in by_item.values() if len(v) == len(strategies)]
     n = len(done)
+    if n == 0:
+        raise SystemExit(f"{args.run}: no item is finished by every strategy (of these datasets)")
     print(f"{args.run}: {n} items finished by all of {', '.join(strategies)}")
-    print(f"{'strategy':<32}{'accuracy [95% CI]':>26}{'mean FLOPs':>12}{'compl. tok':>11}"
-          f"{'errors':>8}")  # fmt: skip
+    print(f"{'strategy':<32}{'accuracy [95% CI]':>26}{'mean FLOPs':>12}{'computed':>10}"
+          f"{'compl. tok':>11}{'errors':>8}")  # fmt: skip
     for s in strategies:
         right = sum(v[s].correct for v in done)
         low, high = wilson_interval(right, n)
         flops = sum(v[s].flops for v in done) / n
+        computed = sum(v[s].flops_computed for v in done) / n
         tokens = sum(v[s].completion_tokens for v in done) / n
         errors = sum(args.error in (v[s].error or "") for v in done)
         print(f"{s:<32}{right:>4}/{n} = {right / n:>6.1%} [{low:.1%}, {high:.1%}]"
-              f"{flops:>12.3g}{tokens:>11.0f}{errors:>8}")  # fmt: skip
+              f"{flops:>12.3g}{computed:>10.3g}{tokens:>11.0f}{errors:>8}")  # fmt: skip
 
 
 if __name__ == "__main__":
