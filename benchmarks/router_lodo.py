@@ -199,7 +199,9 @@ def main() -> None:
     lodo: dict[str, list[tuple[int, float, float]]] = {}
     fixed: dict[str, list[tuple[int, float, float]]] = {}
     print(f"{len(results)} traced rows, {len(datasets)} datasets, λ = {args.lam:g}")
-    for held in datasets:
+    if len(datasets) < 2:
+        print("one dataset: nothing to hold out by dataset; the ordinary split only")
+    for held in datasets if len(datasets) > 1 else []:
         def left_out(dataset: str, _item: str, held: str = held) -> bool:
             return dataset == held
 
@@ -217,10 +219,11 @@ def main() -> None:
         cells = [f"{got[k][1]:>6.0%} {got[k][2]:>9.2g}" for k in got]
         print(f"{held:<36}{got['oracle'][0]:>5}  " + "  ".join(cells)
               + f"   ({fixed_key[7:]})")  # fmt: skip
-    single = best_pooled(fixed)
-    show("leave-one-dataset-out, pooled",
-         {f"fixed: {single} (best pooled)": fixed[single], **lodo}, "oracle")  # fmt: skip
-    if args.plot:
+    if lodo:
+        single = best_pooled(fixed)
+        show("leave-one-dataset-out, pooled",
+             {f"fixed: {single} (best pooled)": fixed[single], **lodo}, "oracle")  # fmt: skip
+    if args.plot and lodo:
 
         def pooled(parts: list[tuple[int, float, float]]) -> tuple[float, float]:
             n = sum(p[0] for p in parts)
