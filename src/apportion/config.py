@@ -81,6 +81,11 @@ class EngineConfig(BaseModel):
 DEFAULT_KIND = "openai"
 
 
+ThinkingControl = Literal[
+    "reasoning_effort", "enable_thinking", "thinking_budget", "thinking_token_budget"
+]
+
+
 class RemoteEngineConfig(EngineConfig):
     """An OpenAI-compatible endpoint (vLLM, SGLang, llama.cpp server, Ollama, a hosted API):
     the `openai` kind."""
@@ -125,6 +130,12 @@ class RemoteEngineConfig(EngineConfig):
     # adapter's parameters when the expert is installed here too (for FLOPs; else 0).
     expert: str | None = None
     adapter_params: float = Field(default=0.0, ge=0)
+    # How this server's model takes a thinking budget (`cot:think_budget=N`), for reasoning
+    # models; each named control is sent (engines/openai_http.py says how N maps onto it):
+    # "reasoning_effort" (OpenAI's field), "enable_thinking" and "thinking_budget" (chat
+    # template kwargs: Qwen3 on vLLM and SGLang), "thinking_token_budget" (vLLM's cap).
+    # Empty: the server is not told, and cot caps and forces the reasoning itself.
+    thinking: list[ThinkingControl] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _one_url_at_least(self) -> RemoteEngineConfig:

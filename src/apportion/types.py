@@ -57,6 +57,10 @@ class Completion:
     served_by: ModelCost | None = None
     # The replica of a pool that served it (its URL), when a pool did (engines/pool.py).
     replica: str | None = None
+    # What a reasoning model thought before `text`, where its server returns that apart
+    # (`reasoning_content`) or marks it (<think>…</think>); its tokens are among
+    # `completion_tokens`, as servers count them.
+    reasoning: str = ""
 
     @property
     def mean_logprob(self) -> float | None:

@@ -11,11 +11,15 @@ def test_round_trip_survives_reopen(tmp_path: Path) -> None:
     path = tmp_path / "c.sqlite"
     with SqliteCompletionCache(path) as cache:
         cache.put("k", [(Completion("hi", 3, 1, "stop", (-0.5,), cached_tokens=2), 0.25)])
+        cache.put("r", [(Completion("42", 3, 9, "stop", reasoning="six sevens"), 0.5)])
     with SqliteCompletionCache(path) as cache:
         ((c, wall),) = cache.get("k") or []
         assert (c.text, c.prompt_tokens, c.token_logprobs, wall) == ("hi", 3, (-0.5,), 0.25)
         assert c.cached_tokens == 2  # replayed as the call that filled it read its prompt
-        assert cache.get("other") is None and len(cache) == 1
+        assert c.reasoning == ""
+        ((r, _),) = cache.get("r") or []
+        assert (r.text, r.reasoning) == ("42", "six sevens")  # a reasoning model's thinking
+        assert cache.get("other") is None and len(cache) == 2
 
 
 def test_second_identical_call_replays_and_is_charged_the_same(tmp_path: Path) -> None:

@@ -252,6 +252,33 @@ def test_prompt_tokens_served_from_the_kv_cache_are_reported(settings: Settings)
     assert 0 < reply.cached_tokens < reply.prompt_tokens
 
 
+def test_the_http_engine_reads_a_servers_reasoning_apart_from_its_answer(fake_url: str) -> None:
+    """apportion serve answers `cot` as a reasoning model's server does: the chain in
+    `reasoning_content`, the answer in `content`. Our HTTP engine, pointed at it, keeps the
+    two apart, streamed or not, and charges the tokens of both."""
+    from apportion.config import RemoteEngineConfig
+    from apportion.engines.openai_http import OpenAIHttpEngine
+    from apportion.types import Message
+
+    remote = OpenAIHttpEngine(RemoteEngineConfig(
+        id="remote", base_url=f"{fake_url}/v1", model="cot", params=1e8,
+    ))  # fmt: skip
+    question = [Message("user", "Say something.")]
+    (reply,) = remote.generate(question, max_tokens=16)
+    assert (reply.reasoning, reply.text) == ("The answer is 7.", "7")
+    assert reply.completion_tokens == 4  # the fake's four words: the chain's tokens
+    pieces = remote.stream(question, max_tokens=16)
+    shown = []
+    while True:
+        try:
+            shown.append(next(pieces))
+        except StopIteration as done:
+            streamed = done.value
+            break
+    remote.close()
+    assert "".join(shown) == "7" and streamed.reasoning.endswith("The answer is 7.")
+
+
 # -- every parameter honoured or refused ------------------------------------------------------
 
 

@@ -63,6 +63,7 @@ class SqliteCompletionCache:
                     else None,
                     # as the call that filled the cache read it (entries before this field: 0)
                     cached_tokens=int(e.get("cached_tokens", 0)),
+                    reasoning=str(e.get("reasoning", "")),
                 ),
                 float(e["wall_s"]),
             )
@@ -80,6 +81,7 @@ class SqliteCompletionCache:
                     "token_logprobs": list(c.token_logprobs) if c.token_logprobs else None,
                     "cached_tokens": c.cached_tokens,
                     "wall_s": wall_s,
+                    **({"reasoning": c.reasoning} if c.reasoning else {}),
                 }
                 for c, wall_s in value
             ]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Generator, Sequence
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from apportion.ledger import ModelCost
 from apportion.types import Completion, Message
@@ -55,7 +55,12 @@ class TextEngine(Protocol):
         `reuse_prefix=False` evaluates the whole prompt afresh instead of reusing a cached
         prefix of an earlier call: a reused prefix is evaluated in other batch shapes, which
         can change the low bits of the logits and so a greedy token (`deterministic` mode).
-        Engines that keep no prompt cache of their own ignore it."""
+        Engines that keep no prompt cache of their own ignore it.
+
+        An engine whose `takes_think_budget` is true (a reasoning model whose server is told
+        how long to think) also takes `think_budget: int | None`, in `generate` and `stream`:
+        the tokens its thinking may take, 0 for none. It is passed only to such engines and
+        only when set (`think_option`), so engines without it need not know it."""
         ...
 
     def stream(
@@ -77,3 +82,15 @@ class TextEngine(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+def takes_think_budget(engine: object) -> bool:
+    """Whether `engine` (through any wrappers that forward it) tells its model how long to
+    think: see TextEngine.generate."""
+    return bool(getattr(engine, "takes_think_budget", False))
+
+
+def think_option(think_budget: int | None) -> dict[str, Any]:
+    """The `think_budget` keyword for an engine call: present only when set (Any-typed, as
+    it is spread into calls whose other keywords have other types)."""
+    return {} if think_budget is None else {"think_budget": think_budget}

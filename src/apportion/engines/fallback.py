@@ -18,7 +18,7 @@ from collections.abc import Callable, Generator, Sequence
 from dataclasses import replace
 from typing import Any
 
-from apportion.engines.base import TextEngine
+from apportion.engines.base import TextEngine, takes_think_budget, think_option
 from apportion.errors import EngineUnavailableError, UsageError
 from apportion.ledger import ModelCost
 from apportion.types import Completion, Message
@@ -69,6 +69,10 @@ class FallbackEngine:
     @property
     def context_size(self) -> int:
         return self.primary.context_size
+
+    @property
+    def takes_think_budget(self) -> bool:
+        return takes_think_budget(self.primary)
 
     def count_tokens(self, messages: Sequence[Message]) -> int:
         return self.primary.count_tokens(messages)
@@ -123,6 +127,7 @@ class FallbackEngine:
         seed: int | None = None,
         logprobs: bool = False,
         reuse_prefix: bool = True,
+        think_budget: int | None = None,
     ) -> list[Completion]:
         options: dict[str, Any] = dict(
             max_tokens=max_tokens, temperature=temperature, n=n, stop=stop, seed=seed,
@@ -133,7 +138,9 @@ class FallbackEngine:
         primary_error: EngineUnavailableError | None = None
         if not self.is_down():
             try:
-                out = self.primary.generate(messages, **options)
+                out = self.primary.generate(
+                    messages, **options, **_thinking(self.primary, think_budget)
+                )
             except EngineUnavailableError as e:
                 primary_error = e
                 self._went_down()
@@ -142,7 +149,7 @@ class FallbackEngine:
                 return out
         engine = self._the_fallback()
         try:
-            out = engine.generate(messages, **options)
+            out = engine.generate(messages, **options, **_thinking(engine, think_budget))
         except EngineUnavailableError as e:
             raise self._fallback_failed(primary_error, e) from e
         return [self._served_by_fallback(c, engine) for c in out]
@@ -156,6 +163,7 @@ class FallbackEngine:
         stop: Sequence[str] | None = None,
         seed: int | None = None,
         reuse_prefix: bool = True,
+        think_budget: int | None = None,
     ) -> Generator[str, None, Completion]:
         """The primary's stream; if it fails before its first piece, the fallback's. A failure
         after pieces went out ends the stream (they cannot be taken back), and marks the
@@ -167,7 +175,9 @@ class FallbackEngine:
             options["reuse_prefix"] = False
         primary_error: EngineUnavailableError | None = None
         if not self.is_down():
-            pieces = self.primary.stream(messages, **options)
+            pieces = self.primary.stream(
+                messages, **options, **_thinking(self.primary, think_budget)
+            )
             try:
                 first = next(pieces)
             except StopIteration as done:
@@ -186,13 +196,21 @@ class FallbackEngine:
                     raise
         engine = self._the_fallback()
         try:
-            completion = yield from engine.stream(messages, **options)
+            completion = yield from engine.stream(
+                messages, **options, **_thinking(engine, think_budget)
+            )
         except EngineUnavailableError as e:
             raise self._fallback_failed(primary_error, e) from e
         return self._served_by_fallback(completion, engine)
 
     def close(self) -> None:
         self.primary.close()
+
+
+def _thinking(engine: TextEngine, think_budget: int | None) -> dict[str, Any]:
+    """The think budget for `engine` when it takes one: a fallback of another kind is asked
+    as cot asks any engine, its reasoning capped by max_tokens alone."""
+    return think_option(think_budget) if takes_think_budget(engine) else {}
 
 
 def _resume(

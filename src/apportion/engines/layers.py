@@ -33,7 +33,12 @@ from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
-from apportion.engines.base import GenerationCancelled, TextEngine
+from apportion.engines.base import (
+    GenerationCancelled,
+    TextEngine,
+    takes_think_budget,
+    think_option,
+)
 from apportion.errors import BudgetExceededError
 from apportion.ledger import Ledger, RaplMeter
 from apportion.types import Completion, Message, ModelCost
@@ -193,6 +198,7 @@ class Call:
     seed: int | None = None
     logprobs: bool = False
     reuse_prefix: bool = True
+    think_budget: int | None = None  # only for engines that take it (engines/base.py)
 
     def generate_on(self, engine: TextEngine, **options: Any) -> list[Completion]:
         """The call on `engine`, with `options` its own keyword arguments take beside these
@@ -200,13 +206,14 @@ class Call:
         return engine.generate(
             self.messages, max_tokens=self.max_tokens, temperature=self.temperature, n=self.n,
             stop=self.stop, seed=self.seed, logprobs=self.logprobs, **_prefix(self.reuse_prefix),
-            **options,
+            **think_option(self.think_budget), **options,
         )  # fmt: skip
 
     def stream_on(self, engine: TextEngine, **options: Any) -> Pieces:
         return engine.stream(
             self.messages, max_tokens=self.max_tokens, temperature=self.temperature,
-            stop=self.stop, seed=self.seed, **_prefix(self.reuse_prefix), **options,
+            stop=self.stop, seed=self.seed, **_prefix(self.reuse_prefix),
+            **think_option(self.think_budget), **options,
         )  # fmt: skip
 
 
@@ -232,6 +239,10 @@ class Layer:
     def count_tokens(self, messages: Sequence[Message]) -> int:
         return self.inner.count_tokens(messages)
 
+    @property
+    def takes_think_budget(self) -> bool:
+        return takes_think_budget(self.inner)
+
     def generate(
         self,
         messages: Sequence[Message],
@@ -243,10 +254,12 @@ class Layer:
         seed: int | None = None,
         logprobs: bool = False,
         reuse_prefix: bool = True,
+        think_budget: int | None = None,
     ) -> list[Completion]:
-        return self.call(
-            Call(messages, max_tokens, temperature, n, stop, seed, logprobs, reuse_prefix)
-        )
+        return self.call(Call(
+            messages, max_tokens, temperature, n, stop, seed, logprobs, reuse_prefix,
+            think_budget,
+        ))  # fmt: skip
 
     def stream(
         self,
@@ -257,10 +270,12 @@ class Layer:
         stop: Sequence[str] | None = None,
         seed: int | None = None,
         reuse_prefix: bool = True,
+        think_budget: int | None = None,
     ) -> Pieces:
         return self.open(
-            Call(messages, max_tokens, temperature, 1, stop, seed, False, reuse_prefix)
-        )
+            Call(messages, max_tokens, temperature, 1, stop, seed, False, reuse_prefix,
+                 think_budget)
+        )  # fmt: skip
 
     def call(self, c: Call) -> list[Completion]:
         return c.generate_on(self.inner)
@@ -434,6 +449,7 @@ class Cached(Layer):
         key = cache_key(
             calls.namespace(self.model_id), c.messages, c.max_tokens, c.temperature, c.n, c.stop,
             c.seed or 0, c.logprobs, deterministic=calls.deterministic,
+            think_budget=c.think_budget,
         )  # fmt: skip
         seconds_left = calls.ledger.seconds_left(self.cost)
         hit = calls.cache.get(key)
@@ -590,6 +606,7 @@ def cache_key(
     logprobs: bool,
     *,
     deterministic: bool = False,
+    think_budget: int | None = None,
 ) -> str:
     fields: dict[str, object] = {
         "model": model_key,
@@ -605,5 +622,7 @@ def cache_key(
         # keyed apart, so a deterministic run never replays a prefix-reusing one; absent
         # otherwise, so the keys of earlier caches still match
         fields["deterministic"] = True
+    if think_budget is not None:  # the same: absent unless a server was told how long to think
+        fields["think_budget"] = think_budget
     payload = json.dumps(fields, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()

@@ -40,6 +40,60 @@ def is_transient_status(status: int) -> bool:
     return status in RETRY_STATUSES or status >= 500
 
 
+# reasoning_effort levels for a think budget: the least level whose bound the budget fits
+EFFORT_LEVELS = ((1024, "low"), (8192, "medium"))
+
+
+def thinking_fields(controls: Sequence[str], think_budget: int) -> dict[str, Any]:
+    """The request fields that tell a reasoning model's server how long to think, for the
+    controls its engine config names (`thinking`):
+
+    - reasoning_effort: "low" up to 1,024 tokens (and for 0: effort cannot say "none"), then
+      "medium" up to 8,192, then "high";
+    - enable_thinking: chat_template_kwargs.enable_thinking, false for 0 (Qwen3's switch);
+    - thinking_budget: chat_template_kwargs.thinking_budget (templates that define it);
+    - thinking_token_budget: vLLM's own field, a hard cap on the thinking tokens.
+
+    cot also caps the reply at the budget plus room for the answer, and forces the answer
+    when thinking ran out (strategies/cot.py), whether or not the server honours these."""
+    body: dict[str, Any] = {}
+    template: dict[str, Any] = {}
+    for control in controls:
+        if control == "reasoning_effort":
+            body["reasoning_effort"] = next(
+                (level for bound, level in EFFORT_LEVELS if think_budget <= bound), "high"
+            )
+        elif control == "enable_thinking":
+            template["enable_thinking"] = think_budget > 0
+        elif control == "thinking_budget" and think_budget > 0:
+            template["thinking_budget"] = think_budget
+        elif control == "thinking_token_budget":
+            body["thinking_token_budget"] = think_budget
+    if template:
+        body["chat_template_kwargs"] = template
+    return body
+
+
+THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
+
+
+def split_reasoning(message: dict[str, Any]) -> tuple[str, str]:
+    """(reasoning, answer) of a reply's message: the server's `reasoning_content` (vLLM's and
+    SGLang's reasoning parsers, DeepSeek's API) or `reasoning`, else a <think>…</think> block
+    the model wrote into the content itself (a server without a reasoning parser); a block cut
+    off before it closed is all reasoning."""
+    content = str(message.get("content") or "")
+    reasoning = message.get("reasoning_content") or message.get("reasoning")
+    if reasoning:
+        return str(reasoning), content
+    stripped = content.lstrip()
+    if not stripped.startswith(THINK_OPEN):
+        return "", content
+    inner = stripped[len(THINK_OPEN):]
+    thought, closed, answer = inner.partition(THINK_CLOSE)
+    return (thought.strip(), answer.lstrip()) if closed else (inner.strip(), "")
+
+
 def _cached_tokens(usage: dict[str, Any]) -> int:
     """The prompt tokens a server says it served from its prefix cache (OpenAI's, vLLM's and
     SGLang's `usage.prompt_tokens_details.cached_tokens`); 0 when it does not say."""
@@ -189,6 +243,11 @@ class OpenAIHttpEngine:
     def context_size(self) -> int:
         return self.config.context
 
+    @property
+    def takes_think_budget(self) -> bool:
+        """True when the config names how this server takes a thinking budget."""
+        return bool(self.config.thinking)
+
     def count_tokens(self, messages: Sequence[Message]) -> int:
         # Role markers add a few tokens per message in every chat template.
         return sum(len(m.content) // CHARS_PER_TOKEN + 4 for m in messages)
@@ -213,6 +272,7 @@ class OpenAIHttpEngine:
         seed: int | None = None,
         logprobs: bool = False,
         reuse_prefix: bool = True,  # the server's prompt cache is not ours to switch off
+        think_budget: int | None = None,
     ) -> list[Completion]:
         self._check_fits(messages)
         out: list[Completion] = []
@@ -230,6 +290,8 @@ class OpenAIHttpEngine:
                 body["seed"] = seed + i
             if logprobs:
                 body["logprobs"] = True
+            if think_budget is not None:
+                body.update(thinking_fields(self.config.thinking, think_budget))
             out.append(self._post(body, messages))
         return out
 
@@ -283,7 +345,7 @@ class OpenAIHttpEngine:
         try:
             data = resp.json()
             choice = data["choices"][0]
-            text = choice["message"].get("content") or ""
+            reasoning, text = split_reasoning(choice["message"])
         except (ValueError, KeyError, IndexError, TypeError) as e:
             raise EngineError(f"engine {self.model_id!r} sent a malformed reply: {e}") from e
         usage = data.get("usage") or {}
@@ -300,10 +362,11 @@ class OpenAIHttpEngine:
             else self.count_tokens(messages),
             completion_tokens=int(completion_tokens)
             if completion_tokens is not None
-            else max(1, len(text) // CHARS_PER_TOKEN),
+            else max(1, (len(reasoning) + len(text)) // CHARS_PER_TOKEN),
             finish_reason=str(choice.get("finish_reason") or "stop"),
             token_logprobs=token_logprobs,
             cached_tokens=_cached_tokens(usage),
+            reasoning=reasoning,
         )
 
     def stream(
@@ -315,6 +378,7 @@ class OpenAIHttpEngine:
         stop: Sequence[str] | None = None,
         seed: int | None = None,
         reuse_prefix: bool = True,  # the server's prompt cache is not ours to switch off
+        think_budget: int | None = None,
     ) -> Generator[str, None, Completion]:
         """One sample over server-sent events (see TextEngine.stream).
 
@@ -326,6 +390,9 @@ class OpenAIHttpEngine:
         Failures before the first piece are retried like `generate`'s; once a piece has gone
         to the caller, a failure ends the stream with EngineUnavailableError (no retry could
         take back what was shown).
+
+        A reasoning model's thinking, sent as `reasoning_content` (or `reasoning`) deltas, is
+        kept apart in the Completion's `reasoning`, not yielded: the pieces are the answer.
         """
         self._check_fits(messages)
         body: dict[str, Any] = {
@@ -340,7 +407,10 @@ class OpenAIHttpEngine:
             body["stop"] = list(stop)
         if seed is not None:
             body["seed"] = seed
+        if think_budget is not None:
+            body.update(thinking_fields(self.config.thinking, think_budget))
         pieces: list[str] = []
+        thought: list[str] = []
         content_chunks = 0
         usage: dict[str, Any] = {}
         finish: str | None = None
@@ -382,7 +452,12 @@ class OpenAIHttpEngine:
                     for choice in chunk.get("choices") or []:
                         if choice.get("finish_reason"):
                             finish = str(choice["finish_reason"])
-                        piece = (choice.get("delta") or {}).get("content")
+                        delta = choice.get("delta") or {}
+                        thinking = delta.get("reasoning_content") or delta.get("reasoning")
+                        if thinking:
+                            thought.append(str(thinking))
+                            content_chunks += 1  # a token, for the estimate without usage
+                        piece = delta.get("content")
                         if not piece:
                             continue
                         pieces.append(piece)
@@ -420,6 +495,7 @@ class OpenAIHttpEngine:
             else content_chunks,
             finish_reason=finish,
             cached_tokens=_cached_tokens(usage),
+            reasoning="".join(thought),
         )
 
     def _parse_chunk(self, data: str) -> dict[str, Any]:

@@ -29,7 +29,12 @@ from dataclasses import dataclass, replace
 from typing import TypeVar
 
 from apportion.config import RemoteEngineConfig
-from apportion.engines.base import GenerationCancelled, TextEngine
+from apportion.engines.base import (
+    GenerationCancelled,
+    TextEngine,
+    takes_think_budget,
+    think_option,
+)
 from apportion.engines.layers import Pieces, finish
 from apportion.engines.openai_http import OpenAIHttpEngine, RetryPolicy
 from apportion.errors import EngineUnavailableError
@@ -95,6 +100,10 @@ class ReplicaPool:
     @property
     def context_size(self) -> int:
         return self._engines[0].context_size
+
+    @property
+    def takes_think_budget(self) -> bool:
+        return takes_think_budget(self._engines[0])  # replicas serve one model, one config
 
     def count_tokens(self, messages: Sequence[Message]) -> int:
         return self._engines[0].count_tokens(messages)
@@ -201,11 +210,12 @@ class ReplicaPool:
         seed: int | None = None,
         logprobs: bool = False,
         reuse_prefix: bool = True,
+        think_budget: int | None = None,
     ) -> list[Completion]:
         def call(i: int, engine: TextEngine) -> list[Completion]:
             out = engine.generate(
                 messages, max_tokens=max_tokens, temperature=temperature, n=n, stop=stop,
-                seed=seed, logprobs=logprobs,
+                seed=seed, logprobs=logprobs, **think_option(think_budget),
             )  # fmt: skip
             return [self._named(i, c) for c in out]
 
@@ -220,12 +230,14 @@ class ReplicaPool:
         stop: Sequence[str] | None = None,
         seed: int | None = None,
         reuse_prefix: bool = True,
+        think_budget: int | None = None,
     ) -> Pieces:
         def opened(i: int, engine: TextEngine) -> tuple[int, Pieces, str | None, Completion | None]:
             # the first piece decides whether this replica took the call
             pieces = engine.stream(
-                messages, max_tokens=max_tokens, temperature=temperature, stop=stop, seed=seed
-            )
+                messages, max_tokens=max_tokens, temperature=temperature, stop=stop, seed=seed,
+                **think_option(think_budget),
+            )  # fmt: skip
             try:
                 return i, pieces, next(pieces), None
             except StopIteration as done:

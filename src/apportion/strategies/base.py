@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from apportion.config import DEFAULT_MODEL, LARGE_MODEL
+from apportion.engines.base import takes_think_budget, think_option
 from apportion.errors import BudgetExceededError, UsageError
 from apportion.ledger import Ledger, RaplMeter
 from apportion.types import Attempt, Completion, Message, Query
@@ -130,15 +131,23 @@ class RunContext:
         seed: int | None = None,
         logprobs: bool = False,
         detail: str = "",
+        think_budget: int | None = None,
     ) -> list[Completion]:
         """Call a model (the request's, unless `model` names another) through the request's
-        layers (engines/layers.py): budget, cache, deadline, charge, listener, cancel."""
+        layers (engines/layers.py): budget, cache, deadline, charge, listener, cancel.
+        `think_budget` reaches only an engine that takes one (`takes_think_budget`)."""
         engine = self.calls.engine(model or self.default_model, detail)
+        thinking = think_option(think_budget) if takes_think_budget(engine) else {}
         return engine.generate(
             messages, max_tokens=max_tokens or self.max_tokens, temperature=temperature, n=n,
             stop=stop, seed=self.seed if seed is None else seed, logprobs=logprobs,
-            **self.calls.prefix_option(),
+            **self.calls.prefix_option(), **thinking,
         )  # fmt: skip
+
+    def takes_think_budget(self, model: str | None = None) -> bool:
+        """Whether the model (the request's by default) is a reasoning model whose server is
+        told how long to think (its engine config's `thinking`)."""
+        return takes_think_budget(self.calls.engine_for(model or self.default_model))
 
     def solve(self, question: str, *, detail: str = "") -> SolverResult:
         """Answer exactly, without a model: the exact solvers are asked in turn (by default a

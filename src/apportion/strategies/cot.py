@@ -9,7 +9,7 @@ from typing import Annotated, ClassVar
 from apportion.answers import extract_answer
 from apportion.strategies.base import MAX_TOKENS_BOUND, Bounds, RunContext, TokenStream
 from apportion.strategies.prompts import FINAL_LINE, answer_format
-from apportion.types import Attempt, Message, Query
+from apportion.types import Attempt, Completion, Message, Query
 
 
 @dataclass(frozen=True)
@@ -21,7 +21,8 @@ class ChainOfThought:
     # Tokens the reasoning may take (None: up to max_tokens). When they run out before the
     # final line, the reasoning is stopped and the answer forced with a short second call
     # (budget forcing, as in s1) instead of a truncated chain the extractor cannot read;
-    # 0 asks for the final line alone.
+    # 0 asks for the final line alone. On a reasoning model whose engine config names how
+    # its server takes a budget (`thinking`), the server is told instead (see _run_native).
     think_budget: Annotated[int | None, Bounds(0, MAX_TOKENS_BOUND)] = None
 
     # It ends in an answer whenever the model says anything: a plan may end with it.
@@ -46,6 +47,8 @@ class ChainOfThought:
 
     def run(self, query: Query, ctx: RunContext, *, seed: int | None = None) -> Attempt:
         messages = self.messages(query)
+        if self.think_budget is not None and ctx.takes_think_budget(self.model):
+            return self._run_native(query, ctx, messages, self.think_budget, seed)
         if self.think_budget == 0:
             return self._answer_now(query, ctx, messages, "", seed)
         budget = self.think_budget
@@ -67,8 +70,31 @@ class ChainOfThought:
             return self._answer_now(query, ctx, messages, completion.text, seed)
         answer = self.parse(completion.text, query)
         if answer is None:
-            return Attempt(self.name, None, 0.0, rationale=completion.text, error="no final answer")
-        return self._attempt(answer, completion.mean_logprob, completion.text)
+            return Attempt(self.name, None, 0.0, rationale=_rationale(completion),
+                           error="no final answer")  # fmt: skip
+        return self._attempt(answer, completion.mean_logprob, _rationale(completion))
+
+    def _run_native(
+        self, query: Query, ctx: RunContext, messages: list[Message], budget: int,
+        seed: int | None,
+    ) -> Attempt:  # fmt: skip
+        """A reasoning model whose server takes the budget (engines/openai_http.py): it
+        thinks apart (`reasoning_content`) for at most `budget` tokens, then answers; the reply
+        may take the budget and `max_tokens` more. Where thinking used the whole reply and no
+        answer came, the answer is forced with thinking off."""
+        room = self.max_tokens or ctx.max_tokens
+        (completion,) = ctx.generate(
+            messages, model=self.model, max_tokens=budget + room if budget else room,
+            temperature=self.temperature, seed=seed, logprobs=self.logprobs, detail="cot",
+            think_budget=budget,
+        )  # fmt: skip
+        answer = self.parse(completion.text, query)
+        if answer is None and budget and completion.finish_reason == "length":
+            return self._answer_now(query, ctx, messages, completion.reasoning, seed, native=True)
+        if answer is None:
+            return Attempt(self.name, None, 0.0, rationale=_rationale(completion),
+                           error="no final answer")  # fmt: skip
+        return self._attempt(answer, completion.mean_logprob, _rationale(completion))
 
     def _answer_now(
         self,
@@ -77,8 +103,11 @@ class ChainOfThought:
         messages: list[Message],
         reasoning: str,
         seed: int | None,
+        *,
+        native: bool = False,
     ) -> Attempt:
-        """Budget forcing: the reasoning so far, then a request for the final line alone."""
+        """Budget forcing: the reasoning so far, then a request for the final line alone (of
+        a reasoning model whose server takes a budget, with its thinking off: `native`)."""
         forced = [*messages]
         if reasoning:
             forced.append(Message("assistant", reasoning))
@@ -87,6 +116,7 @@ class ChainOfThought:
         (completion,) = ctx.generate(
             forced, model=self.model, max_tokens=FORCED_ANSWER_TOKENS, temperature=0.0,
             seed=seed, logprobs=self.logprobs, detail="cot: answer",
+            think_budget=0 if native else None,
         )  # fmt: skip
         answer = self.parse(completion.text, query)
         rationale = f"{reasoning}\n[thinking budget reached]\n{completion.text}".strip()
@@ -101,3 +131,10 @@ class ChainOfThought:
 
 # Enough for a final line ("The answer is 1,234.") and no more.
 FORCED_ANSWER_TOKENS = 24
+
+
+def _rationale(completion: Completion) -> str:
+    """What the model wrote: a reasoning model's separate thinking, then its reply."""
+    if not completion.reasoning:
+        return completion.text
+    return f"{completion.reasoning}\n{completion.text}".strip()
