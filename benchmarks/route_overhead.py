@@ -10,7 +10,9 @@ on its own and then together:
 - predictor: the per-query success predictor (router/predictor.py, fitted here on the same
   traces, not timed) predicting every strategy and planning;
 - embedding: all-MiniLM-L6-v2 on the question, one at a time as a request would, on
-  `--embed-threads` torch threads (1 by default; only with the `embed` extra installed).
+  `--embed-threads` torch threads (1 by default; only with the `embed` extra installed). For
+  reference: routing does not compute it, since as a predictor feature it did not pay
+  (`router_lodo.py --embed`).
 
 The figures are p50, p90 and mean in milliseconds after a warm-up pass; run it on an idle
 machine (other work on the cores shows up in the tail, not much in the median).
