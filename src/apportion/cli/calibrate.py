@@ -66,9 +66,11 @@ def calibrate(
     For each (intent, difficulty) cell it measures every strategy and every two-step ladder
     (cheap first, escalating below a confidence bar) by replaying the traces, keeps the
     Pareto-optimal plans among those that answer at least 90% of the cell's questions, and
-    marks the one that maximises accuracy − λ·cost. Use the result with `ask --policy FILE`
+    marks the one that maximises accuracy − λ·cost; a cell `*/*` pooling every item plans
+    questions of intents the traces do not hold. Use the result with `ask --policy FILE`
     or `bench --policy FILE`. It also prints how far each strategy's confidence can be
-    trusted: AUROC and ECE, raw and after an isotonic map (held out with --train-share).
+    trusted: AUROC and ECE, raw and after an isotonic map (held out with --train-share); the
+    maps go into the policy, and `auto`'s answers report their confidence through them.
     Traces of expert plans (`program:expert=pal-math`) may be given beside the rest; the
     items an expert was trained on (its manifest's data sources) are left out.
 
