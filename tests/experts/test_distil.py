@@ -57,6 +57,25 @@ def test_keeps_right_programs_only_and_resumes(tmp_path: Path) -> None:
     assert [json.loads(x)["source"] for x in out.read_text().splitlines()] == ["toy/0", "toy/2"]
 
 
+def test_a_question_already_learned_under_another_id_is_not_distilled_again(
+    tmp_path: Path,
+) -> None:
+    """mawps holds multiarith's questions under ids of its own: one example per question."""
+    out = tmp_path / "pal.jsonl"
+    question = "Tom has 2 apples and gets 3 more. How many?"
+    first = BenchItem(id="multiarith-7", question=question, answer="5", kind="number",
+                      dataset="multiarith")  # fmt: skip
+    again = BenchItem(id="mawps-multiarith-7", question="tom has 2 apples, and gets 3 more: how "
+                      "many?", answer="5", kind="number", dataset="mawps")  # fmt: skip
+    runtime, teacher = _runtime(tmp_path, [RIGHT, RIGHT])
+    report = distil(runtime, [first], strategy="program", model="teacher", out=out, cache=None)
+    assert report.kept == 1
+    # a later run, over the other dataset, reads the questions already in the file
+    report = distil(runtime, [again], strategy="program", model="teacher", out=out, cache=None)
+    assert (report.done, report.kept, report.repeated) == (0, 0, 1)
+    assert len(teacher.calls) == 1 and len(out.read_text().splitlines()) == 1
+
+
 def test_refuses_strategies_without_one_reply(tmp_path: Path) -> None:
     runtime, _ = _runtime(tmp_path, [])
     with pytest.raises(UsageError, match="cannot distil"):

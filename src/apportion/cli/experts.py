@@ -209,7 +209,7 @@ def experts_distil(
 
             def on_item(report: object) -> None:
                 kept = getattr(report, "kept", 0)
-                done = getattr(report, "done", 0) + getattr(report, "skipped", 0)
+                done = sum(getattr(report, k, 0) for k in ("done", "skipped", "repeated"))
                 progress.update(task, completed=done, kept=kept)
 
             report = distil(
@@ -221,7 +221,8 @@ def experts_distil(
         fail(e)
     out.print(
         f"{report.kept} examples kept of {report.done} items run "
-        f"({report.skipped} done before, {report.errors} errors) → {out_path}",
+        f"({report.skipped} done before, {report.repeated} repeating an example's question, "
+        f"{report.errors} errors) → {out_path}",
         highlight=False,
     )
 

@@ -9,11 +9,16 @@ answer; it is written as the one fenced code block the strategy asks for. For `d
 Model calls go through the completion cache (the bench's, by default), so a bench run of the
 same strategy and model has already paid for them, and an interrupted distillation resumes
 where it stopped: the items done are read back from the output file's sidecar.
+
+Datasets repeat each other (mawps holds all 600 multiarith questions under ids of its own), so
+an item whose question, compared without case and punctuation, is already among the examples
+is skipped: counted once, it is learned once, and the example count means what it says.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,6 +67,25 @@ class DistilReport:
     kept: int = 0
     skipped: int = 0  # done before (resumed)
     errors: int = 0
+    repeated: int = 0  # the question of an example already written, under another id
+
+
+def question_key(question: str) -> str:
+    """A question as distillation compares them: lower case, words only."""
+    return re.sub(r"\W+", " ", question.lower()).strip()
+
+
+def _written_questions(out: Path) -> set[str]:
+    """The questions of the examples already in `out` (each example's last user turn)."""
+    if not out.exists():
+        return set()
+    found = set()
+    for line in out.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            users = [m["content"] for m in json.loads(line)["messages"] if m["role"] == "user"]
+            if users:
+                found.add(question_key(users[-1]))
+    return found
 
 
 def _reply(strategy: str, attempt: Any) -> str:
@@ -97,12 +121,16 @@ def distil(
     seen_file = out.with_name(out.name + ".done")
     seen = set(seen_file.read_text(encoding="utf-8").split()) if seen_file.exists() else set()
     report = DistilReport()
+    written = _written_questions(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with out.open("a", encoding="utf-8") as examples, seen_file.open("a") as done:
         for item in items:
             key = f"{item.dataset}/{item.id}"
             if key in seen:
                 report.skipped += 1
+                continue
+            if question_key(item.question) in written:
+                report.repeated += 1
                 continue
             request = Request(
                 item.question, strategy=strategy, model=model, max_tokens=max_tokens,
@@ -127,6 +155,7 @@ def distil(
                     record = {"messages": chat, "source": key, "gold": item.answer}
                     examples.write(json.dumps(record) + "\n")
                     examples.flush()
+                    written.add(question_key(item.question))
                     report.kept += 1
             done.write(key + "\n")
             done.flush()
