@@ -11,6 +11,10 @@ program).
 levels on gsm8k and on svamp apart:
 
     python benchmarks/paired_summary.py runs/think-budget-0.5b --dataset gsm8k
+
+`--unlike NAME` keeps only the items whose question is not one of the named dataset's
+(compared as `experts distil` compares them): mawps repeats multiarith's 600 questions, so an
+expert trained on multiarith is measured on the rest of mawps with `--unlike multiarith`.
 """
 
 from __future__ import annotations
@@ -18,7 +22,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from apportion.bench.datasets import load_named, restore_questions
 from apportion.bench.scoring import wilson_interval
+from apportion.experts.distil import question_key
 from apportion.traces import RESULTS, ItemResult, read_results
 
 
@@ -28,10 +34,15 @@ def main() -> None:
     parser.add_argument("--error", default="no solve()")
     parser.add_argument("--dataset", action="append", default=[],
                         help="only this dataset's items (repeatable; default: all)")  # fmt: skip
+    parser.add_argument("--unlike", action="append", default=[],
+                        help="leave out items whose question is this dataset's (repeatable)")
     args = parser.parse_args()
     rows = read_results(args.run / RESULTS if args.run.is_dir() else args.run)
     if args.dataset:
         rows = [r for r in rows if r.dataset in args.dataset]
+    if args.unlike:
+        taken = {question_key(i.question) for name in args.unlike for i in load_named(name)}
+        rows = [r for r in restore_questions(rows) if question_key(r.question) not in taken]
     strategies = list(dict.fromkeys(r.strategy for r in rows))
     by_item: dict[tuple[str, str], dict[str, ItemResult]] = {}
     for r in rows:
