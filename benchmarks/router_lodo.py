@@ -37,6 +37,7 @@ from apportion.router.calibrate import (
     DEFAULT_LAMBDA,
     calibrate,
     evaluate,
+    exact_free_steps,
     in_training_share,
     on_own_model,
     seen_by_experts,
@@ -88,8 +89,9 @@ def routers(
         for features, outcomes in items
     ]
     predictor = fit_predictor(
-        examples, strategies, closes=default_registry().always_answers, embedder=embedder
-    )
+        examples, strategies, closes=default_registry().always_answers, embedder=embedder,
+        first=exact_free_steps([outcomes for _, outcomes in items], strategies),
+    )  # fmt: skip
     max_flops = max(predictor.expected_flops(s, "*") for s in strategies) or 1.0
     return {"cells": cells, **found, "predicted": PredictedPolicy(predictor, lam, max_flops)}
 

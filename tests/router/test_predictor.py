@@ -80,3 +80,18 @@ def test_a_sentence_embedding_is_a_feature_when_an_embedder_is_given() -> None:
     without = fit_predictor(examples, ["cot", "program"], closes=CLOSERS.__contains__, steps=1000)
     gap = without.predict(even)["program"] - without.predict(odd)["program"]
     assert abs(gap) < 0.2  # the n-grams alone cannot tell unseen even numbers from odd
+
+
+def test_a_free_step_never_wrong_goes_first_in_every_predicted_plan() -> None:
+    examples = [
+        (f, {**outcomes, "symbolic": (False, 0.0)}) for f, outcomes in _examples()
+    ]  # fmt: skip
+    predictor = fit_predictor(examples, ["cot", "program", "symbolic"],
+                              closes=CLOSERS.__contains__, first=["symbolic"])  # fmt: skip
+    policy = PredictedPolicy(predictor, lam=0.1, max_flops=5e11)
+    apples = extract_features("Sam has 41 apples and gives 2 to Ann. How many apples are left?")
+    plan = policy.plan(apples, Budget())
+    assert [(s.strategy, s.stop_at) for s in plan.steps] == [("symbolic", 0.3), ("cot", 0.0)]
+    assert SuccessPredictor.from_dict(predictor.to_dict()).first == ("symbolic",)
+    no_solver = policy.plan(apples, Budget(), unavailable=frozenset({"symbolic"}))
+    assert [s.strategy for s in no_solver.steps] == ["cot"]

@@ -57,6 +57,7 @@ __all__ = [
     "Evaluation",
     "calibrate",
     "evaluate",
+    "exact_free_steps",
     "in_training_share",
     "partly_traced",
     "seen_by_experts",
@@ -187,7 +188,9 @@ def _front(measured: list[Candidate], n: int) -> list[Candidate]:
     return sorted([*front, *extra], key=lambda m: (m.flops, -m.accuracy, plan_spec(m.steps)))
 
 
-def exact_free_steps(items: Sequence[_Item], strategies: Sequence[str]) -> list[str]:
+def exact_free_steps(
+    items: Sequence[Mapping[str, ItemResult]], strategies: Sequence[str]
+) -> list[str]:
     """Strategies that spent no FLOPs on any traced item and were right every time they
     answered (at least MIN_EXACT_ANSWERS times): solvers. Such a step costs nothing where it
     declines and is right where it answers, so it goes first in every plan of every cell, also
@@ -196,7 +199,7 @@ def exact_free_steps(items: Sequence[_Item], strategies: Sequence[str]) -> list[
     formulas of a set it never saw directly, 56% against the solver's 100%)."""
     found = []
     for s in strategies:
-        rows = [item.outcomes[s] for item in items]
+        rows = [outcomes[s] for outcomes in items]
         answered = [r for r in rows if r.ok and not r.abstained]
         if (all(r.flops == 0 for r in rows) and len(answered) >= MIN_EXACT_ANSWERS
                 and all(r.correct for r in answered)):  # fmt: skip
@@ -338,7 +341,7 @@ def calibrate(
     max_flops = max(m.flops for m in singles) or 1.0
     registry = default_registry()
     plans = _candidates(strategies, bars, registry.always_answers)
-    exact = exact_free_steps(items, strategies)
+    exact = exact_free_steps([item.outcomes for item in items], strategies)
     by_intent: dict[str, list[_Item]] = {}
     for item in items:
         by_intent.setdefault(item.intent, []).append(item)

@@ -16,7 +16,8 @@ expected to spend; the policy then picks per question instead of per cell of the
 
 `PredictedPolicy` maximises predicted accuracy − λ · FLOPs / max FLOPs, like the calibrated
 policy, and closes a plan whose step can decline with the strategy predicted best among those
-that always answer.
+that always answer. As in the cells (router/calibrate.py: exact_free_steps), a step that cost
+nothing and was never wrong in the traces (the solver) goes first in every plan.
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ DIM = 4096
 MIN_INTENT_ITEMS = 10
 # A declining first step (a solver, a program) ends the plan when it answers this surely.
 DECLINER_BAR = 0.5
+# The bar of an exact free step put first (the lowest of calibration's DEFAULT_BARS).
+EXACT_BAR = 0.3
 
 
 def vector(
@@ -87,6 +90,8 @@ class SuccessPredictor:
     closers: tuple[str, ...]  # the strategies that always answer
     # the sentence embedder whose vectors the weights were fitted with (not serialised)
     embedder: Embedder | None = None
+    # free steps never wrong in the traces, put first in every plan (exact_free_steps)
+    first: tuple[str, ...] = ()
 
     def predict(self, features: Features) -> dict[str, float]:
         embedding = None if self.embedder is None else self.embedder.embed([features.text])[0]
@@ -102,6 +107,7 @@ class SuccessPredictor:
         return {
             "strategies": list(self.strategies), "closers": list(self.closers),
             "weights": self.weights.tolist(), "bias": self.bias.tolist(), "flops": self.flops,
+            "first": list(self.first),
         }  # fmt: skip
 
     @classmethod
@@ -110,6 +116,7 @@ class SuccessPredictor:
             tuple(data["strategies"]), np.asarray(data["weights"], dtype=np.float32),
             np.asarray(data["bias"], dtype=np.float32),
             {s: dict(v) for s, v in data["flops"].items()}, tuple(data["closers"]),
+            first=tuple(data.get("first", ())),
         )  # fmt: skip
 
 
@@ -121,6 +128,7 @@ def fit_predictor(
     l2: float = 1e-3,
     steps: int = 300,
     embedder: Embedder | None = None,
+    first: Sequence[str] = (),
 ) -> SuccessPredictor:
     """Fit on traced questions: each its features and, per strategy, (right, FLOPs); with
     `embedder`, each question's sentence embedding is a feature too."""
@@ -145,7 +153,7 @@ def fit_predictor(
                     if k == "*" or len(v) >= MIN_INTENT_ITEMS}  # fmt: skip
     return SuccessPredictor(
         tuple(strategies), np.stack(columns, axis=1), np.asarray(biases, dtype=np.float32),
-        flops, tuple(s for s in strategies if closes(s)), embedder,
+        flops, tuple(s for s in strategies if closes(s)), embedder, tuple(first),
     )  # fmt: skip
 
 
@@ -177,12 +185,15 @@ class PredictedPolicy:
             candidates = fits or [min(candidates, key=lambda c: c.flops)]
         scored = [(c, trade_off(c, self.lam, self.max_flops)) for c in candidates]
         best, _ = max(scored, key=lambda cs: (cs[1], -cs[0].flops))
-        first = best.steps[0].strategy
-        steps: tuple[Step, ...] = (Step(first, 0.0),)
+        chosen = best.steps[0].strategy
+        steps: tuple[Step, ...] = (Step(chosen, 0.0),)
         closers = [s for s in self.predictor.closers if s in usable]
-        if first not in self.predictor.closers and closers:
+        if chosen not in self.predictor.closers and closers:
             closer = max(closers, key=lambda s: p[s])
-            steps = (Step(first, DECLINER_BAR), Step(closer, 0.0))
+            steps = (Step(chosen, DECLINER_BAR), Step(closer, 0.0))
+        exact = tuple(Step(s, EXACT_BAR) for s in self.predictor.first
+                      if s in usable and s != chosen)  # fmt: skip
+        steps = exact + steps
         ranked = ", ".join(f"{s} {p[s]:.0%}" for s in sorted(p, key=lambda s: -p[s]))
         return Plan(
             steps,
