@@ -335,6 +335,15 @@ def test_the_items_an_expert_learned_from_are_found_from_its_manifest(tmp_path: 
     seen = seen_by_experts(with_expert, book)
     sources = book.find("pal-math").manifest.data.sources
     assert len(seen) == len(sources) and ("svamp", "chal-2") in seen
+    # the same question under another dataset's id (mawps repeats multiarith's) is seen too
+    learned = next(s for s in sources if s.startswith("multiarith/")).partition("/")[2]
+    text = "Tom had 3 apples, and bought 4 more. How many does he have now?"
+    repeat = replace(rows[0], dataset="mawps", item_id="mawps-multiarith-9",
+                     question="tom had 3 apples and bought 4 more how many does he have now")
+    other = replace(rows[0], dataset="mawps", item_id="mawps-addsub-1", question="What is 2+2?")
+    seen = seen_by_experts([*with_expert, repeat, other], book,
+                           questions_of=lambda d: {learned: text} if d == "multiarith" else {})
+    assert ("mawps", "mawps-multiarith-9") in seen and ("mawps", "mawps-addsub-1") not in seen
 
 
 def test_which_steps_run_on_the_request_s_own_model() -> None:

@@ -543,6 +543,12 @@ def dataset_names() -> list[str]:
     return [*_LOADERS, *(f"bbh:{t}" for t in BBH_TASKS)]
 
 
+def question_key(question: str) -> str:
+    """A question as datasets are compared for repeats (mawps holds all of multiarith's
+    questions under ids of its own): lower case, words only."""
+    return re.sub(r"\W+", " ", question.lower()).strip()
+
+
 def load_named(name: str, *, data_dir: Path | None = None) -> list[BenchItem]:
     """Load a named public benchmark from `data_dir` (default: `default_data_dir()`)."""
     if name.startswith("bbh:"):

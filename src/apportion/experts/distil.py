@@ -18,12 +18,12 @@ is skipped: counted once, it is learned once, and the example count means what i
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast, get_args
 
+from apportion.bench.datasets import question_key
 from apportion.errors import UsageError
 from apportion.types import AnswerKind
 
@@ -68,11 +68,6 @@ class DistilReport:
     skipped: int = 0  # done before (resumed)
     errors: int = 0
     repeated: int = 0  # the question of an example already written, under another id
-
-
-def question_key(question: str) -> str:
-    """A question as distillation compares them: lower case, words only."""
-    return re.sub(r"\W+", " ", question.lower()).strip()
 
 
 def _written_questions(out: Path) -> set[str]:

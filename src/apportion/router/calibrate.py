@@ -27,7 +27,8 @@ from dataclasses import dataclass
 from itertools import permutations
 from typing import Any
 
-from apportion.errors import UsageError
+from apportion.bench.datasets import question_key
+from apportion.errors import ApportionError, UsageError
 from apportion.experts.book import ExpertBook
 from apportion.router.confidence import fit_confidence_maps
 from apportion.router.features import Features, extract_features
@@ -220,18 +221,45 @@ def _exact_first(
     return out
 
 
-def seen_by_experts(results: Iterable[ItemResult], book: ExpertBook) -> set[tuple[str, str]]:
+def seen_by_experts(
+    results: Iterable[ItemResult],
+    book: ExpertBook,
+    *,
+    questions_of: Callable[[str], Mapping[str, str]] | None = None,
+) -> set[tuple[str, str]]:
     """(dataset, item id) of every item that an expert named in the traces' strategies
     (`program:expert=pal-math`) was trained on, from its manifest's `data.sources`: replayed,
     such an item would credit the expert with what it memorised, so calibration and its
-    evaluations leave it out."""
+    evaluations leave it out. Datasets repeat each other's questions under other ids (mawps
+    holds multiarith's), so a traced item whose question is a source's is left out too:
+    `questions_of(dataset)` gives a dataset's questions by item id (by default read from the
+    shared data; a dataset it cannot read is matched by id alone)."""
+    results = list(results)
     names = {dict(parse_spec(s).params).get("expert") for s in {r.strategy for r in results}}
-    seen: set[tuple[str, str]] = set()
+    sources: set[tuple[str, str]] = set()
     for name in sorted(n for n in names if n):
         for source in book.find(name).manifest.data.sources:
             dataset, _, item_id = source.partition("/")
-            seen.add((dataset, item_id))
-    return seen
+            sources.add((dataset, item_id))
+    if not sources:
+        return set()
+    lookup = questions_of or _shared_questions
+    learned: set[str] = set()
+    for dataset in sorted({d for d, _ in sources}):
+        by_id = lookup(dataset)
+        learned |= {question_key(by_id[i]) for d, i in sources if d == dataset and i in by_id}
+    return sources | {(r.dataset, r.item_id) for r in results
+                      if r.question and question_key(r.question) in learned}  # fmt: skip
+
+
+def _shared_questions(dataset: str) -> dict[str, str]:
+    """A named dataset's questions by item id, from the shared data; none if unreadable."""
+    from apportion.bench.datasets import load_named
+
+    try:
+        return {item.id: item.question for item in load_named(dataset)}
+    except ApportionError:
+        return {}
 
 
 def in_training_share(dataset: str, item_id: str, share: float) -> bool:
