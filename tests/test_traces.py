@@ -58,7 +58,7 @@ def test_the_archived_traces_still_load_with_their_abstentions(archive: Path) ->
     rows = read_results(archive)
     with gzip.open(archive, "rt", encoding="utf-8") as f:
         raw = [json.loads(line) for line in f if line.strip()]
-    assert len(rows) == len(raw) >= 300
+    assert len(rows) == len(raw) >= 200  # the smallest archive: the thinking-budget run
     abstained = [r for r in rows if r.abstained]
     assert all(r.answer == "not found in the documents" for r in abstained)
     assert len(abstained) == sum(r["answer"] == "not found in the documents" for r in raw)
