@@ -103,3 +103,13 @@ class ScriptedEngine:
 
     def close(self) -> None:
         pass
+
+
+def drain(gen: Generator[str, None, Completion]) -> tuple[list[str], Completion]:
+    """Every piece a stream yields, and the Completion it returns."""
+    pieces: list[str] = []
+    try:
+        while True:
+            pieces.append(next(gen))
+    except StopIteration as done:
+        return pieces, done.value

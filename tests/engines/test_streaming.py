@@ -14,21 +14,13 @@ from apportion.engines.base import GenerationCancelled
 from apportion.engines.openai_http import OpenAIHttpEngine
 from apportion.runtime import Engine, Hooks, Request, execute
 from apportion.types import Completion, Message
+from fakes import drain
 from servers import llama_cpp_server
 
 pytestmark = pytest.mark.model
 
 POEM = [Message("user", "Write a short poem about the sea.")]
 HELLO = [Message("user", "Say hello.")]
-
-
-def drain(gen: Generator[str, None, Completion]) -> tuple[list[str], Completion]:
-    pieces: list[str] = []
-    try:
-        while True:
-            pieces.append(next(gen))
-    except StopIteration as done:
-        return pieces, done.value
 
 
 def cancel_after(gen: Generator[str, None, Completion], n: int) -> tuple[list[str], Completion]:

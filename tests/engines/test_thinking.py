@@ -22,6 +22,7 @@ from apportion.ledger import Ledger
 from apportion.strategies.base import RunContext
 from apportion.strategies.cot import ChainOfThought
 from apportion.types import Message, Query
+from fakes import drain
 
 
 @dataclass
@@ -142,14 +143,9 @@ def test_the_server_is_told_the_budget_and_the_thinking_comes_back_apart(serve: 
     assert body["thinking_token_budget"] == 128
     e.generate([Message("user", "6*7?")], max_tokens=64)  # no budget: the server is not told
     assert "chat_template_kwargs" not in server.requests[-1]
-    pieces = e.stream([Message("user", "6*7?")], max_tokens=64, think_budget=0)
-    streamed: list[str] = []
-    while True:
-        try:
-            streamed.append(next(pieces))
-        except StopIteration as done:
-            completion = done.value
-            break
+    streamed, completion = drain(
+        e.stream([Message("user", "6*7?")], max_tokens=64, think_budget=0)
+    )
     assert streamed == ["The answer is 42."]  # the thinking is not the answer's stream
     assert completion.reasoning == "Six sevens make forty-two. "
     assert completion.completion_tokens == 40  # the server's count, thinking included

@@ -259,6 +259,7 @@ def test_the_http_engine_reads_a_servers_reasoning_apart_from_its_answer(fake_ur
     from apportion.config import RemoteEngineConfig
     from apportion.engines.openai_http import OpenAIHttpEngine
     from apportion.types import Message
+    from fakes import drain
 
     remote = OpenAIHttpEngine(RemoteEngineConfig(
         id="remote", base_url=f"{fake_url}/v1", model="cot", params=1e8,
@@ -267,14 +268,7 @@ def test_the_http_engine_reads_a_servers_reasoning_apart_from_its_answer(fake_ur
     (reply,) = remote.generate(question, max_tokens=16)
     assert (reply.reasoning, reply.text) == ("The answer is 7.", "7")
     assert reply.completion_tokens == 4  # the fake's four words: the chain's tokens
-    pieces = remote.stream(question, max_tokens=16)
-    shown = []
-    while True:
-        try:
-            shown.append(next(pieces))
-        except StopIteration as done:
-            streamed = done.value
-            break
+    shown, streamed = drain(remote.stream(question, max_tokens=16))
     remote.close()
     assert "".join(shown) == "7" and streamed.reasoning.endswith("The answer is 7.")
 
