@@ -27,7 +27,6 @@ from dataclasses import dataclass
 from itertools import permutations
 from typing import Any
 
-from apportion.bench.datasets import question_key
 from apportion.errors import ApportionError, UsageError
 from apportion.experts.book import ExpertBook
 from apportion.router.confidence import fit_confidence_maps
@@ -234,6 +233,8 @@ def seen_by_experts(
     holds multiarith's), so a traced item whose question is a source's is left out too:
     `questions_of(dataset)` gives a dataset's questions by item id (by default read from the
     shared data; a dataset it cannot read is matched by id alone)."""
+    from apportion.bench.datasets import question_key  # bench's, not routing's
+
     results = list(results)
     names = {dict(parse_spec(s).params).get("expert") for s in {r.strategy for r in results}}
     sources: set[tuple[str, str]] = set()
