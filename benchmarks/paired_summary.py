@@ -22,9 +22,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from apportion.bench.datasets import load_named, question_key, restore_questions
+from apportion.bench.datasets import load_named, restore_questions
 from apportion.bench.scoring import wilson_interval
-from apportion.traces import RESULTS, ItemResult, read_results
+from apportion.traces import RESULTS, ItemResult, question_key, read_results
 
 
 def main() -> None:

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from apportion.bench.datasets import restore_questions
+from apportion.bench.datasets import questions_by_id, restore_questions
 from apportion.bench.scoring import wilson_interval
 from apportion.config import Settings
 from apportion.experts.book import ExpertBook
@@ -191,7 +191,7 @@ def main() -> None:
     rows = (r for path in args.runs for r in read_results(path))
     # archived traces keep no question: it is read back from the shared data
     results = restore_questions(r for r in rows if not args.dataset or r.dataset in args.dataset)
-    seen = seen_by_experts(results, ExpertBook(Settings.load().home))
+    seen = seen_by_experts(results, ExpertBook(Settings.load().home), questions_of=questions_by_id)
     if seen:
         before = len({(r.dataset, r.item_id) for r in results})
         results = [r for r in results if (r.dataset, r.item_id) not in seen]

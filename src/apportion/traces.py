@@ -16,6 +16,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import re
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, fields, replace
@@ -33,6 +34,7 @@ __all__ = [
     "ResultWriter",
     "is_adaptive",
     "oracle",
+    "question_key",
     "read_results",
 ]
 
@@ -101,6 +103,12 @@ class ItemResult(Cost):
             if f.name == "error":
                 row.update(self.cost_fields())
         return row
+
+
+def question_key(question: str) -> str:
+    """A question as datasets are compared for repeats (mawps holds all of multiarith's
+    questions under ids of its own): lower case, words only."""
+    return re.sub(r"\W+", " ", question.lower()).strip()
 
 
 def is_adaptive(spec: str) -> bool:

@@ -20,7 +20,7 @@ from typing import Any, get_args
 
 from apportion.answers import canonical_number
 from apportion.bench.scoring import infer_kind
-from apportion.errors import UnknownNameError, UsageError
+from apportion.errors import ApportionError, UnknownNameError, UsageError
 from apportion.strategies.prompts import OPTION_LETTERS, with_options
 from apportion.traces import ItemResult
 from apportion.types import AnswerKind
@@ -543,10 +543,13 @@ def dataset_names() -> list[str]:
     return [*_LOADERS, *(f"bbh:{t}" for t in BBH_TASKS)]
 
 
-def question_key(question: str) -> str:
-    """A question as datasets are compared for repeats (mawps holds all of multiarith's
-    questions under ids of its own): lower case, words only."""
-    return re.sub(r"\W+", " ", question.lower()).strip()
+def questions_by_id(name: str, *, data_dir: Path | None = None) -> dict[str, str]:
+    """A named dataset's questions by item id; empty where the dataset cannot be read (what
+    `seen_by_experts` is given to match an expert's sources by question text)."""
+    try:
+        return {item.id: item.question for item in load_named(name, data_dir=data_dir)}
+    except ApportionError:
+        return {}
 
 
 def load_named(name: str, *, data_dir: Path | None = None) -> list[BenchItem]:

@@ -76,7 +76,7 @@ def calibrate(
 
     Example: apportion calibrate --runs runs/mixed -o policy.json
     """
-    from apportion.bench.datasets import restore_questions
+    from apportion.bench.datasets import questions_by_id, restore_questions
     from apportion.bench.runner import RESULTS, read_results
     from apportion.config import Settings
     from apportion.experts.book import ExpertBook
@@ -101,7 +101,9 @@ def calibrate(
             results += read_results(path)
         # archived traces (benchmarks/traces) keep no question: read back from the shared data
         results = restore_questions(results)
-        seen = seen_by_experts(results, ExpertBook(Settings.load(config).home))
+        seen = seen_by_experts(
+            results, ExpertBook(Settings.load(config).home), questions_of=questions_by_id
+        )
         if seen:
             kept = [r for r in results if (r.dataset, r.item_id) not in seen]
             left_out = len({(r.dataset, r.item_id) for r in results}) - len(

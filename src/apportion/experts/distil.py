@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast, get_args
 
-from apportion.bench.datasets import question_key
 from apportion.errors import UsageError
+from apportion.traces import question_key
 from apportion.types import AnswerKind
 
 if TYPE_CHECKING:

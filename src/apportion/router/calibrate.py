@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from itertools import permutations
 from typing import Any
 
-from apportion.errors import ApportionError, UsageError
+from apportion.errors import UsageError
 from apportion.experts.book import ExpertBook
 from apportion.router.confidence import fit_confidence_maps
 from apportion.router.features import Features, extract_features
@@ -48,7 +48,7 @@ from apportion.router.policy import (
     trade_off,
 )
 from apportion.strategies.registry import default_registry, models_of, parse_spec
-from apportion.traces import ItemResult, is_adaptive, oracle
+from apportion.traces import ItemResult, is_adaptive, oracle, question_key
 from apportion.types import Budget, Cost
 
 __all__ = [
@@ -230,11 +230,9 @@ def seen_by_experts(
     (`program:expert=pal-math`) was trained on, from its manifest's `data.sources`: replayed,
     such an item would credit the expert with what it memorised, so calibration and its
     evaluations leave it out. Datasets repeat each other's questions under other ids (mawps
-    holds multiarith's), so a traced item whose question is a source's is left out too:
-    `questions_of(dataset)` gives a dataset's questions by item id (by default read from the
-    shared data; a dataset it cannot read is matched by id alone)."""
-    from apportion.bench.datasets import question_key  # bench's, not routing's
-
+    holds multiarith's), so given `questions_of(dataset)`, a dataset's questions by item id
+    (bench.datasets.questions_by_id: the callers read the shared data, routing does not), a
+    traced item whose question is a source's is left out too; without it, ids alone."""
     results = list(results)
     names = {dict(parse_spec(s).params).get("expert") for s in {r.strategy for r in results}}
     sources: set[tuple[str, str]] = set()
@@ -242,25 +240,14 @@ def seen_by_experts(
         for source in book.find(name).manifest.data.sources:
             dataset, _, item_id = source.partition("/")
             sources.add((dataset, item_id))
-    if not sources:
-        return set()
-    lookup = questions_of or _shared_questions
+    if not sources or questions_of is None:
+        return sources
     learned: set[str] = set()
     for dataset in sorted({d for d, _ in sources}):
-        by_id = lookup(dataset)
+        by_id = questions_of(dataset)
         learned |= {question_key(by_id[i]) for d, i in sources if d == dataset and i in by_id}
     return sources | {(r.dataset, r.item_id) for r in results
                       if r.question and question_key(r.question) in learned}  # fmt: skip
-
-
-def _shared_questions(dataset: str) -> dict[str, str]:
-    """A named dataset's questions by item id, from the shared data; none if unreadable."""
-    from apportion.bench.datasets import load_named
-
-    try:
-        return {item.id: item.question for item in load_named(dataset)}
-    except ApportionError:
-        return {}
 
 
 def in_training_share(dataset: str, item_id: str, share: float) -> bool:
