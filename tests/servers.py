@@ -3,6 +3,7 @@ server (the reference peer for the HTTP engine and the remote-engine route)."""
 
 from __future__ import annotations
 
+import json
 import os
 import pwd
 import shutil
@@ -11,10 +12,13 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -193,3 +197,50 @@ class PostgresServer:
         subprocess.run([*self._as, self._pg_ctl, "-D", str(self.data), "-m", "immediate",
                         "stop"], capture_output=True, check=False)  # fmt: skip
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+class LoopbackChatServer:
+    """A real HTTP server on loopback for /v1/chat/completions whose replies come from a
+    script (the last reply repeats); it keeps each request's JSON body. A subclass says how
+    a reply is written: `respond(reply, body)` → (status, content type, payload, headers)."""
+
+    def __init__(self, script: Sequence[Any]) -> None:
+        self.script = list(script)
+        self.requests: list[dict[str, Any]] = []
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                owner.requests.append(body)
+                reply = owner.script.pop(0) if len(owner.script) > 1 else owner.script[0]
+                status, ctype, payload, headers = owner.respond(reply, body)
+                data = payload.encode()
+                self.send_response(status)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(data)))
+                for key, value in headers.items():
+                    self.send_header(key, value)
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.base = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def respond(self, reply: Any, body: dict[str, Any]) -> tuple[int, str, str, dict[str, str]]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def sse(chunks: Sequence[dict[str, Any]], *, done: bool = True) -> str:
+    """Server-sent events of these chunks, then [DONE] unless `done` is false."""
+    events = "".join(f"data: {json.dumps(c)}\n\n" for c in chunks)
+    return events + ("data: [DONE]\n\n" if done else "")

@@ -7,12 +7,10 @@ from __future__ import annotations
 
 import json
 import random
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import httpx
@@ -27,7 +25,7 @@ from apportion.ledger import Ledger
 from apportion.runtime import Engine
 from apportion.strategies.base import RunContext
 from apportion.types import Message
-from servers import free_port
+from servers import LoopbackChatServer, free_port, sse
 
 HI = [Message("user", "hi")]
 
@@ -60,59 +58,27 @@ class Reply:
     cut: bool = False
 
 
-class ScriptedServer:
+class ScriptedServer(LoopbackChatServer):
     """A real HTTP server on loopback that answers /v1/chat/completions from a script (the
     last reply repeats), and counts the requests it saw."""
 
-    def __init__(self, script: list[Reply]) -> None:
-        self.script = list(script)
-        self.requests: list[dict[str, Any]] = []
-        owner = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                owner.requests.append(body)
-                reply = owner.script.pop(0) if len(owner.script) > 1 else owner.script[0]
-                if reply.status != 200:
-                    payload = json.dumps({"error": {"message": f"scripted {reply.status}"}})
-                    ctype = "application/json"
-                elif body.get("stream"):
-                    chunks = [
-                        {"choices": [{"delta": {"content": word}, "finish_reason": None}]}
-                        for word in reply.text.split(" ")
-                    ]
-                    if not reply.cut:
-                        chunks.append({"choices": [{"delta": {}, "finish_reason": "stop"}]})
-                    payload = "".join(f"data: {json.dumps(c)}\n\n" for c in chunks)
-                    payload += "" if reply.cut else "data: [DONE]\n\n"
-                    ctype = "text/event-stream"
-                else:
-                    payload = json.dumps({
-                        "choices": [{"message": {"content": reply.text}, "finish_reason": "stop"}],
-                        "usage": {"prompt_tokens": 7, "completion_tokens": 2},
-                    })  # fmt: skip
-                    ctype = "application/json"
-                data = payload.encode()
-                self.send_response(reply.status)
-                self.send_header("Content-Type", ctype)
-                self.send_header("Content-Length", str(len(data)))
-                for key, value in reply.headers.items():
-                    self.send_header(key, value)
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.base = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+    def respond(self, reply: Reply, body: dict[str, Any]) -> tuple[int, str, str, dict[str, str]]:
+        if reply.status != 200:
+            payload = json.dumps({"error": {"message": f"scripted {reply.status}"}})
+            return reply.status, "application/json", payload, reply.headers
+        if body.get("stream"):
+            chunks = [
+                {"choices": [{"delta": {"content": word}, "finish_reason": None}]}
+                for word in reply.text.split(" ")
+            ]
+            if not reply.cut:
+                chunks.append({"choices": [{"delta": {}, "finish_reason": "stop"}]})
+            return 200, "text/event-stream", sse(chunks, done=not reply.cut), reply.headers
+        payload = json.dumps({
+            "choices": [{"message": {"content": reply.text}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 7, "completion_tokens": 2},
+        })  # fmt: skip
+        return 200, "application/json", payload, reply.headers
 
 
 @pytest.fixture

@@ -7,10 +7,8 @@ tests/server/test_openai_contract.py."""
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -23,6 +21,7 @@ from apportion.strategies.base import RunContext
 from apportion.strategies.cot import ChainOfThought
 from apportion.types import Message, Query
 from fakes import drain
+from servers import LoopbackChatServer, sse
 
 
 @dataclass
@@ -32,56 +31,28 @@ class Thought:
     finish: str = "stop"
 
 
-class ReasoningServer:
+class ReasoningServer(LoopbackChatServer):
     """A loopback /v1/chat/completions that replies from a script (the last reply repeats)
     with the thinking in `reasoning_content`, as vLLM's and SGLang's reasoning parsers do,
     streamed or not; it keeps each request's body."""
 
-    def __init__(self, *script: Thought) -> None:
-        self.script = list(script)
-        self.requests: list[dict[str, Any]] = []
-        owner = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                owner.requests.append(body)
-                reply = owner.script.pop(0) if len(owner.script) > 1 else owner.script[0]
-                usage = {"prompt_tokens": 11, "completion_tokens": 40}
-                if body.get("stream"):
-                    deltas = [{"reasoning_content": w + " "} for w in reply.reasoning.split()]
-                    deltas += [{"content": reply.content}]
-                    chunks = [{"choices": [{"delta": d, "finish_reason": None}]} for d in deltas]
-                    chunks += [{"choices": [{"delta": {}, "finish_reason": reply.finish}]},
-                               {"choices": [], "usage": usage}]  # fmt: skip
-                    payload = "".join(f"data: {json.dumps(c)}\n\n" for c in chunks)
-                    payload += "data: [DONE]\n\n"
-                    ctype = "text/event-stream"
-                else:
-                    message = {"role": "assistant", "content": reply.content,
-                               "reasoning_content": reply.reasoning}  # fmt: skip
-                    payload = json.dumps({
-                        "choices": [{"message": message, "finish_reason": reply.finish}],
-                        "usage": usage,
-                    })  # fmt: skip
-                    ctype = "application/json"
-                data = payload.encode()
-                self.send_response(200)
-                self.send_header("Content-Type", ctype)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.base = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+    def respond(
+        self, reply: Thought, body: dict[str, Any]
+    ) -> tuple[int, str, str, dict[str, str]]:
+        usage = {"prompt_tokens": 11, "completion_tokens": 40}
+        if body.get("stream"):
+            deltas = [{"reasoning_content": w + " "} for w in reply.reasoning.split()]
+            deltas += [{"content": reply.content}]
+            chunks = [{"choices": [{"delta": d, "finish_reason": None}]} for d in deltas]
+            chunks += [{"choices": [{"delta": {}, "finish_reason": reply.finish}]},
+                       {"choices": [], "usage": usage}]  # fmt: skip
+            return 200, "text/event-stream", sse(chunks), {}
+        message = {"role": "assistant", "content": reply.content,
+                   "reasoning_content": reply.reasoning}  # fmt: skip
+        payload = json.dumps({
+            "choices": [{"message": message, "finish_reason": reply.finish}], "usage": usage,
+        })  # fmt: skip
+        return 200, "application/json", payload, {}
 
 
 @pytest.fixture
@@ -89,7 +60,7 @@ def serve() -> Iterator[Any]:
     servers: list[ReasoningServer] = []
 
     def start(*script: Thought) -> ReasoningServer:
-        servers.append(ReasoningServer(*script))
+        servers.append(ReasoningServer(script))
         return servers[-1]
 
     yield start
