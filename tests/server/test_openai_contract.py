@@ -294,7 +294,6 @@ def test_the_http_engine_reads_a_servers_reasoning_apart_from_its_answer(fake_ur
         ({"logit_bias": {"50256": -100}}, "logit_bias"),
         ({"parallel_tool_calls": True}, "parallel_tool_calls"),
         ({"store": True}, "store"),
-        ({"extra_body": {"reasoning_effort": "high"}}, "reasoning_effort"),
         ({"extra_body": {"best_of": 3}}, "best_of"),
         ({"extra_body": {"apportion": {"budgt": {}}}}, "apportion.budgt"),
     ],
@@ -332,6 +331,64 @@ def test_temperature_that_a_route_cannot_use_is_noted(client: Any) -> None:
     assert any("temperature 0.9 is not used" in n for n in _ext(resp)["notes"])
     greedy = client.chat.completions.create(model="direct", messages=QUESTION, temperature=0)
     assert _ext(greedy)["notes"] == []
+
+
+def test_reasoning_effort_sets_the_thinking_budget_of_cot(tmp_path: Path) -> None:
+    """The openai client's `reasoning_effort` caps cot's reasoning (EFFORT_THINK_BUDGETS);
+    where it ran out before the final line, the answer is forced, and a route without a
+    thinking budget says the effort was not used."""
+    from apportion.server.schemas import ReasoningEffort
+    from apportion.server.translate import EFFORT_THINK_BUDGETS
+
+    assert set(EFFORT_THINK_BUDGETS) == set(ReasoningEffort.__args__)  # every level maps
+
+    def reply(messages: list[Any]) -> str:
+        if messages[-1].content.startswith("Stop thinking now"):
+            return "The answer is 4."
+        return " ".join(["step"] * 100) + " The answer is 4."
+
+    engine = FakeEngine(reply)
+    core = fake_core(tmp_path, engine)
+    with live_server(create_app(core.settings, engine=core)) as url:
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+        capped = client.chat.completions.create(
+            model="cot", messages=QUESTION, reasoning_effort="minimal"
+        )
+        assert _ext(capped)["strategy"] == "cot:think_budget=64"
+        assert capped.choices[0].message.content == "4"
+        # 64 words of reasoning, then the forced final line
+        assert [len(c) for c in engine.calls] == [2, 4]
+        assert engine.tokens_generated == 64 + 4
+        none = client.chat.completions.create(
+            model="cot", messages=QUESTION, reasoning_effort="none"
+        )
+        assert _ext(none)["strategy"] == "cot:think_budget=0"
+        assert none.choices[0].message.content == "4" and len(engine.calls) == 3
+        full = client.chat.completions.create(
+            model="cot", messages=QUESTION, reasoning_effort="high"
+        )
+        assert _ext(full)["strategy"] == "cot" and _ext(full)["notes"] == []
+        direct = client.chat.completions.create(
+            model="direct", messages=QUESTION, reasoning_effort="low"
+        )
+        assert (
+            "reasoning_effort 'low' is not used: direct has no thinking budget"
+            in (_ext(direct)["notes"])
+        )
+        routed = client.chat.completions.create(
+            model="apportion-auto", messages=ARITHMETIC, reasoning_effort="low"
+        )
+        assert any("auto picks each step's own thinking budget" in n for n in _ext(routed)["notes"])
+        own = client.chat.completions.create(
+            model="cot:think_budget=32", messages=QUESTION, reasoning_effort="medium"
+        )
+        assert _ext(own)["strategy"] == "cot:think_budget=32"
+        assert any("sets its own think_budget" in n for n in _ext(own)["notes"])
+        with pytest.raises(openai.BadRequestError) as info:
+            client.chat.completions.create(
+                model="cot", messages=QUESTION, extra_body={"reasoning_effort": "extreme"}
+            )
+        assert info.value.body["param"] == "reasoning_effort"
 
 
 def test_stream_options_without_stream_is_refused(client: Any) -> None:

@@ -32,6 +32,7 @@ MAX_SEED = 2**31 - 1
 MAX_STOP_SEQUENCES = 4  # as OpenAI
 StopSequence = Annotated[StrictStr, Field(min_length=1, max_length=500)]
 StopSequences = Annotated[list[StopSequence], Field(max_length=MAX_STOP_SEQUENCES)]
+ReasoningEffort = Literal["none", "minimal", "low", "medium", "high"]
 
 # OpenAI parameters declared below with only their neutral value, and why no other is served.
 UNSUPPORTED: dict[str, str] = {
@@ -180,6 +181,12 @@ class ChatCompletionRequest(BaseModel):
         allow_inf_nan=False,
         description="Applied to strategies that sample (cot, program, consistency, ...); "
         "`direct` and `auto` choose their own, and the reply's `apportion.notes` says so.",
+    )
+    reasoning_effort: ReasoningEffort | None = Field(
+        default=None,
+        description="The thinking budget of a strategy that has one (cot): none 0 tokens, "
+        "minimal 64, low 256, medium 1024, high as long as the strategy would; `auto` picks "
+        "each step's own, and the reply's `apportion.notes` says so.",
     )
     stream: StrictBool = False
     stream_options: StreamOptions | None = Field(

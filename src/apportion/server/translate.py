@@ -9,9 +9,26 @@ from apportion.runtime import AUTO, Request
 from apportion.server.errors import ApiError
 from apportion.server.jobs import RunSpec
 from apportion.server.models import ServedModels
-from apportion.server.schemas import AUTO_MODEL, ApportionOptions, ChatCompletionRequest
+from apportion.server.schemas import (
+    AUTO_MODEL,
+    ApportionOptions,
+    ChatCompletionRequest,
+    ReasoningEffort,
+)
 from apportion.strategies.registry import StrategyRegistry, StrategySpec, parse_spec, spec_name
 from apportion.types import Budget
+
+# The thinking budget (cot's `think_budget`, in tokens) for each OpenAI `reasoning_effort`:
+# "none" answers without reasoning, "high" reasons as long as the strategy would
+# (up to max_tokens). A reasoning model behind an engine that is told the budget gets it back
+# as its own server's control (engines/openai_http.py's thinking_fields).
+EFFORT_THINK_BUDGETS: dict[ReasoningEffort, int | None] = {
+    "none": 0,
+    "minimal": 64,
+    "low": 256,
+    "medium": 1024,
+    "high": None,
+}
 
 
 class RequestTranslator:
@@ -37,6 +54,8 @@ class RequestTranslator:
         ext = body.apportion or ApportionOptions()
         model, strategy = self._route(body.model, ext.strategy)
         strategy, notes = self._with_temperature(strategy, body.temperature)
+        strategy, effort_notes = self._with_reasoning_effort(strategy, body.reasoning_effort)
+        notes += effort_notes
         max_tokens = body.max_completion_tokens or body.max_tokens
         limit = self.max_tokens_limit
         if max_tokens is not None and max_tokens > limit:
@@ -118,21 +137,61 @@ class RequestTranslator:
         own sampling."""
         if temperature is None:
             return strategy, []
+        shown = f"temperature {temperature:g}"
+        return self._with_parameter(
+            strategy,
+            "temperature",
+            str(temperature),
+            shown=shown,
+            for_auto=f"{shown} is not used: auto picks each step's own sampling "
+            "(name a strategy such as cot to set it)",
+            # what a strategy without sampling does anyway
+            neutral=temperature == 0,
+            lacking="does not sample",
+        )
+
+    def _with_reasoning_effort(
+        self, strategy: str, effort: ReasoningEffort | None
+    ) -> tuple[str, list[str]]:
+        """Apply `reasoning_effort` as the thinking budget (EFFORT_THINK_BUDGETS) of a strategy
+        that has one (cot), or say why it does not apply."""
+        if effort is None:
+            return strategy, []
+        budget = EFFORT_THINK_BUDGETS[effort]
+        shown = f"reasoning_effort {effort!r}"
+        if budget is None:  # "high": think as long as the strategy would
+            return strategy, []
+        return self._with_parameter(
+            strategy,
+            "think_budget",
+            str(budget),
+            shown=shown,
+            for_auto=f"{shown} is not used: auto picks each step's own thinking budget "
+            "(name a strategy such as cot to set it)",
+            neutral=False,
+            lacking="has no thinking budget",
+        )
+
+    def _with_parameter(
+        self,
+        strategy: str,
+        key: str,
+        value: str,
+        *,
+        shown: str,
+        for_auto: str,
+        neutral: bool,
+        lacking: str,
+    ) -> tuple[str, list[str]]:
+        """The strategy spec with `key=value` added where the strategy takes `key` and its spec
+        does not set it already; otherwise the spec unchanged and a note saying why (none where
+        the value is `neutral`, what the strategy does without it)."""
         if strategy == AUTO:
-            return strategy, [
-                f"temperature {temperature:g} is not used: auto picks each step's own sampling "
-                "(name a strategy such as cot to set it)"
-            ]
+            return strategy, [for_auto]
         spec = parse_spec(strategy)
-        if "temperature" not in self.registry.parameters(spec.name):
-            if temperature == 0:
-                return strategy, []  # what a strategy without sampling does anyway
-            return strategy, [
-                f"temperature {temperature:g} is not used: {spec.name} does not sample"
-            ]
-        if any(k == "temperature" for k, _ in spec.params):
-            return strategy, [
-                f"temperature {temperature:g} is not used: the strategy spec sets its own"
-            ]
-        extended = StrategySpec(spec.name, (*spec.params, ("temperature", str(temperature))))
-        return self._checked(str(extended), "temperature"), []
+        if key not in self.registry.parameters(spec.name):
+            return strategy, [] if neutral else [f"{shown} is not used: {spec.name} {lacking}"]
+        if any(k == key for k, _ in spec.params):
+            return strategy, [f"{shown} is not used: the strategy spec sets its own {key}"]
+        extended = StrategySpec(spec.name, (*spec.params, (key, value)))
+        return self._checked(str(extended), key), []
