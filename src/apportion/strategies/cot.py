@@ -8,7 +8,7 @@ from typing import Annotated, ClassVar
 
 from apportion.answers import extract_answer
 from apportion.strategies.base import MAX_TOKENS_BOUND, Bounds, RunContext, TokenStream
-from apportion.strategies.prompts import FINAL_LINE, answer_format
+from apportion.strategies.prompts import FINAL_LINE, answer_format, instructed
 from apportion.types import Attempt, Completion, Message, Query
 
 
@@ -18,6 +18,9 @@ class ChainOfThought:
     max_tokens: Annotated[int | None, Bounds(1, MAX_TOKENS_BOUND)] = None
     temperature: Annotated[float, Bounds(0, 2)] = 0.0
     logprobs: bool = False
+    # The question before the instructions (prompts.instructed): a plan's later steps on the
+    # same model reuse this step's KV cache for the question.
+    question_first: bool = False
     # Tokens the reasoning may take (None: up to max_tokens). When they run out before the
     # final line, the reasoning is stopped and the answer forced with a short second call
     # (budget forcing, as in s1) instead of a truncated chain the extractor cannot read;
@@ -40,7 +43,7 @@ class ChainOfThought:
             f"End with a final line of the form '{FINAL_LINE} X.' where X is "
             f"{answer_format(query)}."
         )
-        return [Message("system", system), *query.history, Message("user", query.text)]
+        return instructed(system, query, question_first=self.question_first)
 
     def parse(self, text: str, query: Query) -> str | None:
         return extract_answer(text, query.kind, query.choices)

@@ -8,7 +8,7 @@ from typing import Annotated, ClassVar
 
 from apportion.answers import extract_answer
 from apportion.strategies.base import MAX_TOKENS_BOUND, Bounds, RunContext, TokenStream
-from apportion.strategies.prompts import answer_format
+from apportion.strategies.prompts import answer_format, instructed
 from apportion.types import Attempt, Message, Query
 
 
@@ -19,6 +19,9 @@ class Direct:
     # Record token log-probabilities and use their mean as the confidence (a cheap signal for
     # cascades). Off by default: the direct path should cost what a raw call costs.
     logprobs: bool = False
+    # The question before the instructions (prompts.instructed): a plan's later steps on the
+    # same model reuse this step's KV cache for the question.
+    question_first: bool = False
 
     # It ends in an answer whenever the model says anything: a plan may end with it.
     always_answers: ClassVar[bool] = True
@@ -37,7 +40,7 @@ class Direct:
                 "Answer the question directly, with no explanation. "
                 f"Reply with only {answer_format(query)}."
             )
-        return [Message("system", system), *query.history, Message("user", query.text)]
+        return instructed(system, query, question_first=self.question_first)
 
     def run(self, query: Query, ctx: RunContext) -> Attempt:
         (completion,) = ctx.generate(

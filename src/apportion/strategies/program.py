@@ -13,6 +13,7 @@ from typing import Annotated
 
 from apportion.answers import canonical_number
 from apportion.strategies.base import MAX_TOKENS_BOUND, Bounds, RunContext
+from apportion.strategies.prompts import instructed
 from apportion.types import Attempt, Message, Query
 
 RESULT_MARKER = "__APPORTION_RESULT__="
@@ -79,6 +80,9 @@ class Program:
     # is in benchmarks/cascade_threshold.py's output); the cascade thresholds it. Without them
     # (or when the engine cannot give them), the fixed 0.8 for solve(), 0.6 for a script.
     logprobs: bool = False
+    # The question before the instructions (prompts.instructed): a plan's later steps on the
+    # same model reuse this step's KV cache for the question.
+    question_first: bool = False
 
     @property
     def name(self) -> str:
@@ -91,7 +95,7 @@ class Program:
             "(a number when the answer is numeric). Use only the standard library. Do not read "
             "input or print. Reply with one ```python code block and nothing else."
         )
-        return [Message("system", system), *query.history, Message("user", query.text)]
+        return instructed(system, query, question_first=self.question_first)
 
     def run(self, query: Query, ctx: RunContext, *, seed: int | None = None) -> Attempt:
         (completion,) = ctx.generate(

@@ -6,7 +6,7 @@ import re
 import string
 from collections.abc import Sequence
 
-from apportion.types import Query
+from apportion.types import Message, Query
 
 FINAL_LINE = "The answer is"
 
@@ -20,6 +20,21 @@ def answer_format(query: Query) -> str:
     if query.kind == "number":
         return "a number, without units"
     return "a short answer"
+
+
+def instructed(instructions: str, query: Query, *, question_first: bool = False) -> list[Message]:
+    """The messages of a one-call strategy: its instructions, the conversation so far and the
+    question.
+
+    By default the instructions are the system message, ahead of everything. `question_first`
+    moves them after the question, into the last user message, with no system message of the
+    strategy's own. Every such prompt for one question then starts with the same tokens (the
+    chat template, the conversation, the question), so a later step of a plan on the same
+    model computes only its own instructions and reuses the KV cache of the step before
+    for the rest (the ledger's cached_tokens)."""
+    if not question_first:
+        return [Message("system", instructions), *query.history, Message("user", query.text)]
+    return [*query.history, Message("user", f"{query.text}\n\n{instructions}")]
 
 
 OPTION_LETTERS = string.ascii_uppercase

@@ -28,6 +28,7 @@ from apportion.strategies.base import TokenStream as TokenStream
 
 StrategyFactory = Callable[..., Strategy]
 
+
 @dataclass(frozen=True)
 class StrategySpec:
     name: str
@@ -192,7 +193,6 @@ class StrategyRegistry:
         except ValueError as e:
             raise UsageError(f"bad parameters for {spec.name!r}: {e}") from e
         return strategy
-
 
     @staticmethod
     def _with_expert(spec: StrategySpec, factory: StrategyFactory) -> StrategySpec:
