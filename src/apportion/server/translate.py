@@ -142,6 +142,7 @@ class RequestTranslator:
             strategy,
             "temperature",
             str(temperature),
+            param="temperature",
             shown=shown,
             for_auto=f"{shown} is not used: auto picks each step's own sampling "
             "(name a strategy such as cot to set it)",
@@ -165,6 +166,7 @@ class RequestTranslator:
             strategy,
             "think_budget",
             str(budget),
+            param="reasoning_effort",
             shown=shown,
             for_auto=f"{shown} is not used: auto picks each step's own thinking budget "
             "(name a strategy such as cot to set it)",
@@ -178,6 +180,7 @@ class RequestTranslator:
         key: str,
         value: str,
         *,
+        param: str,
         shown: str,
         for_auto: str,
         neutral: bool,
@@ -185,7 +188,8 @@ class RequestTranslator:
     ) -> tuple[str, list[str]]:
         """The strategy spec with `key=value` added where the strategy takes `key` and its spec
         does not set it already; otherwise the spec unchanged and a note saying why (none where
-        the value is `neutral`, what the strategy does without it)."""
+        the value is `neutral`, what the strategy does without it). A spec the parameter makes
+        invalid is a 400 naming `param`, the request's field."""
         if strategy == AUTO:
             return strategy, [for_auto]
         spec = parse_spec(strategy)
@@ -194,4 +198,4 @@ class RequestTranslator:
         if any(k == key for k, _ in spec.params):
             return strategy, [f"{shown} is not used: the strategy spec sets its own {key}"]
         extended = StrategySpec(spec.name, (*spec.params, (key, value)))
-        return self._checked(str(extended), key), []
+        return self._checked(str(extended), param), []
