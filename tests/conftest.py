@@ -30,6 +30,19 @@ def small_engine(settings: Settings) -> Iterator[object]:
     engine.close()
 
 
+@pytest.fixture(scope="module")
+def smol_llamacpp(settings: Settings) -> Iterator[object]:
+    """The smallest real model (SmolLM2-135M) in llama.cpp itself, without the runtime: one
+    thread, a 512-token context, one per test module (each starts from an empty KV cache)."""
+    from apportion.engines import catalogue
+    from apportion.engines.llamacpp import LlamaCppEngine
+
+    path = catalogue.resolve("smollm2-135m", settings.models_dir)
+    engine = LlamaCppEngine("smollm2-135m", path, n_ctx=512, threads=1)
+    yield engine
+    engine.close()
+
+
 @pytest.fixture(scope="session")
 def plugin_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The example plug-in, installed by pip into a folder of its own (tests/test_plugins.py

@@ -4,12 +4,8 @@ before (strategies/prompts.py's `instructed`)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
-from apportion.config import Settings
-from apportion.engines import catalogue
 from apportion.strategies.cot import ChainOfThought
 from apportion.strategies.direct import Direct
 from apportion.strategies.program import Program
@@ -44,27 +40,21 @@ def test_question_first_prompts_of_every_strategy_share_all_but_their_instructio
         assert messages[-1].content.endswith(s().messages(Q)[0].content)
 
 
-@pytest.fixture(scope="module")
-def smol(settings: Settings) -> Iterator[object]:
-    from apportion.engines.llamacpp import LlamaCppEngine
-
-    path = catalogue.resolve("smollm2-135m", settings.models_dir)
-    engine = LlamaCppEngine("smollm2-135m", path, n_ctx=1024, threads=1)
-    yield engine
-    engine.close()
-
-
 @pytest.mark.model
-def test_a_later_step_reads_the_question_from_the_kv_cache(smol) -> None:  # type: ignore[no-untyped-def]
+def test_a_later_step_reads_the_question_from_the_kv_cache(smol_llamacpp) -> None:  # type: ignore[no-untyped-def]
     """direct, then cot, on one llama.cpp model: laid out question first, cot computes little
     more than its instructions; laid out as by default, it computes the question again."""
-    question_tokens = smol.count_tokens([Message("user", Q.text)]) - smol.count_tokens(
-        [Message("user", "")]
-    )
+    question_tokens = smol_llamacpp.count_tokens(
+        [Message("user", Q.text)]
+    ) - smol_llamacpp.count_tokens([Message("user", "")])
     cached = {}
     for first in (False, True):
-        smol.generate(Direct(question_first=first).messages(Q), max_tokens=2, reuse_prefix=False)
-        (later,) = smol.generate(ChainOfThought(question_first=first).messages(Q), max_tokens=2)
+        smol_llamacpp.generate(
+            Direct(question_first=first).messages(Q), max_tokens=2, reuse_prefix=False
+        )
+        (later,) = smol_llamacpp.generate(
+            ChainOfThought(question_first=first).messages(Q), max_tokens=2
+        )
         cached[first] = later.cached_tokens
     assert cached[True] >= cached[False] + question_tokens - 2
     assert cached[False] < question_tokens
