@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from apportion.errors import ModelIntegrityError, UnknownNameError, UsageError
-from apportion.experts.book import ExpertBook, ExpertManifest, TrainingData, check_name
+from apportion.experts.book import Expert, ExpertBook, ExpertManifest, TrainingData, check_name
 
 
 def _manifest(name: str, adapter: bytes) -> ExpertManifest:
@@ -84,13 +84,33 @@ def test_the_server_lists_experts_on_its_models_and_skips_broken_ones(tmp_path: 
     assert "broken" not in {c.id for c in listing.data}
 
 
-def test_the_shipped_adapter_is_written_once_whoever_asks_at_once(tmp_path: Path) -> None:
-    """Several verify() at once on an empty cache (server or bench workers) each write a file
-    of their own and rename it into place: every caller gets the whole, checked adapter."""
+def test_the_shipped_adapter_is_written_once_whoever_asks_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Several verify() at once on an empty cache (server or bench workers, threads) take
+    turns: one writes the adapter, the others find it, and every caller gets the whole,
+    checked file. (Unpacking in six threads at once failed on CPython 3.11 in CI.)"""
+    import threading
     from concurrent.futures import ThreadPoolExecutor
 
+    from apportion.experts import convert
+
+    writes: list[Path] = []
+    unpack = convert.unpack_adapter
+    all_asked = threading.Barrier(6)
+
+    def counted(npz: Path, gguf: Path) -> None:
+        writes.append(gguf)
+        unpack(npz, gguf)
+
+    def verify(expert: Expert) -> Path:
+        all_asked.wait()  # all six find the cache empty before any writes
+        return expert.verify()
+
+    monkeypatch.setattr(convert, "unpack_adapter", counted)
     experts = [ExpertBook(tmp_path).find("pal-math") for _ in range(6)]
     with ThreadPoolExecutor(6) as pool:
-        paths = list(pool.map(lambda e: e.verify(), experts))
+        paths = list(pool.map(verify, experts))
+    assert len(writes) == 1
     assert len(set(paths)) == 1 and paths[0].stat().st_size == experts[0].manifest.adapter_bytes
     assert not list(paths[0].parent.glob("*.partial"))  # nothing left behind

@@ -90,6 +90,33 @@ class Expert:
     def adapter_path(self) -> Path:
         return (self.cache if self.cache is not None else self.directory) / ADAPTER
 
+    def _unpack(self, path: Path) -> None:
+        """Write a shipped expert's adapter into the cache, once: callers that find it missing
+        at once (server workers, bench workers, threads) take turns on an exclusive lock, and
+        the ones after the first find the file written. Taking turns matters within a process
+        too: NumPy reads the packed file's headers with `ast`, which CPython 3.11 cannot run
+        in two threads at once (it fails with "AST constructor recursion depth mismatch")."""
+        import fcntl
+        import os
+        import uuid
+
+        from apportion.experts.convert import unpack_adapter
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # each caller opens the lock file itself: flock locks belong to an open file, so
+        # they exclude threads of one process as well as other processes
+        with open(path.with_name(f"{path.name}.lock"), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if path.is_file():
+                return
+            # a crash mid-write leaves a partial file of its own name, never a short adapter
+            partial = path.with_name(f"{path.name}.{os.getpid()}.{uuid.uuid4().hex}.partial")
+            try:
+                unpack_adapter(self.directory / PACKED, partial)
+                partial.replace(path)
+            finally:
+                partial.unlink(missing_ok=True)
+
     def verify(self) -> Path:
         """The adapter file, once its sha256 is the manifest's (a shipped expert's is written
         from its packed tensors first, if it is not in the cache yet)."""
@@ -97,20 +124,7 @@ class Expert:
 
         path = self.adapter_path
         if self.cache is not None and not path.is_file():
-            import os
-            import uuid
-
-            from apportion.experts.convert import unpack_adapter
-
-            self.cache.mkdir(parents=True, exist_ok=True)
-            # a name of its own: processes (server workers, bench workers) that find the
-            # file missing at once each write theirs, and the renames are atomic
-            partial = path.with_name(f"{path.name}.{os.getpid()}.{uuid.uuid4().hex}.partial")
-            try:
-                unpack_adapter(self.directory / PACKED, partial)
-                partial.replace(path)
-            finally:
-                partial.unlink(missing_ok=True)
+            self._unpack(path)
         if not path.is_file():
             raise ModelIntegrityError(
                 f"expert {self.name!r} has no adapter file at {path}",
