@@ -93,9 +93,7 @@ class Expert:
     def _unpack(self, path: Path) -> None:
         """Write a shipped expert's adapter into the cache, once: callers that find it missing
         at once (server workers, bench workers, threads) take turns on an exclusive lock, and
-        the ones after the first find the file written. Taking turns matters within a process
-        too: NumPy reads the packed file's headers with `ast`, which CPython 3.11 cannot run
-        in two threads at once (it fails with "AST constructor recursion depth mismatch")."""
+        the ones after the first find the file written."""
         import fcntl
         import os
         import uuid

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from apportion.arrays import read_npz
 from apportion.errors import UsageError
 
 # Hugging Face module name (within a decoder layer) → GGUF tensor name (within `blk.N`).
@@ -147,8 +148,8 @@ def pack_adapter(gguf_path: Path, npz_path: Path) -> None:
 def unpack_adapter(npz_path: Path, gguf_path: Path) -> None:
     """Write the GGUF adapter file a `pack_adapter` file holds (the same bytes as the one it
     was packed from: same header, same float16 tensors, in the same order)."""
-    with np.load(npz_path) as data:
-        tensors = {k: data[k] for k in data.files if not k.startswith("__")}
-        architecture, alpha = str(data["__architecture"]), float(data["__alpha"])
-        name = str(data["__name"])
+    data = read_npz(npz_path)
+    tensors = {k: v for k, v in data.items() if not k.startswith("__")}
+    architecture, alpha = str(data["__architecture"]), float(data["__alpha"])
+    name = str(data["__name"])
     write_adapter(tensors, gguf_path, architecture=architecture, alpha=alpha, name=name)

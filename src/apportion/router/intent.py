@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
+from apportion.arrays import read_npz
 from apportion.types import INTENTS, Intent
 
 __all__ = ["DIM", "MODEL_FILE", "IntentClassifier", "default_classifier", "hashed_features"]
@@ -84,16 +85,16 @@ class IntentClassifier:
 
     @classmethod
     def load(cls, path: Path = MODEL_FILE) -> IntentClassifier:
-        with np.load(path) as data:
-            classes = tuple(str(c) for c in data["classes"])
-            unknown = set(classes) - set(INTENTS)
-            if unknown:
-                raise ValueError(f"{path} has classes {sorted(unknown)} outside {INTENTS}")
-            return cls(
-                data["weights"].astype(np.float32),
-                data["bias"].astype(np.float32),
-                tuple(next(i for i in INTENTS if i == c) for c in classes),
-            )
+        data = read_npz(path)
+        classes = tuple(str(c) for c in data["classes"])
+        unknown = set(classes) - set(INTENTS)
+        if unknown:
+            raise ValueError(f"{path} has classes {sorted(unknown)} outside {INTENTS}")
+        return cls(
+            data["weights"].astype(np.float32),
+            data["bias"].astype(np.float32),
+            tuple(next(i for i in INTENTS if i == c) for c in classes),
+        )
 
     def save(self, path: Path) -> None:
         np.savez_compressed(
