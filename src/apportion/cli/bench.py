@@ -7,12 +7,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import BarColumn, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from apportion.cli.common import (
     ConfigOption,
     DeterministicOption,
+    LoggedProgress,
     MemoryLimitOption,
     NCtxOption,
     PolicyOption,
@@ -179,15 +180,15 @@ def bench(
         run.check_workers(workers, concurrency)
         run.check_concurrency(concurrency)
         if run.corpus is not None:
-            with Progress(
-                TextColumn(f"indexing {run.corpus.label}"),
+            with LoggedProgress(
+                TextColumn("{task.description}"),
                 BarColumn(),
                 TextColumn("{task.completed}/{task.total}"),
                 TimeRemainingColumn(),
                 console=err,
                 transient=True,
             ) as bar:
-                indexing = bar.add_task("index", total=None)
+                indexing = bar.add_task(f"indexing {run.corpus.label}", total=None)
                 indexed = run.index_corpus(
                     store_uri,
                     progress=lambda done, total: bar.update(indexing, completed=done, total=total),
@@ -204,7 +205,7 @@ def bench(
         err.print("interrupted before the run began; no result was written", highlight=False)
         raise typer.Exit(130) from None
     cache = run.open_cache(cache_path)
-    progress = Progress(
+    progress = LoggedProgress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
         TextColumn("{task.completed}/{task.total}"),

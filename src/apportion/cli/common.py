@@ -7,7 +7,7 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, NoReturn, TextIO
+from typing import Annotated, Any, NoReturn, TextIO
 
 import typer
 from rich.console import Console
@@ -16,6 +16,8 @@ from rich.progress import (
     BarColumn,
     DownloadColumn,
     Progress,
+    ProgressColumn,
+    TaskID,
     TextColumn,
     TimeRemainingColumn,
     TransferSpeedColumn,
@@ -131,11 +133,71 @@ def warnings_as_lines() -> Iterator[None]:
         yield
 
 
+class LoggedProgress(Progress):
+    """A rich progress bar that also reports where no bar can be drawn: on a console that is
+    not a terminal (output sent to a log file, under nohup, in CI) rich shows nothing until the
+    end, so an hour of training or benchmarking in the background would say nothing. There,
+    each task gets a plain line every `every_s` seconds and one when it completes: its
+    description, count, time left and fields (`status=...`, `loss=...`)."""
+
+    def __init__(
+        self, *columns: str | ProgressColumn, every_s: float = 60.0, **options: Any
+    ) -> None:
+        super().__init__(*columns, **options)
+        self.every_s = every_s
+        self._last_line: dict[TaskID, float] = {}
+
+    def update(
+        self,
+        task_id: TaskID,
+        *,
+        total: float | None = None,
+        completed: float | None = None,
+        advance: float | None = None,
+        description: str | None = None,
+        visible: bool | None = None,
+        refresh: bool = False,
+        **fields: Any,
+    ) -> None:
+        super().update(
+            task_id, total=total, completed=completed, advance=advance, description=description,
+            visible=visible, refresh=refresh, **fields,
+        )  # fmt: skip
+        self._report(task_id)
+
+    def advance(self, task_id: TaskID, advance: float = 1) -> None:
+        super().advance(task_id, advance)
+        self._report(task_id)
+
+    def _report(self, task_id: TaskID) -> None:
+        if self.console.is_terminal:
+            return
+        task = next((t for t in self.tasks if t.id == task_id), None)
+        if task is None or task.completed == 0:
+            return
+        now = self.get_time()
+        last = self._last_line.setdefault(task_id, task.start_time or now)
+        finished = task.total is not None and task.completed >= task.total
+        if now - last < self.every_s and not finished:
+            return
+        if finished and last == float("inf"):
+            return  # its completion was reported already
+        self._last_line[task_id] = float("inf") if finished else now
+        done = f"{task.completed:g}" + (f"/{task.total:g}" if task.total is not None else "")
+        parts = [f"{task.description}: {done}"]
+        if task.elapsed is not None:
+            parts.append(f"{task.elapsed:.0f} s")
+        if not finished and task.time_remaining is not None:
+            parts.append(f"about {task.time_remaining:.0f} s left")
+        parts += [f"{k} {v}" for k, v in task.fields.items() if str(v)]
+        self.console.print(", ".join(parts), highlight=False, markup=False, soft_wrap=True)
+
+
 class RichPullProgress(catalogue.PullProgress):
     """Shows a byte progress bar while a model's packages are fetched and joined."""
 
     def __init__(self, console: Console) -> None:
-        self._progress = Progress(
+        self._progress = LoggedProgress(
             TextColumn("[bold]{task.description}"),
             BarColumn(),
             DownloadColumn(),

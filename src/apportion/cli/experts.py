@@ -10,10 +10,10 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import BarColumn, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from apportion.cli.common import ConfigOption, RichPullProgress, err, fail, out
+from apportion.cli.common import ConfigOption, LoggedProgress, RichPullProgress, err, fail, out
 from apportion.config import Settings
 from apportion.errors import ApportionError, UsageError
 
@@ -105,12 +105,12 @@ def experts_train(
             from apportion.experts.train import train_expert
         except ImportError as e:
             raise _missing_extra(e) from e
-        with Progress(
-            TextColumn(f"training {name}"), BarColumn(),
+        with LoggedProgress(
+            TextColumn("{task.description}"), BarColumn(),
             TextColumn("{task.completed}/{task.total}"),
             TextColumn("loss {task.fields[loss]}"), TimeRemainingColumn(), console=err,
         ) as progress:  # fmt: skip
-            task = progress.add_task("train", total=None, loss="-")
+            task = progress.add_task(f"training {name}", total=None, loss="-")
 
             def on_step(step: int, total: int, loss: float) -> None:
                 progress.update(task, completed=step, total=total, loss=f"{loss:.4f}")
@@ -201,9 +201,10 @@ def experts_distil(
         runtime.check_model(model)
         completions = SqliteCompletionCache(cache or settings.home / CACHE_FILE)
         err.print(f"distilling {strategy} on {model} over {', '.join(sources)}", highlight=False)
-        with Progress(
-            TextColumn("distil"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-            TextColumn("kept {task.fields[kept]}"), TimeRemainingColumn(), console=err,
+        with LoggedProgress(
+            TextColumn("{task.description}"), BarColumn(),
+            TextColumn("{task.completed}/{task.total}"), TextColumn("kept {task.fields[kept]}"),
+            TimeRemainingColumn(), console=err,
         ) as progress:  # fmt: skip
             task = progress.add_task("distil", total=len(items), kept=0)
 

@@ -15,14 +15,13 @@ from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
-    Progress,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
 from rich.table import Table
 
-from apportion.cli.common import err, fail, out
+from apportion.cli.common import LoggedProgress, err, fail, out
 from apportion.config import Settings
 from apportion.errors import ApportionError
 
@@ -104,7 +103,7 @@ def add(
     except ApportionError as e:
         fail(e)
     with opened(store) as db:
-        progress = Progress(
+        progress = LoggedProgress(
             TextColumn("indexing"),
             BarColumn(),
             MofNCompleteColumn(),
