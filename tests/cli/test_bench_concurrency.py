@@ -5,6 +5,7 @@ refused where the model runs in this process."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -90,7 +91,7 @@ def test_worker_processes_write_what_one_process_writes(tmp_path: Path) -> None:
               "--limit", "6", "--deterministic")  # fmt: skip
     env = env_with(home=tmp_path / "home")
 
-    def run(name: str, *args: str, threads: str) -> list[dict[str, Any]]:
+    def run(name: str, *args: str, threads: str) -> tuple[list[dict[str, Any]], tuple[int, int]]:
         proc = subprocess.run(
             [sys.executable, "-m", "apportion.cli", "bench", "--dataset", "gsm8k", "--out",
              str(tmp_path / name), "--cache", str(tmp_path / f"{name}.sqlite"), "--config",
@@ -99,12 +100,18 @@ def test_worker_processes_write_what_one_process_writes(tmp_path: Path) -> None:
             env={**env, "APPORTION_THREADS": threads},
         )  # fmt: skip
         assert proc.returncode == 0, proc.stderr
-        return rows(tmp_path / name)
+        counted = re.search(r"cache: (\d+) hits, (\d+) misses", proc.stderr)
+        assert counted is not None, proc.stderr
+        return rows(tmp_path / name), (int(counted[1]), int(counted[2]))
 
-    one = run("one", threads="1")
-    two = run("two", "--workers", "2", threads="2")
+    one, one_cache = run("one", threads="1")
+    two, two_cache = run("two", "--workers", "2", threads="2")
     assert len(one) == len(two) == 12
     assert [{k: r[k] for k in SAME} for r in one] == [{k: r[k] for k in SAME} for r in two]
+    # the workers' cache lookups are counted, on a fresh cache and again on a full one
+    assert two_cache == one_cache and one_cache[0] == 0 and one_cache[1] >= 12
+    _, again = run("two", "--workers", "2", "--overwrite", threads="2")
+    assert again == (one_cache[1], 0)
 
 
 def test_workers_and_concurrency_do_not_combine(tmp_path: Path) -> None:

@@ -42,6 +42,13 @@ class SqliteCompletionCache:
         # bench --concurrency calls from several threads; one connection, one at a time
         self._lock = threading.Lock()
 
+    def count(self, hits: int, misses: int) -> None:
+        """Add lookups made on this file by other processes (bench's workers), so that the
+        run's totals count every call."""
+        with self._lock:
+            self.hits += hits
+            self.misses += misses
+
     def get(self, key: str) -> list[tuple[Completion, float]] | None:
         with self._lock:
             row = self._db.execute(

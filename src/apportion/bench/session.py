@@ -188,14 +188,20 @@ class BenchRun:
         `on_start(done, todo)` comes once before the first item, `on_result` after each;
         `concurrency` items run at once (see `check_concurrency`), or `workers` processes
         run them (see `check_workers`)."""
+        from apportion.bench.cache import SqliteCompletionCache
+
         pool = self._worker_pool(cache, workers) if workers > 1 else None
-        return run_bench(
-            self.engine, self.items, self.strategies, out=self.out, model=self.model,
-            seed=self.seed, max_tokens=self.max_tokens, resume=self.resume,
-            overwrite=self.overwrite, cache=cache, sources=self.sources, data=self.data,
-            limit=self.limit, corpus=self.corpus_spec, policy=self.policy,
-            on_result=on_result, on_start=on_start, concurrency=concurrency, workers=pool,
-        )  # fmt: skip
+        try:
+            return run_bench(
+                self.engine, self.items, self.strategies, out=self.out, model=self.model,
+                seed=self.seed, max_tokens=self.max_tokens, resume=self.resume,
+                overwrite=self.overwrite, cache=cache, sources=self.sources, data=self.data,
+                limit=self.limit, corpus=self.corpus_spec, policy=self.policy,
+                on_result=on_result, on_start=on_start, concurrency=concurrency, workers=pool,
+            )  # fmt: skip
+        finally:
+            if pool is not None and isinstance(cache, SqliteCompletionCache):
+                cache.count(*pool.cache_counts)  # the workers' lookups, on the same file
 
     def check_workers(self, workers: int, concurrency: int) -> None:
         """`workers` processes, each with its own copy of the model: not with --concurrency,

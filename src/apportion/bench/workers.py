@@ -55,6 +55,8 @@ class WorkerPool:
         self._tasks: queue.Queue[tuple[BenchItem, str, Future[ItemResult]] | None] = queue.Queue()
         self._procs: list[subprocess.Popen[str]] = []
         self._threads: list[threading.Thread] = []
+        # Each worker's completion-cache hits and misses so far (it reads the same file).
+        self._cache_counts: dict[int, tuple[int, int]] = {}
         line = json.dumps(asdict(setup))
         for _ in range(workers):
             proc = subprocess.Popen(
@@ -90,10 +92,18 @@ class WorkerPool:
                     raise ApportionError(
                         f"a bench worker exited (code {proc.wait()})", "see its messages above"
                     )
-                future.set_result(ItemResult.from_json(json.loads(answer)))
+                reply = json.loads(answer)
+                self._cache_counts[proc.pid] = (reply["cache_hits"], reply["cache_misses"])
+                future.set_result(ItemResult.from_json(reply["result"]))
             except BaseException as e:  # the future carries it to the parent's loop
                 future.set_exception(e)
                 return
+
+    @property
+    def cache_counts(self) -> tuple[int, int]:
+        """The completion-cache hits and misses of all the workers' calls so far."""
+        counts = list(self._cache_counts.values())
+        return sum(h for h, _ in counts), sum(m for _, m in counts)
 
     def close(self) -> None:
         """Stop the workers: tasks not started are dropped, running ones end with them."""
@@ -150,7 +160,9 @@ def _serve(lines: Sequence[str] | IO[str], out: IO[str]) -> None:
                 runtime, item, task["strategy"], model=setup.model, seed=setup.seed,
                 max_tokens=setup.max_tokens, cache=cache,
             )  # fmt: skip
-            out.write(json.dumps(result.to_json()) + "\n")
+            hits, misses = (cache.hits, cache.misses) if cache is not None else (0, 0)
+            reply = {"result": result.to_json(), "cache_hits": hits, "cache_misses": misses}
+            out.write(json.dumps(reply) + "\n")
             out.flush()
     finally:
         runtime.close()
