@@ -12,7 +12,7 @@ For each ordered pair (a, b) of traced strategies, over the items where a gave a
   confidence breaking ties.
 
     python benchmarks/agreement.py \
-        --runs benchmarks/traces/router-v2-qwen2.5-coder-0.5b.partial.jsonl.gz
+        --runs benchmarks/traces/router-v2-qwen2.5-coder-0.5b.jsonl.gz
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ gold answer), which stays in the shared data folder. Readers put it back from th
 id (`apportion.bench.datasets.restore_questions`; `apportion calibrate` does so itself).
 
     python benchmarks/archive_traces.py runs/router-v2-0.5b-l25 \\
-        -o benchmarks/traces/router-v2-qwen2.5-coder-0.5b.partial.jsonl.gz
+        -o benchmarks/traces/router-v2-qwen2.5-coder-0.5b.jsonl.gz
 """
 
 from __future__ import annotations
