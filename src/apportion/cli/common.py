@@ -146,6 +146,7 @@ class LoggedProgress(Progress):
         super().__init__(*columns, **options)
         self.every_s = every_s
         self._last_line: dict[TaskID, float] = {}
+        self._ended: set[TaskID] = set()  # tasks whose last line is printed
 
     def update(
         self,
@@ -173,16 +174,16 @@ class LoggedProgress(Progress):
         if self.console.is_terminal:
             return
         task = next((t for t in self.tasks if t.id == task_id), None)
-        if task is None or task.completed == 0:
+        if task is None or task.completed == 0 or task_id in self._ended:
             return
         now = self.get_time()
         last = self._last_line.setdefault(task_id, task.start_time or now)
         finished = task.total is not None and task.completed >= task.total
         if now - last < self.every_s and not finished:
             return
-        if finished and last == float("inf"):
-            return  # its completion was reported already
-        self._last_line[task_id] = float("inf") if finished else now
+        self._last_line[task_id] = now
+        if finished:
+            self._ended.add(task_id)
         done = f"{task.completed:g}" + (f"/{task.total:g}" if task.total is not None else "")
         parts = [f"{task.description}: {done}"]
         if task.elapsed is not None:
