@@ -95,8 +95,6 @@ class Expert:
         at once (server workers, bench workers, threads) take turns on an exclusive lock, and
         the ones after the first find the file written."""
         import fcntl
-        import os
-        import uuid
 
         from apportion.experts.convert import unpack_adapter
 
@@ -107,8 +105,10 @@ class Expert:
             fcntl.flock(lock, fcntl.LOCK_EX)
             if path.is_file():
                 return
-            # a crash mid-write leaves a partial file of its own name, never a short adapter
-            partial = path.with_name(f"{path.name}.{os.getpid()}.{uuid.uuid4().hex}.partial")
+            # written aside and renamed: a reader that checks for the file without the lock
+            # never sees half of it, and a crash leaves only the partial, which the next
+            # writer (one at a time, under the lock) writes over
+            partial = path.with_name(f"{path.name}.partial")
             try:
                 unpack_adapter(self.directory / PACKED, partial)
                 partial.replace(path)
