@@ -3,7 +3,10 @@ has finished (so a run still under way compares like with like). Per strategy: a
 a Wilson 95% interval, mean FLOPs as charged (prompts counted in full, as if uncached) and as
 computed (less the prompt tokens read from the KV cache), mean completion tokens, and how many
 replies an error matching --error names (e.g. "no solve()": a program strategy got no
-program).
+program). Then, item by item against one strategy (`--against`, default the run's first),
+how many questions each other strategy gets right that it gets wrong, and the other way round:
+
+    python benchmarks/paired_summary.py runs/question-first-0.5b --against cot
 
     python benchmarks/paired_summary.py runs/gsm8k-pal-math --error "no solve()"
 
@@ -35,6 +38,8 @@ def main() -> None:
                         help="only this dataset's items (repeatable; default: all)")  # fmt: skip
     parser.add_argument("--unlike", action="append", default=[],
                         help="leave out items whose question is this dataset's (repeatable)")
+    parser.add_argument("--against", default=None,
+                        help="the strategy the others are paired with (default: the first)")
     args = parser.parse_args()
     rows = read_results(args.run / RESULTS if args.run.is_dir() else args.run)
     if args.dataset:
@@ -62,6 +67,15 @@ def main() -> None:
         errors = sum(args.error in (v[s].error or "") for v in done)
         print(f"{s:<32}{right:>4}/{n} = {right / n:>6.1%} [{low:.1%}, {high:.1%}]"
               f"{flops:>12.3g}{computed:>10.3g}{tokens:>11.0f}{errors:>8}")  # fmt: skip
+    base = args.against or strategies[0]
+    if base not in strategies:
+        raise SystemExit(f"--against {base!r}: the run has {', '.join(strategies)}")
+    print(f"paired with {base}: right only with the strategy / only with {base}")
+    for s in strategies:
+        if s != base:
+            gained = sum(v[s].correct and not v[base].correct for v in done)
+            lost = sum(v[base].correct and not v[s].correct for v in done)
+            print(f"{s:<32}{gained:>6} / {lost}")
 
 
 if __name__ == "__main__":
