@@ -187,3 +187,37 @@ def test_a_row_says_when_its_answer_is_an_abstention(tmp_path: Path, items) -> N
     ]  # fmt: skip
     assert read_results(out / RESULTS) == results
     assert [json.loads(line)["abstained"] for line in (out / RESULTS).open()] == [True, False]
+
+
+def test_rows_from_archived_traces_are_taken_as_done_and_the_rest_run(
+    tmp_path: Path,
+    items,  # type: ignore[no-untyped-def]
+) -> None:
+    first = run_bench(Engine(), items[:2], ["symbolic"], out=tmp_path / "a", model="m")
+    # an archive keeps no question or gold; a row marked wrong shows it was not run again
+    archived = [replace(first[0], question="", gold="", answer="0", correct=False), first[1]]
+    seen: list[object] = []
+    results = run_bench(
+        Engine(), items, ["symbolic"], out=tmp_path / "b", model="m", adopt=archived,
+        on_result=seen.append, on_start=lambda done, todo: seen.append((done, todo)),
+    )  # fmt: skip
+    assert seen[0] == (2, 1)  # the two traced rows are done; only item 3 runs
+    on_disk = read_results(tmp_path / "b" / RESULTS)
+    assert [(r.item_id, r.strategy) for r in on_disk[:2]] == [
+        (items[0].id, "symbolic"), (items[1].id, "symbolic"),
+    ]  # fmt: skip
+    assert on_disk[0].answer == "0" and on_disk[0].question == items[0].question
+    assert on_disk[0].gold == items[0].answer
+    assert [r.item_id for r in seen[1:]] == [items[2].id]  # type: ignore[attr-defined]
+    assert len(results) == len(on_disk) == 3
+
+
+def test_traced_rows_of_other_items_or_questions_are_not_taken(tmp_path: Path, items) -> None:  # type: ignore[no-untyped-def]
+    from apportion.bench.runner import adopt_rows
+
+    first = run_bench(Engine(), items, ["symbolic"], out=tmp_path / "a", model="m")
+    assert adopt_rows(first, items[:1], ["symbolic"]) == [first[0]]
+    assert adopt_rows(first, items, ["direct"]) == []
+    assert adopt_rows(first, items, ["symbolic"], done=first[1:]) == [first[0]]
+    with pytest.raises(UsageError, match="another question"):
+        adopt_rows([replace(first[0], question="What is 1+1?")], items, ["symbolic"])

@@ -265,3 +265,41 @@ def test_a_run_records_whether_it_was_deterministic_and_resumes_only_in_that_mod
     refused = bench(*args, "--out", str(det), "--resume")
     assert refused.returncode == 2
     assert "deterministic False here vs True there" in " ".join(refused.stderr.split())
+
+
+def test_resume_from_archived_traces_runs_only_what_they_lack(tmp_path: Path) -> None:
+    import gzip
+
+    from apportion.bench.datasets import archive_row
+    from apportion.traces import read_results
+
+    rows = [
+        {"id": f"q{i}", "question": f"What is {i}*7+3?", "answer": str(i * 7 + 3)} for i in range(5)
+    ]
+    data = write_items(tmp_path / "arith.jsonl", rows)
+    cache = str(tmp_path / "c.sqlite")
+    common = ["--data", str(data), "--strategies", "symbolic", "--cache", cache]
+    first = bench(*common, "--limit", "2", "--out", str(tmp_path / "a"))
+    assert first.returncode == 0, first.stderr
+    traced = read_results(tmp_path / "a" / "results.jsonl")
+    archive = tmp_path / "traces.jsonl.gz"
+    with gzip.open(archive, "wt") as f:  # as benchmarks/archive_traces.py keeps them
+        for row in traced:  # an answer no solver gives shows the row was not run again
+            f.write(json.dumps(archive_row(row) | {"answer": "-1", "correct": False}) + "\n")
+    # on another machine: a fresh cache, the whole data, and the archive
+    fresh = ["--data", str(data), "--strategies", "symbolic", "--cache", str(tmp_path / "d.sqlite")]
+    done = bench(*fresh, "--out", str(tmp_path / "b"), "--resume-from", str(archive))
+    assert done.returncode == 0, done.stderr
+    assert "2 traced rows of this run's items taken from --resume-from" in done.stderr
+    written = read_results(tmp_path / "b" / "results.jsonl")
+    assert sorted(r.item_id for r in written) == [f"q{i}" for i in range(5)]
+    assert [r.answer for r in written[:2]] == ["-1", "-1"]
+    assert {r.item_id for r in written[:2]} == {r.item_id for r in traced}
+    assert all(r.correct for r in written[2:])
+    assert written[0].question.startswith("What is")  # the item's text is put back
+    # an archive of other data is refused before any work
+    other = write_items(tmp_path / "other.jsonl", [{"id": "x", "question": "2+2?", "answer": "4"}])
+    refused = bench("--data", str(other), "--strategies", "symbolic", "--out",
+                    str(tmp_path / "c"), "--resume-from", str(archive))  # fmt: skip
+    assert refused.returncode != 0 and "holds no row of this run" in refused.stderr
+    assert not (tmp_path / "c").exists()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -221,6 +221,34 @@ def pending(
                 yield item, strategy
 
 
+def adopt_rows(
+    rows: Sequence[ItemResult],
+    items: Sequence[BenchItem],
+    strategies: Sequence[str],
+    done: Sequence[ItemResult] = (),
+) -> list[ItemResult]:
+    """The rows of archived traces (`--resume-from`) that this run would make and has not: one
+    per item × strategy of the run, with the item's question and gold answer (archives keep
+    neither). A row whose question differs from the item's was made from other data: refused."""
+    by_key = {(item.dataset, item.id): item for item in items}
+    wanted = set(strategies)
+    have = {r.key for r in done}
+    adopted: list[ItemResult] = []
+    for row in rows:
+        item = by_key.get((row.dataset, row.item_id))
+        if item is None or row.strategy not in wanted or row.key in have:
+            continue
+        if row.question and row.question != item.question:
+            raise UsageError(
+                f"the traced row {row.dataset}/{row.item_id} asks another question than this "
+                "run's item of that id",
+                "the traces were made from another version of the data; leave --resume-from out",
+            )
+        have.add(row.key)
+        adopted.append(replace(row, question=item.question, gold=item.answer, kind=item.kind))
+    return adopted
+
+
 def run_one(
     engine: Engine,
     item: BenchItem,
@@ -307,8 +335,13 @@ def run_bench(
     on_start: Callable[[int, int], None] | None = None,
     concurrency: int = 1,
     workers: WorkerPool | None = None,
+    adopt: Sequence[ItemResult] = (),
 ) -> list[ItemResult]:
     """Run every pending item × strategy; return all results (earlier ones included).
+
+    `adopt` holds rows of archived traces that this same command made on another machine
+    (`--resume-from`): those of its items × strategies that the run lacks are written first,
+    as done, so the run folder holds the whole run and a later --resume needs no archive.
 
     `data`, `limit`, `corpus` and `policy` describe the command (with the rest, what --resume
     must match); `sources` is how the report names the data. With `concurrency` > 1, that many
@@ -322,11 +355,15 @@ def run_bench(
         deterministic=engine.settings.deterministic, prefix_reuse=prefix_reuse(engine, model),
     )  # fmt: skip
     done = prepare_run(out, meta, resume=resume, overwrite=overwrite)
+    adopted = adopt_rows(adopt, items, strategies, done)
+    writer = ResultWriter(out / RESULTS, append=bool(done))
+    for row in adopted:
+        writer.write(row)
+    done = [*done, *adopted]
     todo = list(pending(items, strategies, done))
     if on_start:
         on_start(len(done), len(todo))
     results = list(done)
-    writer = ResultWriter(out / RESULTS, append=bool(done))
 
     def one(item: BenchItem, strategy: str) -> ItemResult:
         return run_one(

@@ -22,6 +22,7 @@ from apportion.bench.datasets import BenchItem, load_jsonl, load_named
 from apportion.bench.runner import (
     RESULTS,
     ItemResult,
+    adopt_rows,
     check_run_dir,
     prefix_reuse,
     read_results,
@@ -150,6 +151,8 @@ class BenchRun:
     policy: str | None
     # Where the corpus was indexed, once it is (workers open the same store).
     store_uri: str | None = None
+    # Rows of archived traces to take as done (--resume-from), those of this run's items.
+    adopt: list[ItemResult] = field(default_factory=list)
 
     @property
     def title(self) -> str:
@@ -198,6 +201,7 @@ class BenchRun:
                 overwrite=self.overwrite, cache=cache, sources=self.sources, data=self.data,
                 limit=self.limit, corpus=self.corpus_spec, policy=self.policy,
                 on_result=on_result, on_start=on_start, concurrency=concurrency, workers=pool,
+                adopt=self.adopt,
             )  # fmt: skip
         finally:
             if pool is not None and isinstance(cache, SqliteCompletionCache):
@@ -298,9 +302,11 @@ def plan_bench(
     overwrite: bool = False,
     max_tokens: int | None = None,
     policy: str | None = None,
+    resume_from: Sequence[Path] = (),
 ) -> BenchRun:
     """Check everything a run needs before any work: strategy names and parameters, the model,
-    the corpus, the items, and that --out holds no other run (see `check_run_dir`)."""
+    the corpus, the items, that --out holds no other run (see `check_run_dir`), and the
+    archived traces of `resume_from` (rows of this run's items × strategies are taken as done)."""
     from apportion.strategies.registry import parse_spec, split_specs
 
     specs = split_specs(strategies)
@@ -328,8 +334,24 @@ def plan_bench(
         prefix_reuse=prefix_reuse(engine, model_id),
     )  # fmt: skip
     check_run_dir(out, meta, resume=resume, overwrite=overwrite)
+    traced: list[ItemResult] = []
+    for path in resume_from:
+        if not path.is_file():
+            raise UsageError(
+                f"--resume-from {path}: no such file",
+                "give an archive of this command's traces (benchmarks/traces/*.jsonl.gz) or a "
+                "run's results.jsonl",
+            )
+        traced += read_results(path)
+    adopt = adopt_rows(traced, items, specs, read_results(out / RESULTS) if resume else [])
+    if resume_from and not adopt and not resume:
+        raise UsageError(
+            "--resume-from holds no row of this run's items and strategies",
+            "check that the traces were made by this command (same datasets, --limit, --seed "
+            "and strategies)",
+        )
     return BenchRun(
         engine=engine, items=items, sources=sources, strategies=specs, model=model_id, out=out,
         seed=seed, max_tokens=max_tokens, resume=resume, overwrite=overwrite, data=named_data,
-        limit=limit, corpus_spec=corpus, corpus=bench_corpus, policy=policy,
+        limit=limit, corpus_spec=corpus, corpus=bench_corpus, policy=policy, adopt=adopt,
     )  # fmt: skip

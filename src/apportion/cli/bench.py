@@ -108,6 +108,15 @@ def bench(
             "--overwrite", help="Replace the run in a non-empty --out (refused without it)."
         ),
     ] = False,
+    resume_from: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--resume-from",
+            help="Archived traces of this same command (benchmarks/traces/*.jsonl.gz, or a "
+            "results.jsonl), e.g. from another machine: their rows of this run's items and "
+            "strategies are written to --out as done and not run again. Repeatable.",
+        ),
+    ] = None,
     max_tokens: Annotated[
         int | None, typer.Option("--max-tokens", help="Cap on generated tokens per model call.")
     ] = None,
@@ -175,8 +184,13 @@ def bench(
             engine, data=data or [], datasets=dataset or [], strategies=strategies, out=out,
             model=model, limit=limit, seed=seed, corpus=corpus, data_dir=data_dir, resume=resume,
             overwrite=overwrite, max_tokens=max_tokens,
-            policy=None if policy is None else str(policy),
+            policy=None if policy is None else str(policy), resume_from=resume_from or [],
         )  # fmt: skip
+        if run.adopt:
+            err.print(
+                f"{len(run.adopt)} traced rows of this run's items taken from --resume-from",
+                highlight=False,
+            )
         run.check_workers(workers, concurrency)
         run.check_concurrency(concurrency)
         if run.corpus is not None:
