@@ -37,15 +37,12 @@ from apportion.router.calibrate import (
     DEFAULT_LAMBDA,
     calibrate,
     evaluate,
-    exact_free_steps,
     in_training_share,
     on_own_model,
     seen_by_experts,
-    traced_items,
 )
 from apportion.router.policy import CalibratedPolicy, Policy
-from apportion.router.predictor import PredictedPolicy, fit_predictor
-from apportion.strategies.registry import default_registry
+from apportion.router.predictor import fit_predicted_policy
 from apportion.tools.store.embed import Embedder, MiniLMEmbedder
 from apportion.traces import ItemResult, read_results
 
@@ -83,17 +80,8 @@ def routers(
     if not all(on_own_model(r.strategy) for r in train):
         own = [r for r in train if on_own_model(r.strategy)]
         found[OWN] = CalibratedPolicy.from_dict(calibrate(own, lam=lam))
-    items, strategies = traced_items(train)
-    examples = [
-        (features, {s: (outcomes[s].correct, outcomes[s].flops) for s in strategies})
-        for features, outcomes in items
-    ]
-    predictor = fit_predictor(
-        examples, strategies, closes=default_registry().always_answers, embedder=embedder,
-        first=exact_free_steps([outcomes for _, outcomes in items], strategies),
-    )  # fmt: skip
-    max_flops = max(predictor.expected_flops(s, "*") for s in strategies) or 1.0
-    return {"cells": cells, **found, "predicted": PredictedPolicy(predictor, lam, max_flops)}
+    predicted = fit_predicted_policy(train, lam, embedder=embedder)
+    return {"cells": cells, **found, "predicted": predicted}
 
 
 def measure(

@@ -6,6 +6,8 @@ import json
 from dataclasses import asdict, replace
 from pathlib import Path
 
+import pytest
+
 from cli.support import apportion
 from router.test_calibrate import traces
 
@@ -131,3 +133,47 @@ def test_the_shipped_policy_is_what_its_recorded_command_rebuilds(tmp_path: Path
     for data in (shipped, rebuilt):
         data.pop("source")
     assert rebuilt == shipped
+
+
+@pytest.mark.model  # the word problem is answered (SmolLM2, 8 tokens) after it is planned
+def test_a_predictor_policy_plans_each_question_and_reports_its_predictions(
+    tmp_path: Path,
+) -> None:
+    from apportion.router.policy import load_policy
+    from apportion.router.predictor import PredictedPolicy
+
+    run = write_run(tmp_path / "run")
+    policy = tmp_path / "predictor.json"
+    proc = apportion("calibrate", "--runs", str(run), "-o", str(policy), "--router", "predictor",
+                     "--train-share", "0.5")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(policy.read_text())
+    assert data["router"] == "predictor" and data["cells"]  # the cells are kept beside it
+    assert "auto (this policy: predictor)" in proc.stdout and "auto (its cells)" in proc.stdout
+    assert isinstance(load_policy(policy), PredictedPolicy)
+    proc = apportion("ask", "What is 17*23+5?", "--policy", str(policy), "--explain", "--json")
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["answer"] == "396" and out["strategy"] == "symbolic"
+    explain = out["explain"]
+    assert explain["reason"].startswith("predicted for this question")
+    assert explain["plan"].startswith("symbolic@")  # free and never wrong: first in every plan
+    route = explain["route"]
+    predicted = {p["plan"]: p["p_correct"] for p in route["plans"]}
+    assert set(predicted) == {"cot", "program", "symbolic"}
+    # symbolic solved every arithmetic question and no word problem; the predictor says so
+    word = apportion("ask", "Tom has 4 apples and buys 9 more. How many apples does he have?",
+                     "--policy", str(policy), "--explain", "--json", "--model", "smollm2-135m",
+                     "--max-tokens", "8")  # fmt: skip
+    assert word.returncode == 0, word.stderr
+    on_word = {
+        p["plan"]: p["p_correct"] for p in json.loads(word.stdout)["explain"]["route"]["plans"]
+    }
+    assert predicted["symbolic"] > 0.8 > 0.2 > on_word["symbolic"]
+
+
+def test_a_policy_file_that_is_not_an_object_is_refused(tmp_path: Path) -> None:
+    bad = tmp_path / "p.json"
+    bad.write_text("[1, 2]")
+    proc = apportion("ask", "What is 2+2?", "--policy", str(bad))
+    assert proc.returncode == 2 and "not a policy file" in proc.stderr

@@ -186,8 +186,9 @@ def explain_plan(features: Features, plan: Plan) -> dict[str, Any]:
             for c, score in sorted(plan.alternatives, key=lambda cs: -cs[1])
         ],
         # The policy's prediction for this question, per plan it weighed: the probability of
-        # a right answer and the expected FLOPs (today those of the question's cell of the
-        # traces: its intent and difficulty).
+        # a right answer and the expected FLOPs. The cells give those of the question's cell
+        # of the traces (its intent and difficulty); a predictor policy (`calibrate --router
+        # predictor`) gives this question's own, per strategy.
         "route": {
             "chosen": plan_spec(plan.steps),
             "plans": [

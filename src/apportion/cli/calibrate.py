@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shlex
 import sys
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -14,6 +15,13 @@ from rich.table import Table
 from apportion.cli.common import ConfigOption, err, fail, out
 from apportion.errors import ApportionError, UsageError
 from apportion.router.policy import DEFAULT_LAMBDA
+
+
+class Router(StrEnum):
+    """What `auto` reads a calibrated policy file with."""
+
+    cells = "cells"
+    predictor = "predictor"
 
 
 def calibrate(
@@ -59,6 +67,15 @@ def calibrate(
             "the policy, replayed, on the rest: an honest out-of-sample check.",
         ),
     ] = 1.0,
+    router: Annotated[
+        Router,
+        typer.Option(
+            "--router",
+            help="cells: a plan per intent × difficulty cell (the shipped kind). predictor: a "
+            "plan per question, from a success predictor per strategy over the question's "
+            "n-grams and intent (router/predictor.py); the file holds the cells too.",
+        ),
+    ] = Router.cells,
     config: ConfigOption = None,
 ) -> None:
     """Learn the `auto` policy from bench traces of fixed strategies.
@@ -88,7 +105,8 @@ def calibrate(
         seen_by_experts,
     )
     from apportion.router.confidence import confidence_report
-    from apportion.router.policy import CalibratedPolicy, RulePolicy
+    from apportion.router.policy import CalibratedPolicy, Policy, RulePolicy
+    from apportion.router.predictor import fit_predicted_policy
 
     try:
         results = []
@@ -125,12 +143,21 @@ def calibrate(
             train_share=train_share,
             source={"runs": [str(r) for r in runs], "command": command},
         )
+        cells = CalibratedPolicy.from_dict(policy)
+        routed: Policy = cells
+        if router is Router.predictor:
+            routed = fit_predicted_policy(
+                [r for r in results if in_training_share(r.dataset, r.item_id, train_share)],
+                lam, confidence_maps=cells.confidence_maps,
+            )  # fmt: skip
+            policy.update(routed.to_dict())
         held_out = None
         if train_share < 1:
+            compared: dict[str, Policy] = {"auto": routed, "rules": RulePolicy()}
+            if routed is not cells:
+                compared["cells"] = cells
             held_out = evaluate(
-                {"auto": CalibratedPolicy.from_dict(policy), "rules": RulePolicy()},
-                results,
-                keep=lambda d, i: not in_training_share(d, i, train_share),
+                compared, results, keep=lambda d, i: not in_training_share(d, i, train_share)
             )
             policy["held_out"] = {
                 "n": held_out.n,
@@ -164,7 +191,11 @@ def calibrate(
             title=f"held out: {held_out.n} items calibration never saw",
         )  # fmt: skip
         rows = [*held_out.fixed.items()]
-        for name, label in (("auto", "auto (this policy)"), ("rules", "auto (rule ladders)")):
+        labels = (("auto", f"auto (this policy: {router.value})"), ("cells", "auto (its cells)"),
+                  ("rules", "auto (rule ladders)"))  # fmt: skip
+        for name, label in labels:
+            if name not in held_out.policies:
+                continue
             replayed = held_out.policies[name]
             if replayed is not None:
                 rows.append((label, replayed))
@@ -187,6 +218,6 @@ def calibrate(
     out.print(trust)
     err.print(
         f"wrote {output}: {policy['n_items']} items, strategies "
-        f"{', '.join(policy['strategies'])}, λ = {lam:g}",
+        f"{', '.join(policy['strategies'])}, λ = {lam:g}, router {router.value}",
         highlight=False,
     )

@@ -211,15 +211,7 @@ class CalibratedPolicy:
 
     @classmethod
     def load(cls, path: Path = POLICY_FILE) -> CalibratedPolicy:
-        try:
-            data = json.loads(Path(path).read_text())
-        except FileNotFoundError as e:
-            raise UsageError(
-                f"policy file not found: {path}", "write one with `apportion calibrate`"
-            ) from e
-        except json.JSONDecodeError as e:
-            raise UsageError(f"{path} is not valid JSON: {e.msg}") from e
-        return cls.from_dict(data, where=str(path))
+        return cls.from_dict(read_policy_file(path), where=str(path))
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], *, where: str = "policy") -> CalibratedPolicy:
@@ -339,15 +331,41 @@ def _fits(c: Candidate, budget: Budget) -> bool:
 RULES = "rules"  # `--policy rules`: the fixed rule ladders
 
 
+def read_policy_file(path: Path) -> dict[str, Any]:
+    """A policy file's JSON, or a UsageError that says what is wrong with it."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except FileNotFoundError as e:
+        raise UsageError(
+            f"policy file not found: {path}", "write one with `apportion calibrate`"
+        ) from e
+    except json.JSONDecodeError as e:
+        raise UsageError(f"{path} is not valid JSON: {e.msg}") from e
+    if not isinstance(data, dict):
+        raise UsageError(f"{path} is not a policy file: it holds no JSON object")
+    return data
+
+
+def policy_from_file(path: Path) -> Policy:
+    """The router a policy file holds: the per-query predictor where `calibrate --router
+    predictor` wrote it ("router": "predictor"), else the calibrated cells."""
+    data = read_policy_file(path)
+    if data.get("router") == "predictor":
+        from apportion.router.predictor import PredictedPolicy
+
+        return PredictedPolicy.from_dict(data, where=str(path))
+    return CalibratedPolicy.from_dict(data, where=str(path))
+
+
 def load_policy(path: Path | None = None) -> Policy:
     """The policy at `path` (or the rule ladders for the name "rules"); else the shipped
     calibrated one; else the rule ladders."""
     if path is not None and str(path) == RULES and not path.exists():
         return RulePolicy()
     if path is not None:
-        return CalibratedPolicy.load(path)
+        return policy_from_file(path)
     if POLICY_FILE.is_file():
-        return CalibratedPolicy.load(POLICY_FILE)
+        return policy_from_file(POLICY_FILE)
     return RulePolicy()
 
 
@@ -369,6 +387,8 @@ __all__ = [
     "load_policy",
     "parse_plan_spec",
     "plan_spec",
+    "policy_from_file",
+    "read_policy_file",
     "stops_here",
     "trade_off",
 ]

@@ -18,21 +18,27 @@ expected to spend; the policy then picks per question instead of per cell of the
 policy, and closes a plan whose step can decline with the strategy predicted best among those
 that always answer. As in the cells (router/calibrate.py: exact_free_steps), a step that cost
 nothing and was never wrong in the traces (the solver) goes first in every plan.
+
+`apportion calibrate --router predictor` writes one into a policy file (beside the cells,
+which it also holds): `"router": "predictor"` makes `load_policy` read it as this policy.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
+from apportion.errors import UsageError
+from apportion.router.confidence import IsotonicMap
 from apportion.router.features import Features
 from apportion.router.intent import hashed_features
-from apportion.router.policy import Candidate, Plan, Step, trade_off
+from apportion.router.policy import POLICY_VERSION, Candidate, Plan, Step, trade_off
 from apportion.tools.store.embed import Embedder
+from apportion.traces import ItemResult
 from apportion.types import INTENTS, Budget
 
 DIM = 4096
@@ -42,6 +48,8 @@ MIN_INTENT_ITEMS = 10
 DECLINER_BAR = 0.5
 # The bar of an exact free step put first (the lowest of calibration's DEFAULT_BARS).
 EXACT_BAR = 0.3
+# The policy file's name for this router (its "router" field; the cells have none).
+ROUTER = "predictor"
 
 
 def vector(
@@ -104,9 +112,11 @@ class SuccessPredictor:
         return by_intent.get(intent, by_intent["*"])
 
     def to_dict(self) -> dict[str, Any]:
+        # six significant digits: the file stays a few hundred KiB, the choices do not move
         return {
             "strategies": list(self.strategies), "closers": list(self.closers),
-            "weights": self.weights.tolist(), "bias": self.bias.tolist(), "flops": self.flops,
+            "weights": [[float(f"{v:.6g}") for v in row] for row in self.weights.tolist()],
+            "bias": [float(f"{v:.6g}") for v in self.bias.tolist()], "flops": self.flops,
             "first": list(self.first),
         }  # fmt: skip
 
@@ -166,6 +176,39 @@ class PredictedPolicy:
     lam: float
     max_flops: float
     source: dict[str, Any] = field(default_factory=dict)
+    # strategy spec → raw confidence → share right in the traces (as CalibratedPolicy's)
+    confidence_maps: dict[str, IsotonicMap] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], *, where: str = "policy") -> PredictedPolicy:
+        """Read the predictor of a policy file that `calibrate --router predictor` wrote."""
+        if data.get("version") != POLICY_VERSION:
+            raise UsageError(
+                f"{where} has version {data.get('version')!r}; this apportion reads version "
+                f"{POLICY_VERSION}",
+                "re-run `apportion calibrate` with this version",
+            )
+        try:
+            return cls(
+                SuccessPredictor.from_dict(data["predictor"]),
+                lam=float(data["lambda"]),
+                max_flops=float(data["predictor_max_flops"]),
+                source=dict(data.get("source", {})),
+                confidence_maps={
+                    s: IsotonicMap.from_dict(m)
+                    for s, m in data.get("confidence_maps", {}).items()
+                },
+            )
+        except (KeyError, TypeError, ValueError) as e:
+            raise UsageError(f"{where} is not a predictor policy file: {e!r}") from e
+
+    def to_dict(self) -> dict[str, Any]:
+        """What a policy file holds of this router, beside the cells (see `from_dict`)."""
+        return {
+            "router": ROUTER,
+            "predictor": self.predictor.to_dict(),
+            "predictor_max_flops": float(f"{self.max_flops:.6g}"),
+        }
 
     def step_specs(self) -> frozenset[str]:
         return frozenset(self.predictor.strategies)
@@ -173,6 +216,12 @@ class PredictedPolicy:
     def plan(
         self, features: Features, budget: Budget, *, unavailable: frozenset[str] = frozenset()
     ) -> Plan:
+        planned = self._plan(features, budget, unavailable)
+        maps = {s.strategy: self.confidence_maps[s.strategy] for s in planned.steps
+                if s.strategy in self.confidence_maps}  # fmt: skip
+        return replace(planned, calibration=maps) if maps else planned
+
+    def _plan(self, features: Features, budget: Budget, unavailable: frozenset[str]) -> Plan:
         p = self.predictor.predict(features)
         usable = [s for s in self.predictor.strategies if s not in unavailable]
         candidates = [
@@ -202,3 +251,30 @@ class PredictedPolicy:
             expected={"accuracy": best.accuracy, "flops": best.flops},
             alternatives=tuple(scored),
         )
+
+
+def fit_predicted_policy(
+    results: Sequence[ItemResult],
+    lam: float,
+    *,
+    embedder: Embedder | None = None,
+    confidence_maps: dict[str, IsotonicMap] | None = None,
+) -> PredictedPolicy:
+    """The per-query policy fitted on traced questions: a predictor over the strategies run
+    on them all (as calibration takes them), the solver first where it was never wrong."""
+    from apportion.router.calibrate import exact_free_steps, traced_items
+    from apportion.strategies.registry import default_registry
+
+    items, strategies = traced_items(results)
+    if not items:
+        raise UsageError("no traced question to fit the predictor on")
+    examples = [
+        (features, {s: (outcomes[s].correct, outcomes[s].flops) for s in strategies})
+        for features, outcomes in items
+    ]
+    predictor = fit_predictor(
+        examples, strategies, closes=default_registry().always_answers, embedder=embedder,
+        first=exact_free_steps([outcomes for _, outcomes in items], strategies),
+    )  # fmt: skip
+    max_flops = max(predictor.expected_flops(s, "*") for s in strategies) or 1.0
+    return PredictedPolicy(predictor, lam, max_flops, confidence_maps=confidence_maps or {})
