@@ -30,11 +30,9 @@ from pathlib import Path
 from typing import Any
 
 from apportion.bench.datasets import restore_questions
-from apportion.router.calibrate import traced_items
 from apportion.router.features import extract_features
 from apportion.router.policy import CalibratedPolicy
-from apportion.router.predictor import PredictedPolicy, fit_predictor
-from apportion.strategies.registry import default_registry
+from apportion.router.predictor import fit_predicted_policy
 from apportion.tools.store.embed import MiniLMEmbedder, minilm_available
 from apportion.traces import read_results
 from apportion.types import Budget
@@ -67,13 +65,7 @@ def main() -> None:
     args = parser.parse_args()
     results = restore_questions(r for path in args.runs for r in read_results(path))
     questions = list(dict.fromkeys(r.question for r in results))[: args.limit]
-    items, strategies = traced_items(results)
-    predictor = fit_predictor(
-        [(f, {s: (o[s].correct, o[s].flops) for s in strategies}) for f, o in items],
-        strategies, closes=default_registry().always_answers,
-    )  # fmt: skip
-    max_flops = max(predictor.expected_flops(s, "*") for s in strategies) or 1.0
-    predicted = PredictedPolicy(predictor, 0.2, max_flops)
+    predicted = fit_predicted_policy(results, 0.2)
     cells = CalibratedPolicy.load()
     budget = Budget()
     stages: dict[str, Callable[[str], Any]] = {
