@@ -23,6 +23,14 @@ def test_generate_reports_tokens_and_knows_its_size(smol_llamacpp) -> None:  # t
     assert smol_llamacpp.cost.n_layers == 30 and smol_llamacpp.cost.d_model == 576
 
 
+def test_an_engine_built_directly_keeps_off_the_amx_path_where_it_crashes(smol_llamacpp) -> None:  # type: ignore[no-untyped-def]
+    from apportion.engines.cpu import choose_extra_buffers
+
+    # built without a choice (as conftest does), it decides as extra_buffers = "auto": on a
+    # CPU with AMX its first decode would otherwise segfault (llama.cpp issue 20824)
+    assert smol_llamacpp.extra_buffers == choose_extra_buffers("auto").enabled
+
+
 def test_logprobs_without_logits_all(smol_llamacpp) -> None:  # type: ignore[no-untyped-def]
     (c,) = smol_llamacpp.generate(MESSAGES, max_tokens=12, logprobs=True)
     assert c.token_logprobs is not None

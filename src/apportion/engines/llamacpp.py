@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from apportion.engines.base import GenerationCancelled
+from apportion.engines.cpu import choose_extra_buffers
 from apportion.engines.layers import Call, Layer
 from apportion.errors import ContextOverflowError, EngineError
 from apportion.ledger import ModelCost
@@ -116,8 +117,12 @@ class LlamaCppEngine:
         n_ctx: int = 4096,
         threads: int | None = None,
         seed: int = 0,
-        extra_buffers: bool = True,
+        extra_buffers: bool | None = None,
     ) -> None:
+        """`extra_buffers`: load with llama.cpp's extra buffer types (engines/cpu.py); None
+        decides as `extra_buffers = "auto"` does, off where llama.cpp's AMX path would run,
+        so that an engine built here directly (a test, a benchmark) cannot crash at its first
+        decode on such a CPU."""
         try:
             from llama_cpp import Llama
         except ImportError as e:  # the `local` extra is optional
@@ -132,6 +137,8 @@ class LlamaCppEngine:
         # Per adapter (None: the base alone), the prompt cache it left when another came in.
         self._kept: dict[Path | None, tuple[list[int], Any]] = {}
         self.threads = threads or default_threads()
+        if extra_buffers is None:
+            extra_buffers = choose_extra_buffers("auto").enabled
         self.extra_buffers = extra_buffers
         try:
             with _model_params(use_extra_bufts=extra_buffers):
