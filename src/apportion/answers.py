@@ -329,6 +329,16 @@ def _boxed(text: str) -> list[str]:
     return [text[start : closes[start - 1]] for start in starts if start - 1 in closes]
 
 
+def answer_start(text: str) -> int | None:
+    """Where the answer begins in a reply that marks it ("The answer is", "Answer:", "####",
+    \\boxed{…}): the offset just past the last marker, or None. Strategies read the
+    log-probabilities of the answer from here (types.Completion.mean_logprob_from)."""
+    ends = [m.end() for m in _MARKER_RE.finditer(text)]
+    ends += [m.end() for m in _HASHES_RE.finditer(text)]
+    ends += [m.end() for m in _BOXED_RE.finditer(text)]
+    return max(ends) if ends else None
+
+
 def _after_last_marker(text: str) -> str | None:
     """The rest of the line after the last "answer is"/"answer:" marker, or None."""
     last = None

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
@@ -62,11 +62,36 @@ class Completion:
     # `completion_tokens`, as servers count them.
     reasoning: str = ""
 
+    # The text of each token of `token_logprobs` (recorded with them), so that a strategy can
+    # read the log-probabilities of one span of the reply, such as its final answer.
+    token_texts: tuple[str, ...] | None = None
+
     @property
     def mean_logprob(self) -> float | None:
         if not self.token_logprobs:
             return None
         return sum(self.token_logprobs) / len(self.token_logprobs)
+
+    def mean_logprob_from(self, find_start: Callable[[str], int | None]) -> float | None:
+        """The mean log-probability of the tokens from where `find_start` says a span starts
+        in the reply as the tokens spell it (the final answer after a chain of reasoning,
+        without the reasoning); whitespace-only tokens are left out. None where the tokens are
+        not known, or `find_start` finds no start, or nothing follows it."""
+        if not self.token_logprobs or not self.token_texts:
+            return None
+        if len(self.token_texts) < len(self.token_logprobs):
+            return None
+        pieces = self.token_texts[: len(self.token_logprobs)]
+        start = find_start("".join(pieces))
+        if start is None:
+            return None
+        span, end = [], 0
+        for logprob, piece in zip(self.token_logprobs, pieces, strict=True):
+            end += len(piece)
+            # a token counts if its text that is not whitespace reaches past the start
+            if piece.strip() and end - len(piece) + len(piece.rstrip()) > start:
+                span.append(logprob)
+        return sum(span) / len(span) if span else None
 
 
 @dataclass(frozen=True)

@@ -39,6 +39,9 @@ def test_logprobs_without_logits_all(smol_llamacpp) -> None:  # type: ignore[no-
     assert all(lp <= 0.0 for lp in c.token_logprobs)
     # greedy picks the argmax, which must carry real probability mass
     assert max(c.token_logprobs) > -1.0
+    # each recorded token's text, in order: together they spell the reply but its last token
+    assert c.token_texts is not None and len(c.token_texts) == len(c.token_logprobs)
+    assert c.text.startswith("".join(c.token_texts)) and "".join(c.token_texts).strip()
 
 
 def test_greedy_is_deterministic_without_prefix_reuse(smol_llamacpp) -> None:  # type: ignore[no-untyped-def]

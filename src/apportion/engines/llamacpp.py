@@ -78,12 +78,14 @@ class _LogprobRecorder:
 
     def __init__(self) -> None:
         self.values: list[float] = []
+        self.tokens: list[int] = []  # the token of each value
         self._prev: np.ndarray[Any, Any] | None = None
 
     def __call__(self, input_ids: np.ndarray[Any, Any], scores: np.ndarray[Any, Any]) -> Any:
         if self._prev is not None:
             token = int(input_ids[-1])
             self.values.append(float(self._prev[token]))
+            self.tokens.append(token)
         top = float(np.max(scores))
         log_z = top + math.log(float(np.sum(np.exp(scores - top))))
         self._prev = scores - log_z
@@ -286,10 +288,19 @@ class LlamaCppEngine:
                         completion_tokens=int(usage["completion_tokens"]),
                         finish_reason=str(choice.get("finish_reason") or "stop"),
                         token_logprobs=tuple(recorder.values) if recorder else None,
+                        token_texts=self._token_texts(recorder.tokens) if recorder else None,
                         cached_tokens=self._cached(prompt_tokens),
                     )
                 )
         return out
+
+    def _token_texts(self, tokens: Sequence[int]) -> tuple[str, ...]:
+        """Each token's text on its own (a character split across tokens reads as U+FFFD in
+        each part: only ever used to find a span, never as the reply)."""
+        return tuple(
+            self._llm.detokenize([t]).decode("utf-8", errors="replace")
+            for t in tokens
+        )
 
     def _cached(self, prompt_tokens: int) -> int:
         """Of the last call's `prompt_tokens`, those taken from the KV cache: the rest were

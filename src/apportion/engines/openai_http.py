@@ -351,10 +351,13 @@ class OpenAIHttpEngine:
         usage = data.get("usage") or {}
         prompt_tokens = usage.get("prompt_tokens")
         completion_tokens = usage.get("completion_tokens")
-        token_logprobs = None
+        token_logprobs = token_texts = None
         content_lp = (choice.get("logprobs") or {}).get("content")
         if content_lp:
-            token_logprobs = tuple(float(t["logprob"]) for t in content_lp if "logprob" in t)
+            scored = [t for t in content_lp if "logprob" in t]
+            token_logprobs = tuple(float(t["logprob"]) for t in scored)
+            if all(isinstance(t.get("token"), str) for t in scored):
+                token_texts = tuple(str(t["token"]) for t in scored)
         return Completion(
             text=text,
             prompt_tokens=int(prompt_tokens)
@@ -365,6 +368,7 @@ class OpenAIHttpEngine:
             else max(1, (len(reasoning) + len(text)) // CHARS_PER_TOKEN),
             finish_reason=str(choice.get("finish_reason") or "stop"),
             token_logprobs=token_logprobs,
+            token_texts=token_texts,
             cached_tokens=_cached_tokens(usage),
             reasoning=reasoning,
         )
