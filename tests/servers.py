@@ -32,7 +32,9 @@ def free_port() -> int:
 
 class LlamaCppServer:
     """llama-cpp-python's OpenAI-compatible server on a fixed loopback port, which a test may
-    stop and start again (a remote engine going down and coming back)."""
+    stop and start again (a remote engine going down and coming back). It starts through
+    apportion.engines.llamacpp_server, which keeps it off llama.cpp's AMX path where that
+    crashes."""
 
     def __init__(self, model_path: Path, port: int | None = None) -> None:
         pytest.importorskip("llama_cpp.server", reason="needs the `server` extra")
@@ -44,9 +46,9 @@ class LlamaCppServer:
     def start(self, timeout_s: float = 60.0) -> None:
         proc = subprocess.Popen(
             [
-                sys.executable, "-m", "llama_cpp.server", "--model", str(self.model_path),
-                "--host", "127.0.0.1", "--port", str(self.port), "--n_ctx", "1024",
-                "--n_threads", "1", "--verbose", "False",
+                sys.executable, "-m", "apportion.engines.llamacpp_server",
+                "--model", str(self.model_path), "--host", "127.0.0.1", "--port", str(self.port),
+                "--n_ctx", "1024", "--n_threads", "1", "--verbose", "False",
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
