@@ -16,7 +16,7 @@ ROUTE = """
 import json, sys
 import apportion.router
 from apportion.router.features import extract_features
-from apportion.router.policy import load_policy
+from apportion.router.policy_file import load_policy
 from apportion.types import Budget
 
 policy = load_policy()

@@ -40,9 +40,9 @@ from apportion.router.policy import (
     Policy,
     Step,
     fallback_choice,
-    load_policy,
     stops_here,
 )
+from apportion.router.policy_file import load_policy
 from apportion.strategies.base import RunContext
 from apportion.strategies.prompts import with_options
 from apportion.strategies.registry import StrategyRegistry, default_registry, models_of

@@ -139,7 +139,7 @@ def test_the_shipped_policy_is_what_its_recorded_command_rebuilds(tmp_path: Path
 def test_a_predictor_policy_plans_each_question_and_reports_its_predictions(
     tmp_path: Path,
 ) -> None:
-    from apportion.router.policy import load_policy
+    from apportion.router.policy_file import load_policy
     from apportion.router.predictor import PredictedPolicy
 
     run = write_run(tmp_path / "run")

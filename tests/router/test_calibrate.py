@@ -24,10 +24,10 @@ from apportion.router.policy import (
     Plan,
     RulePolicy,
     Step,
-    load_policy,
     parse_plan_spec,
     plan_spec,
 )
+from apportion.router.policy_file import load_policy
 from apportion.runtime import execute
 from apportion.strategies.base import RunContext
 from apportion.strategies.registry import default_registry

@@ -346,29 +346,6 @@ def read_policy_file(path: Path) -> dict[str, Any]:
     return data
 
 
-def policy_from_file(path: Path) -> Policy:
-    """The router a policy file holds: the per-query predictor where `calibrate --router
-    predictor` wrote it ("router": "predictor"), else the calibrated cells."""
-    data = read_policy_file(path)
-    if data.get("router") == "predictor":
-        from apportion.router.predictor import PredictedPolicy
-
-        return PredictedPolicy.from_dict(data, where=str(path))
-    return CalibratedPolicy.from_dict(data, where=str(path))
-
-
-def load_policy(path: Path | None = None) -> Policy:
-    """The policy at `path` (or the rule ladders for the name "rules"); else the shipped
-    calibrated one; else the rule ladders."""
-    if path is not None and str(path) == RULES and not path.exists():
-        return RulePolicy()
-    if path is not None:
-        return policy_from_file(path)
-    if POLICY_FILE.is_file():
-        return policy_from_file(POLICY_FILE)
-    return RulePolicy()
-
-
 __all__ = [
     "ANY",
     "EASY",
@@ -384,10 +361,8 @@ __all__ = [
     "Step",
     "difficulty_score",
     "fallback_choice",
-    "load_policy",
     "parse_plan_spec",
     "plan_spec",
-    "policy_from_file",
     "read_policy_file",
     "stops_here",
     "trade_off",

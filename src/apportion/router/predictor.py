@@ -20,7 +20,8 @@ that always answer. As in the cells (router/calibrate.py: exact_free_steps), a s
 nothing and was never wrong in the traces (the solver) goes first in every plan.
 
 `apportion calibrate --router predictor` writes one into a policy file (beside the cells,
-which it also holds): `"router": "predictor"` makes `load_policy` read it as this policy.
+which it also holds): `"router": "predictor"` makes `load_policy` (router/policy_file.py)
+read it as this policy.
 """
 
 from __future__ import annotations
