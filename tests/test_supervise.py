@@ -120,3 +120,17 @@ def test_stopping_and_continuing_the_command_does_not_break_it(tmp_path: Path) -
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
     assert out == "done\n" and "Traceback" not in err
+
+
+def test_an_interrupt_that_arrives_twice_at_once_interrupts_once() -> None:
+    from apportion.supervise import interrupt_once
+
+    now = [100.0]
+    handler = interrupt_once(1.0, clock=lambda: now[0])
+    with pytest.raises(KeyboardInterrupt):
+        handler(signal.SIGINT, None)
+    now[0] += 0.01  # the parent's copy of a SIGINT sent to the whole process group
+    handler(signal.SIGINT, None)
+    now[0] += 2.0  # a second Ctrl-C, later: interrupts again
+    with pytest.raises(KeyboardInterrupt):
+        handler(signal.SIGINT, None)

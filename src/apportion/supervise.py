@@ -15,7 +15,9 @@ import contextlib
 import os
 import signal
 import sys
+import time
 from collections.abc import Callable
+from typing import Any
 
 # Signals the parent passes on to the child when another process sends them.
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1)
@@ -73,6 +75,32 @@ def exit_code(status: int, report: Callable[[str], None]) -> int:
     return os.waitstatus_to_exitcode(status)
 
 
+# A SIGINT this soon after the last one is the same interrupt arriving twice (see
+# `interrupt_once`).
+DUPLICATE_INTERRUPT_S = 1.0
+
+
+def interrupt_once(
+    window_s: float = DUPLICATE_INTERRUPT_S, clock: Callable[[], float] = time.monotonic
+) -> Callable[[int, Any], None]:
+    """The child's SIGINT handler: KeyboardInterrupt, as Python's own, except for a SIGINT
+    within `window_s` of the last. A SIGINT sent to the whole process group (`kill -INT
+    -PGID`, a test harness, some process managers) reaches the child directly and the parent
+    too, which cannot tell it from one sent to itself alone and passes it on: without this,
+    the copy lands while the child is saving its work after the first and cuts that short.
+    A second Ctrl-C a moment later still interrupts."""
+    last: list[float] = []
+
+    def handler(signum: int, frame: Any) -> None:
+        now = clock()
+        if last and now - last[0] < window_s:
+            return
+        last[:] = [now]
+        raise KeyboardInterrupt
+
+    return handler
+
+
 def run_cli() -> None:
     from apportion.cli import app
 
@@ -103,6 +131,7 @@ def main() -> None:
     sys.stderr.flush()
     pid = os.fork()
     if pid == 0:
+        signal.signal(signal.SIGINT, interrupt_once())
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
         _die_with_parent()
         run_cli()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
 import sys
 import threading
 import time
@@ -258,12 +259,18 @@ def _limit_memory() -> None:
 
 
 def _child_main(conn: Connection, text: str, target: str | None, mode: str) -> None:
+    # A Ctrl-C reaches the whole process group: the parent decides this child's fate (it
+    # stops waiting and kills it), so the child neither dies on it nor reports a parent that
+    # stopped listening.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         _limit_memory()
         conn.send("ready")
         out = _work(text, target, mode)
         out["cpu_s"] = _self_cpu()
         conn.send(out)
+    except BrokenPipeError:
+        pass  # the parent stopped waiting (interrupted, or past the time limit)
     finally:
         conn.close()
 
