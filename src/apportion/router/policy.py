@@ -215,12 +215,7 @@ class CalibratedPolicy:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], *, where: str = "policy") -> CalibratedPolicy:
-        if data.get("version") != POLICY_VERSION:
-            raise UsageError(
-                f"{where} has version {data.get('version')!r}; this apportion reads version "
-                f"{POLICY_VERSION}",
-                "re-run `apportion calibrate` with this version",
-            )
+        check_version(data, where)
         try:
             cells = {
                 key: Cell(
@@ -244,10 +239,7 @@ class CalibratedPolicy:
                 thresholds={k: float(v) for k, v in data["thresholds"].items()},
                 cells=cells,
                 source=dict(data.get("source", {})),
-                confidence_maps={
-                    s: IsotonicMap.from_dict(m)
-                    for s, m in data.get("confidence_maps", {}).items()
-                },
+                confidence_maps=read_confidence_maps(data),
             )
         except (KeyError, TypeError, ValueError) as e:
             raise UsageError(f"{where} is not a policy file: {e!r}") from e
@@ -270,10 +262,7 @@ class CalibratedPolicy:
     def plan(
         self, features: Features, budget: Budget, *, unavailable: frozenset[str] = frozenset()
     ) -> Plan:
-        planned = self._plan(features, budget, unavailable)
-        maps = {s.strategy: self.confidence_maps[s.strategy] for s in planned.steps
-                if s.strategy in self.confidence_maps}  # fmt: skip
-        return replace(planned, calibration=maps) if maps else planned
+        return with_calibration(self._plan(features, budget, unavailable), self.confidence_maps)
 
     def _plan(self, features: Features, budget: Budget, unavailable: frozenset[str]) -> Plan:
         difficulty = self.difficulty(features)
@@ -331,6 +320,27 @@ def _fits(c: Candidate, budget: Budget) -> bool:
 RULES = "rules"  # `--policy rules`: the fixed rule ladders
 
 
+def check_version(data: dict[str, Any], where: str) -> None:
+    """Refuse a policy file of another format version, saying how to get this one."""
+    if data.get("version") != POLICY_VERSION:
+        raise UsageError(
+            f"{where} has version {data.get('version')!r}; this apportion reads version "
+            f"{POLICY_VERSION}",
+            "re-run `apportion calibrate` with this version",
+        )
+
+
+def read_confidence_maps(data: dict[str, Any]) -> dict[str, IsotonicMap]:
+    """A policy file's confidence maps (absent in older files: none)."""
+    return {s: IsotonicMap.from_dict(m) for s, m in data.get("confidence_maps", {}).items()}
+
+
+def with_calibration(planned: Plan, maps: Mapping[str, IsotonicMap]) -> Plan:
+    """The plan with the confidence maps of its steps, where the policy has them."""
+    mine = {s.strategy: maps[s.strategy] for s in planned.steps if s.strategy in maps}
+    return replace(planned, calibration=mine) if mine else planned
+
+
 def read_policy_file(path: Path) -> dict[str, Any]:
     """A policy file's JSON, or a UsageError that says what is wrong with it."""
     try:
@@ -359,11 +369,14 @@ __all__ = [
     "Policy",
     "RulePolicy",
     "Step",
+    "check_version",
     "difficulty_score",
     "fallback_choice",
     "parse_plan_spec",
     "plan_spec",
+    "read_confidence_maps",
     "read_policy_file",
     "stops_here",
     "trade_off",
+    "with_calibration",
 ]

@@ -27,7 +27,7 @@ read it as this policy.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -37,7 +37,15 @@ from apportion.errors import UsageError
 from apportion.router.confidence import IsotonicMap
 from apportion.router.features import Features
 from apportion.router.intent import hashed_features
-from apportion.router.policy import POLICY_VERSION, Candidate, Plan, Step, trade_off
+from apportion.router.policy import (
+    Candidate,
+    Plan,
+    Step,
+    check_version,
+    read_confidence_maps,
+    trade_off,
+    with_calibration,
+)
 from apportion.tools.store.embed import Embedder
 from apportion.traces import ItemResult
 from apportion.types import INTENTS, Budget
@@ -183,22 +191,14 @@ class PredictedPolicy:
     @classmethod
     def from_dict(cls, data: dict[str, Any], *, where: str = "policy") -> PredictedPolicy:
         """Read the predictor of a policy file that `calibrate --router predictor` wrote."""
-        if data.get("version") != POLICY_VERSION:
-            raise UsageError(
-                f"{where} has version {data.get('version')!r}; this apportion reads version "
-                f"{POLICY_VERSION}",
-                "re-run `apportion calibrate` with this version",
-            )
+        check_version(data, where)
         try:
             return cls(
                 SuccessPredictor.from_dict(data["predictor"]),
                 lam=float(data["lambda"]),
                 max_flops=float(data["predictor_max_flops"]),
                 source=dict(data.get("source", {})),
-                confidence_maps={
-                    s: IsotonicMap.from_dict(m)
-                    for s, m in data.get("confidence_maps", {}).items()
-                },
+                confidence_maps=read_confidence_maps(data),
             )
         except (KeyError, TypeError, ValueError) as e:
             raise UsageError(f"{where} is not a predictor policy file: {e!r}") from e
@@ -217,10 +217,7 @@ class PredictedPolicy:
     def plan(
         self, features: Features, budget: Budget, *, unavailable: frozenset[str] = frozenset()
     ) -> Plan:
-        planned = self._plan(features, budget, unavailable)
-        maps = {s.strategy: self.confidence_maps[s.strategy] for s in planned.steps
-                if s.strategy in self.confidence_maps}  # fmt: skip
-        return replace(planned, calibration=maps) if maps else planned
+        return with_calibration(self._plan(features, budget, unavailable), self.confidence_maps)
 
     def _plan(self, features: Features, budget: Budget, unavailable: frozenset[str]) -> Plan:
         p = self.predictor.predict(features)
@@ -263,6 +260,8 @@ def fit_predicted_policy(
 ) -> PredictedPolicy:
     """The per-query policy fitted on traced questions: a predictor over the strategies run
     on them all (as calibration takes them), the solver first where it was never wrong."""
+    # imported here: routing at run time (router/policy_file.py) loads this module, and
+    # calibration's imports (experts, the strategy registry) are not routing's
     from apportion.router.calibrate import exact_free_steps, traced_items
     from apportion.strategies.registry import default_registry
 
