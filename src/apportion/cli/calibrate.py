@@ -89,7 +89,9 @@ def calibrate(
     trusted: AUROC and ECE, raw and after an isotonic map (held out with --train-share); the
     maps go into the policy, and `auto`'s answers report their confidence through them.
     Traces of expert plans (`program:expert=pal-math`) may be given beside the rest; the
-    items an expert was trained on (its manifest's data sources) are left out.
+    items an expert was trained on (its manifest's data sources) are left out. With
+    `--router predictor` the file also holds a success predictor per strategy, and `auto`
+    plans each question from its predictions instead of its cell (`ask --explain` shows them).
 
     Example: apportion calibrate --runs runs/mixed -o policy.json
     """
