@@ -96,3 +96,28 @@ def test_a_free_step_never_wrong_goes_first_in_every_predicted_plan() -> None:
     assert SuccessPredictor.from_dict(predictor.to_dict()).first == ("symbolic",)
     no_solver = policy.plan(apples, Budget(), unavailable=frozenset({"symbolic"}))
     assert [s.strategy for s in no_solver.steps] == ["cot"]
+
+
+def test_a_cheap_answer_that_is_unsure_hands_over_where_the_traces_say_it_pays() -> None:
+    """Facts: direct is cheap and right exactly when sure (0.9), wrong when unsure (0.2); cot
+    is dear and always right. Predicted alone, direct leads (cheaper for nearly the same
+    expected accuracy at this λ); the learned bar sends its unsure answers on to cot."""
+    from apportion.router.predictor import fit_predicted_policy
+    from router.test_calibrate import result
+
+    rows = []
+    for i in range(40):
+        q = f"Who wrote book number {i} of the {['red', 'blue'][i % 2]} shelf?"
+        sure = i % 4 != 0
+        rows += [
+            result(f"q{i}", "direct", correct=sure, confidence=0.9 if sure else 0.2, flops=1e8,
+                   question=q),
+            result(f"q{i}", "cot", correct=True, confidence=0.6, flops=1.5e10, question=q),
+        ]  # fmt: skip
+    unsure_first = fit_predicted_policy(rows, lam=0.6)
+    assert unsure_first.predictor.bars == {"direct": 0.3}
+    plan = unsure_first.plan(extract_features("Who wrote book number 7 of the red shelf?"),
+                             Budget())  # fmt: skip
+    assert [(s.strategy, s.stop_at) for s in plan.steps] == [("direct", 0.3), ("cot", 0.0)]
+    # at a price where cot's extra right answers do not pay, direct answers alone
+    assert fit_predicted_policy(rows, lam=4.0).predictor.bars == {}

@@ -17,7 +17,10 @@ expected to spend; the policy then picks per question instead of per cell of the
 `PredictedPolicy` maximises predicted accuracy − λ · FLOPs / max FLOPs, like the calibrated
 policy, and closes a plan whose step can decline with the strategy predicted best among those
 that always answer. As in the cells (router/calibrate.py: exact_free_steps), a step that cost
-nothing and was never wrong in the traces (the solver) goes first in every plan.
+nothing and was never wrong in the traces (the solver) goes first in every plan. The bar under
+which a first step hands over is learned on the traces (`learn_bars`): a declining step's
+among calibration's bars, and for one that always answers, whether an unsure answer goes on
+to the closer predicted best after it (a ladder such as `direct@0.3>cot`).
 
 `apportion calibrate --router predictor` writes one into a policy file (beside the cells,
 which it also holds): `"router": "predictor"` makes `load_policy` (router/policy_file.py)
@@ -27,7 +30,7 @@ read it as this policy.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -109,6 +112,9 @@ class SuccessPredictor:
     embedder: Embedder | None = None
     # free steps never wrong in the traces, put first in every plan (exact_free_steps)
     first: tuple[str, ...] = ()
+    # per first step, the confidence under which the plan goes on to a closer, where the
+    # traces favoured another than the default (`learn_bars`)
+    bars: dict[str, float] = field(default_factory=dict)
 
     def predict(self, features: Features) -> dict[str, float]:
         embedding = None if self.embedder is None else self.embedder.embed([features.text])[0]
@@ -126,7 +132,7 @@ class SuccessPredictor:
             "strategies": list(self.strategies), "closers": list(self.closers),
             "weights": [[float(f"{v:.6g}") for v in row] for row in self.weights.tolist()],
             "bias": [float(f"{v:.6g}") for v in self.bias.tolist()], "flops": self.flops,
-            "first": list(self.first),
+            "first": list(self.first), "bars": self.bars,
         }  # fmt: skip
 
     @classmethod
@@ -136,6 +142,7 @@ class SuccessPredictor:
             np.asarray(data["bias"], dtype=np.float32),
             {s: dict(v) for s, v in data["flops"].items()}, tuple(data["closers"]),
             first=tuple(data.get("first", ())),
+            bars={k: float(v) for k, v in data.get("bars", {}).items()},
         )  # fmt: skip
 
 
@@ -235,9 +242,14 @@ class PredictedPolicy:
         chosen = best.steps[0].strategy
         steps: tuple[Step, ...] = (Step(chosen, 0.0),)
         closers = [s for s in self.predictor.closers if s in usable]
+        bar = self.predictor.bars.get(chosen)
         if chosen not in self.predictor.closers and closers:
             closer = max(closers, key=lambda s: p[s])
-            steps = (Step(chosen, DECLINER_BAR), Step(closer, 0.0))
+            steps = (Step(chosen, DECLINER_BAR if bar is None else bar), Step(closer, 0.0))
+        elif bar and len(closers) > 1:
+            # a closer unsure of its answer hands over to the closer predicted best after it
+            closer = max((s for s in closers if s != chosen), key=lambda s: p[s])
+            steps = (Step(chosen, bar), Step(closer, 0.0))
         exact = tuple(Step(s, EXACT_BAR) for s in self.predictor.first
                       if s in usable and s != chosen)  # fmt: skip
         steps = exact + steps
@@ -277,4 +289,60 @@ def fit_predicted_policy(
         first=exact_free_steps([outcomes for _, outcomes in items], strategies),
     )  # fmt: skip
     max_flops = max(predictor.expected_flops(s, "*") for s in strategies) or 1.0
-    return PredictedPolicy(predictor, lam, max_flops, confidence_maps=confidence_maps or {})
+    policy = PredictedPolicy(predictor, lam, max_flops, confidence_maps=confidence_maps or {})
+    bars = learn_bars(policy, [outcomes for _, outcomes in items], [f for f, _ in items])
+    return replace(policy, predictor=replace(predictor, bars=bars))
+
+
+# Fewest traced questions a first step must lead on before its bar is learned.
+MIN_BAR_ITEMS = 20
+
+
+def learn_bars(
+    policy: PredictedPolicy,
+    outcomes: Sequence[dict[str, ItemResult]],
+    features: Sequence[Features],
+) -> dict[str, float]:
+    """Per strategy the policy puts first, the escalation bar that maximises accuracy −
+    λ·FLOPs/max FLOPs over the traced questions it leads on, replayed: for a step that can
+    decline, among calibration's bars (DECLINER_BAR by default); for one that always answers,
+    whether to hand an unsure answer to the closer predicted best after it, and under which
+    confidence (by default it does not). Kept only where the traces favour another bar than
+    the default (ties keep it)."""
+    from apportion.router.calibrate import DEFAULT_BARS, replay
+
+    closers = set(policy.predictor.closers)
+    led: dict[str, list[tuple[str, dict[str, ItemResult]]]] = {}
+    for feats, traced in zip(features, outcomes, strict=True):
+        p = policy.predictor.predict(feats)
+        steps = [s for s in policy.plan(feats, Budget()).steps if s.stop_at != EXACT_BAR
+                 or s.strategy not in policy.predictor.first]  # fmt: skip
+        lead = steps[0].strategy
+        if len(steps) > 1:
+            then = steps[1].strategy
+        else:
+            others = [c for c in closers if c != lead]
+            if not others:
+                continue
+            then = max(others, key=lambda c: p[c])
+        led.setdefault(lead, []).append((then, traced))
+    bars: dict[str, float] = {}
+    for lead, group in led.items():
+        if len(group) < MIN_BAR_ITEMS:
+            continue
+        default = 0.0 if lead in closers else DECLINER_BAR
+        options = [default, *(b for b in DEFAULT_BARS if b != default)]
+
+        def score(bar: float, lead: str = lead, group: list[Any] = group) -> float:
+            right = flops = 0.0
+            for then, traced in group:
+                ladder = (Step(lead, bar), Step(then, 0.0)) if bar > 0 else (Step(lead, 0.0),)
+                won, ran = replay(ladder, traced)
+                right += won
+                flops += sum(r.flops for r in ran)
+            return (right - policy.lam * flops / policy.max_flops) / len(group)
+
+        best = max(options, key=score)  # the first best: the default on a tie
+        if best != default:
+            bars[lead] = best
+    return bars
