@@ -34,7 +34,7 @@ _LOAD_LOCK = threading.Lock()
 
 
 @contextlib.contextmanager
-def _model_params(*, use_extra_bufts: bool) -> Iterator[None]:
+def model_params(*, use_extra_bufts: bool) -> Iterator[None]:
     """Loads inside this block get `use_extra_bufts` set as asked."""
     import llama_cpp.llama_cpp as native
 
@@ -143,7 +143,7 @@ class LlamaCppEngine:
             extra_buffers = choose_extra_buffers("auto").enabled
         self.extra_buffers = extra_buffers
         try:
-            with _model_params(use_extra_bufts=extra_buffers):
+            with model_params(use_extra_bufts=extra_buffers):
                 self._llm = Llama(
                     model_path=str(path),
                     n_ctx=n_ctx,

@@ -12,26 +12,16 @@ from __future__ import annotations
 
 import runpy
 import sys
-from typing import Any
 
 from apportion.engines.cpu import choose_extra_buffers
+from apportion.engines.llamacpp import model_params
 
 
 def main() -> None:
-    import llama_cpp.llama_cpp as native
-
-    if not choose_extra_buffers("auto").enabled:
-        default = native.llama_model_default_params
-
-        # the server builds every model's parameters from this function (as Llama does)
-        def without_extra_buffers() -> Any:
-            params = default()
-            params.use_extra_bufts = False
-            return params
-
-        native.llama_model_default_params = without_extra_buffers
     sys.argv = ["llama_cpp.server", *sys.argv[1:]]
-    runpy.run_module("llama_cpp.server", run_name="__main__", alter_sys=True)
+    # the server builds its models' parameters as Llama does, so the block covers its loads
+    with model_params(use_extra_bufts=choose_extra_buffers("auto").enabled):
+        runpy.run_module("llama_cpp.server", run_name="__main__", alter_sys=True)
 
 
 if __name__ == "__main__":
