@@ -174,6 +174,8 @@ def test_dataset_names() -> None:
         "strategyqa",
         "bbh",
         "bigbench_arithmetic",
+        "deepmind_mathematics",
+        "logic_grid_puzzle",
         "bbh:word_sorting",
     ):
         assert n in names
@@ -272,6 +274,9 @@ NAMED = [
     ("strategyqa", "strategyqa", 2290, "boolean"),
     ("bbh", "bbh", 6511, None),
     ("bigbench_arithmetic", "bigbench_arithmetic", 15523, "number"),
+    # 3,550 in the sample, less the 1,028 whose answer is an expression or a list
+    ("deepmind_mathematics", "deepmind_mathematics_sample", 2522, None),
+    ("logic_grid_puzzle", "bigbench_logic_puzzles", 1000, "number"),
 ]
 
 
@@ -297,6 +302,8 @@ def test_named_loader_shape(
         ).correct, item.id
     if name != "bbh":
         assert {i.dataset for i in items} == {name}
+    if name == "deepmind_mathematics":
+        assert {i.kind for i in items} == {"number", "boolean"}
 
 
 @pytest.mark.parametrize("name", ["gsm8k", "mmlu", "bbh:date_understanding"])
@@ -472,6 +479,32 @@ def test_bigbench_arithmetic_first_items(data_dir: Path) -> None:
     assert (
         sum(i.id.startswith("bigbench_arithmetic-5_digit_multiplication-") for i in items) == 1000
     )
+
+
+def test_deepmind_mathematics_keeps_numbers_and_truths(data_dir: Path) -> None:
+    items = _load("deepmind_mathematics", data_dir, "deepmind_mathematics_sample")
+    first = items[0]
+    assert first.id == "deepmind_mathematics-interpolate/algebra__linear_1d/0"
+    assert first.question == "Solve -6*y + 1401 = 244*y - 1099 for y."
+    assert (first.answer, first.kind) == ("10", "number")
+    truths = [i for i in items if i.kind == "boolean"]
+    assert truths and {i.answer for i in truths} == {"True", "False"}
+    assert score("yes", truths[0].answer, kind="boolean").correct == (truths[0].answer == "True")
+    # an expression answer is not kept: it could only be scored as exact text
+    assert not any(
+        i.id.startswith("deepmind_mathematics-interpolate/polynomials__expand/") for i in items
+    )
+
+
+def test_logic_grid_puzzle_gold_is_the_house_scored_right(data_dir: Path) -> None:
+    items = _load("logic_grid_puzzle", data_dir, "bigbench_logic_puzzles")
+    first = items[0]
+    assert first.id == "logic_grid_puzzle-0"
+    assert first.question.startswith("There are 5 houses in a row")
+    assert first.question.endswith(
+        "What is the number of the house where the person who had stew lives?"
+    )
+    assert first.answer == "4"
 
 
 # ---------------------------------------------------------------------------

@@ -523,6 +523,51 @@ def _bigbench_arithmetic(root: Path) -> list[BenchItem]:
     return items
 
 
+def _deepmind_mathematics(root: Path) -> list[BenchItem]:
+    """The DeepMind mathematics sample (algebra, arithmetic, calculus, number theory,
+    comparison, measurement, probability; interpolate and extrapolate splits), the items whose
+    answer is a number ("-5", "2/7") or true/false. The 1,028 whose answer is an expression or a
+    list ("2*x**2 + 3", "2, 3, 5, 7") are left out: they would be scored as exact text."""
+    path = root / "deepmind_mathematics_sample" / "mathematics_sample.jsonl"
+    items = []
+    for i, rec in _iter_jsonl(path):
+        answer = str(rec["answer"]).strip()
+        kind = infer_kind(answer)
+        if kind not in ("number", "boolean"):
+            continue
+        if kind == "number":
+            answer = _number(answer, f"{path}: record {i}")
+        items.append(
+            BenchItem(
+                f"deepmind_mathematics-{rec['id']}",
+                str(rec["question"]).strip(),
+                answer,
+                kind,
+                "deepmind_mathematics",
+            )
+        )
+    return items
+
+
+def _logic_grid_puzzle(root: Path) -> list[BenchItem]:
+    """BIG-bench's logic_grid_puzzle: Zebra-style puzzles of 2 to 5 houses, each asking for a
+    house's number (gold: the option scored 1). Its sibling logical_deduction is left out: BBH's
+    logical_deduction tasks are drawn from it."""
+    path = root / "bigbench_logic_puzzles" / "logic_grid_puzzle" / "task.json"
+    items = []
+    for i, ex in enumerate(_read_json(path)["examples"]):
+        gold = [option for option, right in ex["target_scores"].items() if right == 1]
+        if len(gold) != 1:
+            raise UsageError(f"{path}: example {i} has {len(gold)} right options")
+        answer = _number(gold[0], f"{path}: example {i}")
+        items.append(
+            BenchItem(
+                f"logic_grid_puzzle-{i}", ex["input"].strip(), answer, "number", "logic_grid_puzzle"
+            )
+        )
+    return items
+
+
 _LOADERS: dict[str, Callable[[Path], list[BenchItem]]] = {
     "gsm8k": _gsm8k,
     "svamp": _svamp,
@@ -535,6 +580,8 @@ _LOADERS: dict[str, Callable[[Path], list[BenchItem]]] = {
     "strategyqa": _strategyqa,
     "bbh": _bbh_all,
     "bigbench_arithmetic": _bigbench_arithmetic,
+    "deepmind_mathematics": _deepmind_mathematics,
+    "logic_grid_puzzle": _logic_grid_puzzle,
 }
 
 

@@ -54,8 +54,10 @@ def bench(
         list[str] | None,
         typer.Option(
             "--dataset",
-            help="A named set from the shared data dir: gsm8k, svamp, mawps, multiarith, squad, "
-            "mmlu, commonsenseqa, strategyqa, bbh:<task>, bigbench_arithmetic. Repeatable.",
+            help="A named set from the shared data dir: gsm8k, svamp, mawps, multiarith, aqua, "
+            "squad, mmlu, commonsenseqa, strategyqa, bbh:<task>, bigbench_arithmetic, "
+            "deepmind_mathematics (its number and true/false answers), logic_grid_puzzle. "
+            "Repeatable.",
         ),
     ] = None,
     strategies: Annotated[
