@@ -42,8 +42,9 @@ PolicyOption = Annotated[
     typer.Option(
         "--policy",
         envvar="APPORTION_POLICY",
-        help="Routing policy for auto: a policy.json from `apportion calibrate`, or 'rules' "
-        "for the fixed rule ladders (default: the shipped calibrated policy).",
+        help="Routing policy for auto: a policy.json from `apportion calibrate`, 'rules' for "
+        "the fixed rule ladders, or 'predictor' for the shipped per-question predictor "
+        "(default: the shipped calibrated policy, a plan per intent and difficulty).",
         show_default=False,
     ),
 ]

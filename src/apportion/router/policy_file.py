@@ -1,7 +1,7 @@
 """Which policy `auto` plans with: the one a policy file holds (the calibrated cells, or the
-per-query predictor where `calibrate --router predictor` wrote it), the rule ladders by name,
-or else the shipped one. Apart from router/policy.py because the predictor's policy is built
-on that module's types."""
+per-query predictor where `calibrate --router predictor` wrote it), the rule ladders or the
+shipped predictor by name, or else the shipped cells. Apart from router/policy.py because the
+predictor's policy is built on that module's types."""
 
 from __future__ import annotations
 
@@ -17,6 +17,11 @@ from apportion.router.policy import (
 )
 from apportion.router.predictor import ROUTER, PredictedPolicy
 
+# `--policy predictor`: the per-query predictor shipped beside the cells, calibrated on the
+# router-v2 traces (the README's Routing section has the command that rebuilds it).
+PREDICTOR = ROUTER
+PREDICTOR_FILE = POLICY_FILE.with_name("predictor.json")
+
 
 def policy_from_file(path: Path) -> Policy:
     """The router a policy file holds: the per-query predictor where `calibrate --router
@@ -28,10 +33,12 @@ def policy_from_file(path: Path) -> Policy:
 
 
 def load_policy(path: Path | None = None) -> Policy:
-    """The policy at `path` (or the rule ladders for the name "rules"); else the shipped
-    calibrated one; else the rule ladders."""
+    """The policy at `path` (the rule ladders for the name "rules", the shipped predictor for
+    "predictor"); else the shipped calibrated cells; else the rule ladders."""
     if path is not None and str(path) == RULES and not path.exists():
         return RulePolicy()
+    if path is not None and str(path) == PREDICTOR and not path.exists():
+        return policy_from_file(PREDICTOR_FILE)
     if path is not None:
         return policy_from_file(path)
     if POLICY_FILE.is_file():
