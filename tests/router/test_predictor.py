@@ -121,3 +121,29 @@ def test_a_cheap_answer_that_is_unsure_hands_over_where_the_traces_say_it_pays()
     assert [(s.strategy, s.stop_at) for s in plan.steps] == [("direct", 0.3), ("cot", 0.0)]
     # at a price where cot's extra right answers do not pay, direct answers alone
     assert fit_predicted_policy(rows, lam=4.0).predictor.bars == {}
+
+
+def test_a_bar_is_learned_on_the_questions_that_reach_it_behind_the_solver() -> None:
+    """As above, but the solver, put first in every plan, answers exactly the questions where
+    direct is unsure: behind it direct's unsure answers never come, so no bar pays (replayed
+    without the solver, the same traces would learn direct's 0.3)."""
+    from apportion.router.predictor import fit_predicted_policy
+    from router.test_calibrate import result
+
+    rows = []
+    for i in range(40):
+        q = f"Who wrote book number {i} of the {['red', 'blue'][i % 2]} shelf?"
+        sure = i % 4 != 0
+        rows += [
+            result(f"q{i}", "direct", correct=sure, confidence=0.9 if sure else 0.2, flops=1e8,
+                   question=q),
+            result(f"q{i}", "cot", correct=True, confidence=0.6, flops=1.5e10, question=q),
+            result(f"q{i}", "symbolic", correct=not sure, confidence=1.0, flops=0.0, question=q,
+                   answer=None if sure else "x"),
+        ]  # fmt: skip
+    policy = fit_predicted_policy(rows, lam=0.6)
+    assert policy.predictor.first == ("symbolic",)
+    assert policy.predictor.bars == {}
+    # on the blue shelf direct was always sure and right, and the solver never answered
+    plan = policy.plan(extract_features("Who wrote book number 7 of the blue shelf?"), Budget())
+    assert [(s.strategy, s.stop_at) for s in plan.steps] == [("symbolic", 0.3), ("direct", 0.0)]

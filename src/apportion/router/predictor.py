@@ -227,7 +227,16 @@ class PredictedPolicy:
         return with_calibration(self._plan(features, budget, unavailable), self.confidence_maps)
 
     def _plan(self, features: Features, budget: Budget, unavailable: frozenset[str]) -> Plan:
-        p = self.predictor.predict(features)
+        return self.plan_from(self.predictor.predict(features), features, budget, unavailable)
+
+    def plan_from(
+        self,
+        p: dict[str, float],
+        features: Features,
+        budget: Budget,
+        unavailable: frozenset[str] = frozenset(),
+    ) -> Plan:
+        """The plan for a question whose predicted accuracies `p` are already known."""
         usable = [s for s in self.predictor.strategies if s not in unavailable]
         candidates = [
             Candidate((Step(s, 0.0),), p[s], self.predictor.expected_flops(s, features.intent),
@@ -304,7 +313,8 @@ def learn_bars(
     features: Sequence[Features],
 ) -> dict[str, float]:
     """Per strategy the policy puts first, the escalation bar that maximises accuracy −
-    λ·FLOPs/max FLOPs over the traced questions it leads on, replayed: for a step that can
+    λ·FLOPs/max FLOPs over the traced questions it leads on, replayed behind the plan's exact
+    free steps (a question the solver answers never reaches the bar): for a step that can
     decline, among calibration's bars (DECLINER_BAR by default); for one that always answers,
     whether to hand an unsure answer to the closer predicted best after it, and under which
     confidence (by default it does not). Kept only where the traces favour another bar than
@@ -312,11 +322,14 @@ def learn_bars(
     from apportion.router.calibrate import DEFAULT_BARS, replay
 
     closers = set(policy.predictor.closers)
-    led: dict[str, list[tuple[str, dict[str, ItemResult]]]] = {}
+    # per lead step: each question's exact free steps in front, the step after, its traces
+    led: dict[str, list[tuple[tuple[Step, ...], str, dict[str, ItemResult]]]] = {}
     for feats, traced in zip(features, outcomes, strict=True):
         p = policy.predictor.predict(feats)
-        steps = [s for s in policy.plan(feats, Budget()).steps if s.stop_at != EXACT_BAR
-                 or s.strategy not in policy.predictor.first]  # fmt: skip
+        planned = policy.plan_from(p, feats, Budget()).steps
+        first = policy.predictor.first
+        exact = tuple(s for s in planned if s.stop_at == EXACT_BAR and s.strategy in first)
+        steps = [s for s in planned if s not in exact]
         lead = steps[0].strategy
         if len(steps) > 1:
             then = steps[1].strategy
@@ -325,7 +338,7 @@ def learn_bars(
             if not others:
                 continue
             then = max(others, key=lambda c: p[c])
-        led.setdefault(lead, []).append((then, traced))
+        led.setdefault(lead, []).append((exact, then, traced))
     bars: dict[str, float] = {}
     for lead, group in led.items():
         if len(group) < MIN_BAR_ITEMS:
@@ -335,8 +348,12 @@ def learn_bars(
 
         def score(bar: float, lead: str = lead, group: list[Any] = group) -> float:
             right = flops = 0.0
-            for then, traced in group:
-                ladder = (Step(lead, bar), Step(then, 0.0)) if bar > 0 else (Step(lead, 0.0),)
+            for exact, then, traced in group:
+                # replayed behind the exact steps, as the plan runs: a question the solver
+                # answers never reaches the bar
+                ladder = exact + (
+                    (Step(lead, bar), Step(then, 0.0)) if bar > 0 else (Step(lead, 0.0),)
+                )
                 won, ran = replay(ladder, traced)
                 right += won
                 flops += sum(r.flops for r in ran)
