@@ -13,6 +13,13 @@ For each ordered pair (a, b) of traced strategies, over the items where a gave a
 
     python benchmarks/agreement.py \
         --runs benchmarks/traces/router-v2-qwen2.5-coder-0.5b.jsonl.gz
+
+With `--ladder PLAN` (repeatable; plan text as `ask --plan` takes it, e.g.
+`symbolic@0.3>direct:logprobs=true@0.9>cot:logprobs=true`), agreement as a stop rule: each
+ladder replayed over the items traced with all its steps, as the executor runs it (a step
+stops the ladder when its confidence reaches its bar; else the most confident answer), and
+again with one more way to stop: a step whose answer equals an earlier step's answer. Printed:
+accuracy and mean FLOPs of each.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from pathlib import Path
 
 from apportion.answers import vote_key
 from apportion.router.confidence import auroc
+from apportion.router.policy import Step, fallback_choice, parse_plan_spec, stops_here
 from apportion.traces import ItemResult, read_results
 
 
@@ -39,10 +47,52 @@ def _auc(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
 
 
+def _key(r: ItemResult) -> str | None:
+    return vote_key(r.answer, r.kind) if _answered(r) else None  # type: ignore[arg-type]
+
+
+def _ladder(
+    steps: Sequence[Step], outcomes: dict[str, ItemResult], *, on_agreement: bool
+) -> tuple[bool, float]:
+    """(right, FLOPs) of a ladder on one item; `on_agreement`: a step whose answer equals an
+    earlier step's also stops it."""
+    ran: list[ItemResult] = []
+    for step in steps:
+        r = outcomes[step.strategy]
+        key = _key(r)
+        agrees = on_agreement and key is not None and any(_key(x) == key for x in ran)
+        ran.append(r)
+        if stops_here(r.ok, r.confidence, step) or agrees:
+            return r.correct, sum(x.flops for x in ran)
+    best = fallback_choice([(r.ok, r.confidence) for r in ran])
+    return best is not None and ran[best].correct, sum(x.flops for x in ran)
+
+
+def _ladders(grouped: dict[tuple[str, str], dict[str, ItemResult]], plans: list[str]) -> None:
+    width = max(len("ladder"), *(len(p) for p in plans)) + 2
+    print(f"\n{'ladder':<{width}}{'n':>6}{'acc':>8}{'FLOPs':>10}{'acc agree':>11}{'FLOPs':>10}")
+    for text in plans:
+        steps = parse_plan_spec(text)
+        items = [o for o in grouped.values() if all(s.strategy in o for s in steps)]
+        if not items:
+            print(f"{text:<{width}}{0:>6}")
+            continue
+        cells = []
+        for on_agreement in (False, True):
+            runs = [_ladder(steps, o, on_agreement=on_agreement) for o in items]
+            cells.append(f"{sum(r for r, _ in runs) / len(runs):>8.1%}"
+                         f"{sum(f for _, f in runs) / len(runs):>10.3g}")  # fmt: skip
+        print(f"{text:<{width}}{len(items):>6}{cells[0]}{cells[1]:>21}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=Path, action="append", required=True)
     parser.add_argument("--min-items", type=int, default=20, help="pairs with fewer are not shown")
+    parser.add_argument(
+        "--ladder", action="append", default=[],
+        help="a plan to replay with and without agreement as a stop rule",
+    )  # fmt: skip
     args = parser.parse_args()
     grouped: dict[tuple[str, str], dict[str, ItemResult]] = {}
     for path in args.runs:
@@ -71,6 +121,8 @@ def main() -> None:
             f"{_auc(auroc(own, right)):>11}{_auc(auroc([float(g) for g in agree], right)):>12}"
             f"{_auc(auroc(both, right)):>11}"
         )  # fmt: skip
+    if args.ladder:
+        _ladders(grouped, args.ladder)
 
 
 if __name__ == "__main__":
