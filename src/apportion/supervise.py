@@ -80,23 +80,37 @@ def exit_code(status: int, report: Callable[[str], None]) -> int:
 DUPLICATE_INTERRUPT_S = 1.0
 
 
+def duplicate_interrupts(
+    window_s: float = DUPLICATE_INTERRUPT_S, clock: Callable[[], float] = time.monotonic
+) -> Callable[[], bool]:
+    """A check to call on each SIGINT: whether it came within `window_s` of the last, and is
+    that one's copy. A SIGINT sent to the whole process group (`kill -INT -PGID`, a test
+    harness, some process managers) reaches the child directly and the parent too, which
+    cannot tell it from one sent to itself alone and passes it on. A second Ctrl-C a moment
+    later is not a copy."""
+    last: list[float] = []
+
+    def is_copy() -> bool:
+        now = clock()
+        if last and now - last[0] < window_s:
+            return True
+        last[:] = [now]
+        return False
+
+    return is_copy
+
+
 def interrupt_once(
     window_s: float = DUPLICATE_INTERRUPT_S, clock: Callable[[], float] = time.monotonic
 ) -> Callable[[int, Any], None]:
-    """The child's SIGINT handler: KeyboardInterrupt, as Python's own, except for a SIGINT
-    within `window_s` of the last. A SIGINT sent to the whole process group (`kill -INT
-    -PGID`, a test harness, some process managers) reaches the child directly and the parent
-    too, which cannot tell it from one sent to itself alone and passes it on: without this,
-    the copy lands while the child is saving its work after the first and cuts that short.
-    A second Ctrl-C a moment later still interrupts."""
-    last: list[float] = []
+    """The child's SIGINT handler: KeyboardInterrupt, as Python's own, except for the copy of
+    a SIGINT (`duplicate_interrupts`): without this, the copy lands while the child is saving
+    its work after the first and cuts that short."""
+    is_copy = duplicate_interrupts(window_s, clock)
 
     def handler(signum: int, frame: Any) -> None:
-        now = clock()
-        if last and now - last[0] < window_s:
-            return
-        last[:] = [now]
-        raise KeyboardInterrupt
+        if not is_copy():
+            raise KeyboardInterrupt
 
     return handler
 

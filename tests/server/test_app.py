@@ -239,3 +239,60 @@ def test_serve_command_starts_answers_and_stops_on_sigterm(tmp_path: Path) -> No
     err = proc.stderr.read().decode() if proc.stderr else ""
     assert "loading smollm2-135m" in err and "API keys off" in err
     assert "Traceback" not in err
+
+
+@pytest.mark.model
+def test_a_sigint_to_the_whole_process_group_lets_open_streams_finish(tmp_path: Path) -> None:
+    """`kill -INT -PGID` (a process manager, a test harness) reaches the server directly and
+    through its supervisor: uvicorn takes the second SIGINT as "force quit" and cuts open
+    streams, so the copy must be taken as the same interrupt, and the shutdown stay graceful."""
+    import os
+
+    log = tmp_path / "serve.log"
+    with serve_process(
+        "--model", "smollm2-135m", "--threads", "1", "--keys-db", str(tmp_path / "keys.sqlite3"),
+        log=log,
+    ) as (url, proc):  # fmt: skip
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+        stream = client.chat.completions.create(
+            model="direct",
+            messages=[{"role": "user", "content": "Write a long story about a dragon and a king."}],
+            max_tokens=400,
+            stream=True,
+        )
+        chunks = iter(stream)
+        first = next(c for c in chunks if c.choices and c.choices[0].delta.content)
+        os.killpg(proc.pid, signal.SIGINT)
+        rest = list(chunks)  # raises if the stream is cut
+        proc.wait(timeout=60)
+    said = log.read_text(errors="replace")
+    assert first.choices[0].delta.content
+    reasons = [c.choices[0].finish_reason for c in rest if c.choices]
+    assert reasons[-1] in ("stop", "length"), (rest[-3:], said)
+    assert "Waiting for connections to close" in said  # the stream was open at the interrupt
+    assert proc.returncode in (0, 128 + signal.SIGINT) and "Traceback" not in said, said
+
+
+@pytest.mark.model
+def test_a_stream_still_running_after_the_shutdown_grace_ends_with_an_error(
+    tmp_path: Path,
+) -> None:
+    """With no grace, a stream open at SIGTERM ends at once, with an error event the official
+    client raises, not silently (a client would take the partial answer for the whole)."""
+    with serve_process(
+        "--model", "smollm2-135m", "--threads", "1", "--keys-db", str(tmp_path / "keys.sqlite3"),
+        "--shutdown-grace", "0",
+    ) as (url, proc):  # fmt: skip
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+        stream = client.chat.completions.create(
+            model="direct",
+            messages=[{"role": "user", "content": "Write a long story about a dragon and a king."}],
+            max_tokens=400,
+            stream=True,
+        )
+        chunks = iter(stream)
+        next(c for c in chunks if c.choices and c.choices[0].delta.content)
+        proc.send_signal(signal.SIGTERM)
+        with pytest.raises(openai.APIError, match="shutting down"):
+            list(chunks)
+        proc.wait(timeout=60)

@@ -85,6 +85,15 @@ def serve(
     max_tokens_limit: Annotated[
         int, typer.Option("--max-tokens-limit", min=1, help="Largest max_tokens a request may ask.")
     ] = 4096,
+    shutdown_grace: Annotated[
+        float,
+        typer.Option(
+            "--shutdown-grace",
+            min=0.0,
+            help="Seconds an open stream may run on after SIGINT/SIGTERM to finish its answer; "
+            "one still running then ends with an error event (503) that clients raise.",
+        ),
+    ] = 30.0,
     keys_db: KeysDbOption = None,
     state: StateOption = None,
     store: Annotated[
@@ -119,12 +128,11 @@ def serve(
             soft_wrap=True,
         )
         raise typer.Exit(1)
-    import uvicorn
-
     from apportion.runtime import Runtime
     from apportion.server.app import ServerOptions, create_app
     from apportion.server.auth import KeyStore
     from apportion.server.documents import open_configured_store, store_uri
+    from apportion.server.process import serve as serve_app
 
     try:
         settings = with_model_options(
@@ -156,6 +164,7 @@ def serve(
         request_timeout_s=timeout,
         max_body_bytes=max_body_bytes,
         max_tokens_limit=max_tokens_limit,
+        shutdown_grace_s=shutdown_grace,
     )
     app = create_app(settings, engine=engine, options=options, keys=keys)
     auth = "on" if keys.enabled() else "off (no keys yet)"
@@ -166,7 +175,7 @@ def serve(
         highlight=False,
     )
     try:
-        uvicorn.run(app, host=host, port=port, log_level=log_level)
+        serve_app(app, host=host, port=port, log_level=log_level)
     finally:
         engine.close()
         if engine.store is not None:

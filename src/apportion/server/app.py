@@ -94,6 +94,8 @@ log = logging.getLogger("apportion.server")
 CHAT_PATH = "/v1/chat/completions"
 # The longest a streamed request waits for its first output before the stream opens anyway.
 STREAM_OPEN_S = 0.5
+# What sse-starlette waits beyond a stream's shutdown grace before it cancels the stream.
+SHUTDOWN_SEND_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -107,6 +109,9 @@ class ServerOptions:
     max_tokens_limit: int = 4096
     # Worker threads for blocking work (model calls, solver, SQLite).
     worker_threads: int = 64
+    # Told to stop (SIGINT, SIGTERM), how long an open stream may run on to finish its answer
+    # before it ends with an error event (stream.py).
+    shutdown_grace_s: float = 30.0
 
 
 class ServerState:
@@ -276,11 +281,17 @@ def create_app(
             await state.jobs.result(job)
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         writer = ChunkWriter(job, body.model, include_usage=include_usage)
+        shutdown = anyio.Event()  # set by sse-starlette when uvicorn is told to stop
+        grace_s = options.shutdown_grace_s
         return EventSourceResponse(
-            sse_events(state.jobs, state.responses, job, writer, first),
+            sse_events(state.jobs, state.responses, job, writer, first,
+                       shutdown=shutdown, grace_s=grace_s),
             ping=15,
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-        )
+            shutdown_event=shutdown,
+            # longer than the stream's own grace, so that its closing error event goes out
+            shutdown_grace_period=grace_s + SHUTDOWN_SEND_S,
+        )  # fmt: skip
 
     @app.get("/v1/models", response_model=ModelList, responses={401: {"model": ErrorBody}})
     async def list_models(

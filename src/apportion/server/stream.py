@@ -22,13 +22,21 @@ sees just the answer.
 
 An error after the stream has opened arrives as OpenAI's error event, `data: {"error": ...}`,
 which the official client raises as an APIError.
+
+Shutdown: when the server is told to stop (SIGINT, SIGTERM), an open stream runs on for the
+server's grace period, so that most answers finish; one still running then ends with an
+error event (503, `server_shutting_down`), never silently: a client reading a stream cut
+without one would take the partial answer for the whole.
 """
 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import AsyncIterator
 from typing import Any
+
+import anyio
 
 from apportion.server.errors import ApiError, error_payload
 from apportion.server.jobs import (
@@ -100,21 +108,51 @@ class ChunkWriter:
         return {"data": body.model_dump_json()}
 
 
+# How often a stream looks at the server's shutdown flag while it waits for its job.
+SHUTDOWN_POLL_S = 0.25
+
+
+def shutting_down(grace_s: float) -> ApiError:
+    return ApiError(
+        503,
+        f"the server is shutting down: this answer was still running {grace_s:g} s after it "
+        "was told to stop, and was cut short; send the request again",
+        type="server_error",
+        code="server_shutting_down",
+    )
+
+
 async def sse_events(
-    runner: JobRunner, responses: Responses, job: Job, writer: ChunkWriter, first: JobEvent | None
+    runner: JobRunner,
+    responses: Responses,
+    job: Job,
+    writer: ChunkWriter,
+    first: JobEvent | None,
+    *,
+    shutdown: anyio.Event | None = None,
+    grace_s: float = 0.0,
 ) -> AsyncIterator[Sse]:
     """The event stream of a streamed request, starting from its first event (None: the
-    stream opened before the job said anything)."""
+    stream opened before the job said anything). Once `shutdown` is set, the job has
+    `grace_s` more to finish before the stream ends with an error event."""
     try:
         yield writer.role()
         event = first
+        ends_at: float | None = None
         while not isinstance(event, Finished):
             if event is not None:
                 out = writer.event(event)
                 if out is not None:
                     yield out
+            if shutdown is not None and shutdown.is_set():
+                ends_at = ends_at if ends_at is not None else time.monotonic() + grace_s
+                if time.monotonic() >= ends_at:
+                    yield writer.failure(shutting_down(grace_s))
+                    return
             try:
-                event = await runner.next_event(job)
+                event = await runner.next_event(
+                    job, within=None if shutdown is None else SHUTDOWN_POLL_S
+                )
             except ApiError as e:
                 yield writer.failure(e)
                 return
