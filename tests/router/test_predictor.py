@@ -12,6 +12,7 @@ import pytest
 
 from apportion.router.features import extract_features
 from apportion.router.predictor import DIM, PredictedPolicy, SuccessPredictor, fit_predictor
+from apportion.traces import ItemResult
 from apportion.types import INTENTS, Budget
 
 CLOSERS = {"cot"}
@@ -98,11 +99,10 @@ def test_a_free_step_never_wrong_goes_first_in_every_predicted_plan() -> None:
     assert [s.strategy for s in no_solver.steps] == ["cot"]
 
 
-def test_a_cheap_answer_that_is_unsure_hands_over_where_the_traces_say_it_pays() -> None:
-    """Facts: direct is cheap and right exactly when sure (0.9), wrong when unsure (0.2); cot
-    is dear and always right. Predicted alone, direct leads (cheaper for nearly the same
-    expected accuracy at this λ); the learned bar sends its unsure answers on to cot."""
-    from apportion.router.predictor import fit_predicted_policy
+def _book_questions(*, with_solver: bool) -> list[ItemResult]:
+    """Who wrote which book: direct is cheap and right exactly when sure (0.9), wrong when
+    unsure (0.2, every fourth question); cot is dear and always right. `with_solver`: a free
+    solver answers, rightly, exactly the questions direct is unsure of."""
     from router.test_calibrate import result
 
     rows = []
@@ -114,6 +114,19 @@ def test_a_cheap_answer_that_is_unsure_hands_over_where_the_traces_say_it_pays()
                    question=q),
             result(f"q{i}", "cot", correct=True, confidence=0.6, flops=1.5e10, question=q),
         ]  # fmt: skip
+        if with_solver:
+            rows.append(result(f"q{i}", "symbolic", correct=not sure, confidence=1.0, flops=0.0,
+                               question=q, answer=None if sure else "x"))  # fmt: skip
+    return rows
+
+
+def test_a_cheap_answer_that_is_unsure_hands_over_where_the_traces_say_it_pays() -> None:
+    """Facts: direct is cheap and right exactly when sure (0.9), wrong when unsure (0.2); cot
+    is dear and always right. Predicted alone, direct leads (cheaper for nearly the same
+    expected accuracy at this λ); the learned bar sends its unsure answers on to cot."""
+    from apportion.router.predictor import fit_predicted_policy
+
+    rows = _book_questions(with_solver=False)
     unsure_first = fit_predicted_policy(rows, lam=0.6)
     assert unsure_first.predictor.bars == {"direct": 0.3}
     plan = unsure_first.plan(extract_features("Who wrote book number 7 of the red shelf?"),
@@ -128,20 +141,8 @@ def test_a_bar_is_learned_on_the_questions_that_reach_it_behind_the_solver() -> 
     direct is unsure: behind it direct's unsure answers never come, so no bar pays (replayed
     without the solver, the same traces would learn direct's 0.3)."""
     from apportion.router.predictor import fit_predicted_policy
-    from router.test_calibrate import result
 
-    rows = []
-    for i in range(40):
-        q = f"Who wrote book number {i} of the {['red', 'blue'][i % 2]} shelf?"
-        sure = i % 4 != 0
-        rows += [
-            result(f"q{i}", "direct", correct=sure, confidence=0.9 if sure else 0.2, flops=1e8,
-                   question=q),
-            result(f"q{i}", "cot", correct=True, confidence=0.6, flops=1.5e10, question=q),
-            result(f"q{i}", "symbolic", correct=not sure, confidence=1.0, flops=0.0, question=q,
-                   answer=None if sure else "x"),
-        ]  # fmt: skip
-    policy = fit_predicted_policy(rows, lam=0.6)
+    policy = fit_predicted_policy(_book_questions(with_solver=True), lam=0.6)
     assert policy.predictor.first == ("symbolic",)
     assert policy.predictor.bars == {}
     # on the blue shelf direct was always sure and right, and the solver never answered

@@ -241,6 +241,17 @@ def test_serve_command_starts_answers_and_stops_on_sigterm(tmp_path: Path) -> No
     assert "Traceback" not in err
 
 
+def _long_stream(url: str) -> Iterator[Any]:
+    """The chunks of a streamed story of up to 400 tokens from SmolLM2 on `url`."""
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+    return iter(client.chat.completions.create(
+        model="direct",
+        messages=[{"role": "user", "content": "Write a long story about a dragon and a king."}],
+        max_tokens=400,
+        stream=True,
+    ))  # fmt: skip
+
+
 @pytest.mark.model
 def test_a_sigint_to_the_whole_process_group_lets_open_streams_finish(tmp_path: Path) -> None:
     """`kill -INT -PGID` (a process manager, a test harness) reaches the server directly and
@@ -253,14 +264,7 @@ def test_a_sigint_to_the_whole_process_group_lets_open_streams_finish(tmp_path: 
         "--model", "smollm2-135m", "--threads", "1", "--keys-db", str(tmp_path / "keys.sqlite3"),
         log=log,
     ) as (url, proc):  # fmt: skip
-        client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
-        stream = client.chat.completions.create(
-            model="direct",
-            messages=[{"role": "user", "content": "Write a long story about a dragon and a king."}],
-            max_tokens=400,
-            stream=True,
-        )
-        chunks = iter(stream)
+        chunks = _long_stream(url)
         first = next(c for c in chunks if c.choices and c.choices[0].delta.content)
         os.killpg(proc.pid, signal.SIGINT)
         rest = list(chunks)  # raises if the stream is cut
@@ -283,14 +287,7 @@ def test_a_stream_still_running_after_the_shutdown_grace_ends_with_an_error(
         "--model", "smollm2-135m", "--threads", "1", "--keys-db", str(tmp_path / "keys.sqlite3"),
         "--shutdown-grace", "0",
     ) as (url, proc):  # fmt: skip
-        client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
-        stream = client.chat.completions.create(
-            model="direct",
-            messages=[{"role": "user", "content": "Write a long story about a dragon and a king."}],
-            max_tokens=400,
-            stream=True,
-        )
-        chunks = iter(stream)
+        chunks = _long_stream(url)
         next(c for c in chunks if c.choices and c.choices[0].delta.content)
         proc.send_signal(signal.SIGTERM)
         with pytest.raises(openai.APIError, match="shutting down"):
