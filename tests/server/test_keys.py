@@ -163,10 +163,10 @@ def test_serve_names_its_key_store_in_the_settings(
 
     seen = {}
 
-    def fake_run(app: object, **_: object) -> None:
+    def fake_serve(app: object, **_: object) -> None:
         seen["settings"] = app.state.apportion.engine.settings  # type: ignore[attr-defined]
 
-    monkeypatch.setattr("uvicorn.run", fake_run)
+    monkeypatch.setattr("apportion.server.process.serve", fake_serve)
     monkeypatch.setattr(
         "apportion.engine.Engine.engine_for", lambda self, model_id: None, raising=True
     )
