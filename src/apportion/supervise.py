@@ -19,6 +19,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from apportion.interrupts import DUPLICATE_INTERRUPT_S, duplicate_interrupts
+
 # Signals the parent passes on to the child when another process sends them.
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1)
 # si_code of a signal the kernel raised itself, as a terminal's Ctrl-C is: the terminal sent
@@ -73,31 +75,6 @@ def exit_code(status: int, report: Callable[[str], None]) -> int:
             report(crash_message(signum))
         return 128 + signum
     return os.waitstatus_to_exitcode(status)
-
-
-# A SIGINT this soon after the last one is the same interrupt arriving twice (see
-# `interrupt_once`).
-DUPLICATE_INTERRUPT_S = 1.0
-
-
-def duplicate_interrupts(
-    window_s: float = DUPLICATE_INTERRUPT_S, clock: Callable[[], float] = time.monotonic
-) -> Callable[[], bool]:
-    """A check to call on each SIGINT: whether it came within `window_s` of the last, and is
-    that one's copy. A SIGINT sent to the whole process group (`kill -INT -PGID`, a test
-    harness, some process managers) reaches the child directly and the parent too, which
-    cannot tell it from one sent to itself alone and passes it on. A second Ctrl-C a moment
-    later is not a copy."""
-    last: list[float] = []
-
-    def is_copy() -> bool:
-        now = clock()
-        if last and now - last[0] < window_s:
-            return True
-        last[:] = [now]
-        return False
-
-    return is_copy
 
 
 def interrupt_once(

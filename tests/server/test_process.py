@@ -11,8 +11,8 @@ pytest.importorskip("uvicorn", reason="needs the `server` extra")
 
 import uvicorn
 
+from apportion.interrupts import duplicate_interrupts
 from apportion.server.process import InterruptOnceServer
-from apportion.supervise import duplicate_interrupts
 
 
 async def _app(scope: object, receive: object, send: object) -> None:  # never called

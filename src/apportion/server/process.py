@@ -17,7 +17,7 @@ from typing import Any
 
 import uvicorn
 
-from apportion.supervise import duplicate_interrupts
+from apportion.interrupts import duplicate_interrupts
 
 
 class InterruptOnceServer(uvicorn.Server):
