@@ -107,11 +107,7 @@ def main() -> None:
         if len(rows) < args.min_items:
             continue
         right = [ra.correct for ra, _ in rows]
-        agree = [
-            _answered(rb) and vote_key(ra.answer, ra.kind) is not None  # type: ignore[arg-type]
-            and vote_key(ra.answer, ra.kind) == vote_key(rb.answer, ra.kind)  # type: ignore[arg-type]
-            for ra, rb in rows
-        ]  # fmt: skip
+        agree = [_key(ra) is not None and _key(ra) == _key(rb) for ra, rb in rows]
         own = [ra.confidence for ra, _ in rows]
         both = [float(g) + c / 2 for g, c in zip(agree, own, strict=True)]
         print(

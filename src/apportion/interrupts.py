@@ -7,8 +7,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-# A SIGINT this soon after the last one is the same interrupt arriving twice (see
-# `interrupt_once`).
+# A SIGINT this soon after the last one is the same interrupt arriving twice.
 DUPLICATE_INTERRUPT_S = 1.0
 
 
