@@ -15,6 +15,9 @@ levels on gsm8k and on svamp apart:
 
     python benchmarks/paired_summary.py runs/think-budget-0.5b --dataset gsm8k
 
+Several runs or archived trace files are read as one: strategies traced in separate runs on
+the same items (a tier traced after the rest) are then compared on the items they share.
+
 `--unlike NAME` keeps only the items whose question is not one of the named dataset's
 (compared as `experts distil` compares them): mawps repeats multiarith's 600 questions, so an
 expert trained on multiarith is measured on the rest of mawps with `--unlike multiarith`.
@@ -32,7 +35,7 @@ from apportion.traces import RESULTS, ItemResult, question_key, read_results
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("run", type=Path)
+    parser.add_argument("runs", type=Path, nargs="+", help="run folders or results files")
     parser.add_argument("--error", default="no solve()")
     parser.add_argument("--dataset", action="append", default=[],
                         help="only this dataset's items (repeatable; default: all)")  # fmt: skip
@@ -41,7 +44,8 @@ def main() -> None:
     parser.add_argument("--against", default=None,
                         help="the strategy the others are paired with (default: the first)")
     args = parser.parse_args()
-    rows = read_results(args.run / RESULTS if args.run.is_dir() else args.run)
+    rows = [r for run in args.runs for r in read_results(run / RESULTS if run.is_dir() else run)]
+    shown = " + ".join(map(str, args.runs))
     if args.dataset:
         rows = [r for r in rows if r.dataset in args.dataset]
     if args.unlike:
@@ -54,8 +58,8 @@ def main() -> None:
     done = [v for v in by_item.values() if len(v) == len(strategies)]
     n = len(done)
     if n == 0:
-        raise SystemExit(f"{args.run}: no item is finished by every strategy (of these datasets)")
-    print(f"{args.run}: {n} items finished by all of {', '.join(strategies)}")
+        raise SystemExit(f"{shown}: no item is finished by every strategy (of these datasets)")
+    print(f"{shown}: {n} items finished by all of {', '.join(strategies)}")
     print(f"{'strategy':<32}{'accuracy [95% CI]':>26}{'mean FLOPs':>12}{'computed':>10}"
           f"{'compl. tok':>11}{'errors':>8}")  # fmt: skip
     for s in strategies:
