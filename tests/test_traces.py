@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from apportion.bench.datasets import ARCHIVE_DROPS, default_data_dir, restore_questions
+from apportion.bench.datasets import ARCHIVE_DROPS, restore_questions
 from apportion.bench.scoring import score
 from apportion.errors import UsageError
 from apportion.traces import RESULTS, ItemResult, ResultWriter, is_adaptive, read_results
+from shared_data import shared_data_dir
 
 ARCHIVE = Path(__file__).resolve().parents[1] / "benchmarks" / "traces"
 # The row's keys, in order, as results.jsonl has always written them; `abstained` came last.
@@ -72,10 +73,7 @@ def test_the_archived_traces_still_load_with_their_abstentions(archive: Path) ->
 
 @pytest.mark.parametrize("archive", sorted(ARCHIVE.glob("*.jsonl.gz")), ids=lambda p: p.name)
 def test_archived_traces_get_their_questions_back_from_the_shared_data(archive: Path) -> None:
-    try:
-        default_data_dir()
-    except UsageError as e:
-        pytest.skip(f"no shared data folder: {e.message}")
+    shared_data_dir()
     rows = read_results(archive)
     restored = restore_questions(rows)
     assert all(r.question and r.gold for r in restored)

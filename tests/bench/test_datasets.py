@@ -19,6 +19,7 @@ from apportion.bench.datasets import (
 )
 from apportion.bench.scoring import score
 from apportion.errors import UnknownNameError, UsageError
+from shared_data import shared_data_dir
 
 # ---------------------------------------------------------------------------
 # generic JSONL
@@ -239,11 +240,7 @@ def test_default_data_dir_not_found(tmp_path: Path, monkeypatch: pytest.MonkeyPa
 
 @pytest.fixture(scope="module")
 def data_dir() -> Path:
-    try:
-        root = default_data_dir()
-    except UsageError as exc:
-        pytest.skip(f"benchmark data not found ({exc}); set APPORTION_DATA_DIR to shared/data")
-    return root
+    return shared_data_dir()
 
 
 def _need(root: Path, folder: str) -> None:

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from shared_data import shared_data_dir
+
 
 def bench(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
@@ -217,13 +219,7 @@ def test_generic_multiple_choice_items_are_shown_their_options(tmp_path: Path) -
     ARC-Challenge file came): the model must see them to answer with a letter. Before the
     options reached the prompt, qwen 0.5B `direct` answered 12 of these 14 with free text
     ("security mechanism", "Work") and got 1 right; shown them, it answers with letters."""
-    from apportion.bench.datasets import default_data_dir
-    from apportion.errors import UsageError
-
-    try:
-        source = default_data_dir() / "commonsenseqa" / "dev_rand_split.jsonl"
-    except UsageError as e:
-        pytest.skip(f"benchmark data not found ({e})")
+    source = shared_data_dir() / "commonsenseqa" / "dev_rand_split.jsonl"
     if not source.is_file():
         pytest.skip(f"{source} is absent")
     rows = []

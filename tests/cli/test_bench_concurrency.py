@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from servers import env_with, serve_process
+from shared_data import shared_data_dir
 
 ROWS = [
     {"id": f"q{i}", "question": f"Please repeat item {i} back", "answer": "x"} for i in range(16)
@@ -85,6 +86,7 @@ def test_concurrency_is_refused_for_a_model_in_this_process(tmp_path: Path) -> N
 def test_worker_processes_write_what_one_process_writes(tmp_path: Path) -> None:
     """--workers 2 on two threads (one each) against one process on one thread, both
     deterministic (so no answer depends on which items a process saw before)."""
+    shared_data_dir()  # its items are gsm8k's
     config = tmp_path / "config.toml"
     config.write_text("")
     common = ("--model", "smollm2-135m", "--strategies", "direct,cot", "--max-tokens", "12",

@@ -10,6 +10,7 @@ import pytest
 
 from cli.support import apportion
 from router.test_calibrate import traces
+from shared_data import shared_data_dir
 
 
 def write_run(folder: Path) -> Path:
@@ -127,6 +128,7 @@ def test_the_shipped_policies_are_what_their_recorded_commands_rebuild(
     from apportion.router.policy_file import PREDICTOR, PREDICTOR_FILE, load_policy
     from apportion.router.predictor import PredictedPolicy
 
+    shared_data_dir()  # the archived traces get their questions back from it
     path = {"policy.json": POLICY_FILE, "predictor.json": PREDICTOR_FILE}[name]
     shipped = json.loads(path.read_text())
     kind = {"policy.json": CalibratedPolicy, "predictor.json": PredictedPolicy}[name]

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from apportion.bench.datasets import DATA_DIR_ENV, default_data_dir
+from apportion.bench.datasets import DATA_DIR_ENV
 from apportion.errors import UsageError
 from apportion.router.intent import (
     DIM,
@@ -23,13 +23,11 @@ from apportion.router.intent import (
 from apportion.runtime import conversation_features
 from apportion.tools.solver import extract_math
 from apportion.types import INTENTS, Message, Query
+from shared_data import shared_data_dir
 
 
 def data_dir() -> Path:
-    try:
-        return default_data_dir()
-    except UsageError:
-        pytest.skip(f"shared data not found; set {DATA_DIR_ENV}")
+    return shared_data_dir()
 
 
 def test_features_are_stable_normalised_and_bounded() -> None:
