@@ -8,7 +8,8 @@ on its own and then together:
   the difficulty counts);
 - cells: the shipped calibrated policy's `plan` on those features;
 - predictor: the per-query success predictor (router/predictor.py, fitted here on the same
-  traces, not timed) predicting every strategy and planning;
+  traces, not timed) predicting every strategy and planning; and the shipped one
+  (`--policy predictor`, fitted on the router-v2 traces) as `auto` loads it;
 - embedding: all-MiniLM-L6-v2 on the question, one at a time as a request would, on
   `--embed-threads` torch threads (1 by default; only with the `embed` extra installed). For
   reference: routing does not compute it, since as a predictor feature it did not pay
@@ -32,6 +33,7 @@ from typing import Any
 from apportion.bench.datasets import restore_questions
 from apportion.router.features import extract_features
 from apportion.router.policy import CalibratedPolicy
+from apportion.router.policy_file import PREDICTOR, load_policy
 from apportion.router.predictor import fit_predicted_policy
 from apportion.tools.store.embed import MiniLMEmbedder, minilm_available
 from apportion.traces import read_results
@@ -67,11 +69,13 @@ def main() -> None:
     questions = list(dict.fromkeys(r.question for r in results))[: args.limit]
     predicted = fit_predicted_policy(results, 0.2)
     cells = CalibratedPolicy.load()
+    shipped = load_policy(Path(PREDICTOR))
     budget = Budget()
     stages: dict[str, Callable[[str], Any]] = {
         "features": extract_features,
         "features + cells (shipped)": lambda q: cells.plan(extract_features(q), budget),
         "features + predictor": lambda q: predicted.plan(extract_features(q), budget),
+        "features + predictor (shipped)": lambda q: shipped.plan(extract_features(q), budget),
     }
     if minilm_available():
         embedder = MiniLMEmbedder(threads=args.embed_threads)
