@@ -32,6 +32,7 @@ import numpy as np
 import numpy.typing as npt
 
 from apportion.bench.datasets import questions_by_id, restore_questions
+from apportion.bench.frontier import complete_items
 from apportion.bench.scoring import wilson_interval
 from apportion.config import Settings
 from apportion.experts.book import ExpertBook
@@ -167,22 +168,6 @@ def show(title: str, rows: dict[str, list[tuple[int, float, float]]], oracle_key
               + f"{flops:>12.3g}{right / n / o_acc:>14.0%}{flops / o_flops:>16.2f}")
 
 
-def traced_with_every_strategy(results: Sequence[ItemResult]) -> list[ItemResult]:
-    """The rows of the items traced with every strategy the traces hold. A router's plan can
-    only be replayed on a question where each of its steps was traced: a tier file that goes
-    past the other files' items (the 1.5B cot on 200 mawps items, the 0.5B strategies on 75)
-    adds questions that no plan over both could be scored on."""
-    strategies = {r.strategy for r in results}
-    by_item: dict[tuple[str, str], set[str]] = {}
-    for r in results:
-        by_item.setdefault((r.dataset, r.item_id), set()).add(r.strategy)
-    keep = {item for item, traced in by_item.items() if traced == strategies}
-    if len(keep) < len(by_item):
-        print(f"left out {len(by_item) - len(keep)} of {len(by_item)} traced items that lack "
-              f"one of the {len(strategies)} strategies")  # fmt: skip
-    return [r for r in results if (r.dataset, r.item_id) in keep]
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=Path, action="append", required=True)
@@ -203,7 +188,12 @@ def main() -> None:
         results = [r for r in results if (r.dataset, r.item_id) not in seen]
         after = len({(r.dataset, r.item_id) for r in results})
         print(f"left out {before - after} traced items an expert was trained on")
-    results = traced_with_every_strategy(results)
+    # a router's plan can only be replayed on a question where each of its steps was traced
+    traced = len({(r.dataset, r.item_id) for r in results})
+    results = complete_items(results)
+    if (kept := len({(r.dataset, r.item_id) for r in results})) < traced:
+        print(f"left out {traced - kept} of {traced} traced items that lack one of the "
+              f"{len({r.strategy for r in results})} strategies")  # fmt: skip
     datasets = sorted({r.dataset for r in results})
     lodo: dict[str, list[tuple[int, float, float]]] = {}
     fixed: dict[str, list[tuple[int, float, float]]] = {}
