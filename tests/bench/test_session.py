@@ -22,6 +22,7 @@ from apportion.bench.session import (
 from apportion.config import Settings
 from apportion.errors import UnknownNameError, UsageError
 from apportion.runtime import Engine
+from shared_data import shared_data_dir
 
 
 def write_items(path: Path, rows: list[dict[str, object]]) -> Path:
@@ -55,6 +56,26 @@ def test_limit_takes_a_seeded_sample_in_file_order(arith: Path) -> None:
     assert len(others) > 1  # the seed picks the sample
     whole, sources = load_bench_items([arith, arith], [], None, 0, None)
     assert len(whole) == 20 and sources == ["arith.jsonl (10)", "arith.jsonl (10)"]
+
+
+@pytest.mark.parametrize(
+    ("dataset", "small", "large", "shared"),
+    [("gsm8k", 25, 75, 25), ("gsm8k", 75, 200, 72), ("svamp", 75, 200, 72),
+     ("mawps", 75, 200, 75)],
+)  # fmt: skip
+def test_a_larger_limit_holds_a_smaller_draw_only_where_the_sampler_keeps_its_method(
+    dataset: str, small: int, large: int, shared: int
+) -> None:
+    """What `--resume-from` a smaller run's archive can give a larger run (the traces README):
+    `random.sample` draws a small share of a set one way and a large share another, so on
+    gsm8k's 658 items and svamp's 1,000 `--limit 200` holds only 72 of `--limit 75`'s items.
+    The archived traces' item ids depend on these draws: they must not move."""
+    data_dir = shared_data_dir()
+
+    def drawn(limit: int) -> set[str]:
+        return {i.id for i in load_bench_items([], [dataset], limit, 0, data_dir)[0]}
+
+    assert len(drawn(small) & drawn(large)) == shared
 
 
 def test_missing_or_empty_data_is_a_usage_error(tmp_path: Path) -> None:
